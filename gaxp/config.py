@@ -1,0 +1,277 @@
+"""Hydra config -> frozen, validated dataclasses.
+
+Every check of user input lives here and runs before anything is compiled. ``load(cfg)`` turns the
+composed ``DictConfig`` into a :class:`Config` whose parts are frozen (hashable) dataclasses, so
+the parts the step needs can be static arguments of ``jax.jit``. Errors are :class:`ConfigError`
+with a one-line message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from gaxp.errors import ConfigError, unknown
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "dcgan"
+    z_dim: int = 100
+    g_width: int = 64
+    d_width: int = 64
+    g_depth: int = 2
+    d_depth: int = 2
+    g_norm: str = "batch"  # batch | none
+    d_norm: str = "batch"  # batch | layer | none
+    maxout: int = 0  # pieces of a maxout D (MLP); 0 = LeakyReLU units
+    spectral_norm: bool = False  # spectral norm on every D layer (Miyato et al. 2018)
+    init: str = "default"  # default (lecun normal) | dcgan (N(0, 0.02), Radford et al. 2016)
+    bn_momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str = "ns"
+    n_critic: int = 1  # discriminator updates per generator update
+    clip: float = 0.0  # WGAN weight clipping of D parameters to [-clip, clip]; 0 = off
+    penalty: Optional[str] = None  # a gaxp.regularizers entry, e.g. wgan_gp
+    penalty_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptSpec:
+    name: str = "adam"
+    lr: float = 2e-4
+    b1: float = 0.5
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # global-norm clipping; 0 = off
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    g: OptSpec = OptSpec()
+    d: OptSpec = OptSpec()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "mnist"
+    name: str = "mnist"
+    batch_size: int = 64  # global batch, over all devices and hosts
+    image_size: Optional[int] = None  # None = the dataset's own size
+    split: str = "train"
+    data_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EmaSpec:
+    halflife_kimg: float = 10.0  # EMA of G by half-life in thousands of images (Karras et al.)
+    rampup: Optional[float] = 0.05  # half-life <= rampup * images seen so far; None = off
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    steps: int = 3000
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 500
+    keep: int = 3
+    resume: Any = False  # false | true (latest matching run / this run dir) | a run directory
+    devices: Optional[int] = None  # None = every device of every process
+    ema: EmaSpec = EmaSpec()
+    n_samples: int = 64  # images in the fixed-noise sample grid
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
+    project: str = "gaxp"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: tuple = ()
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    wandb: Optional[WandbSpec] = None  # None: W&B off (logger=none)
+    jsonl: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelSpec
+    loss: LossSpec
+    data: DataSpec
+    optim: OptimSpec
+    trainer: TrainerSpec
+    logger: LoggerSpec
+    out_dir: str
+    runs_root: str = "outputs"
+    metrics: tuple = field(default=())  # (name, value) pairs kept for later evaluation issues
+
+
+def _is_optional(tp) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return True, args[0] if len(args) == 1 else Any
+    return False, tp
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    optional, tp = _is_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ConfigError(f"{path} must be set (got null)")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is Any:
+        return value
+    if tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list (got {value!r})")
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false (got {value!r})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer (got {value!r})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number (got {value!r})")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be finite (got {value!r})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string (got {value!r})")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _build(cls, node: Any, path: str):
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys with the valid ones."""
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path or 'the config'} must be a mapping (got {node!r})")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = set(node) - names
+    if extra:
+        key = sorted(extra)[0]
+        where = f"{path}.{key}" if path else key
+        raise ConfigError(f"unknown key {where}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in node.items()}
+    return cls(**kwargs)
+
+
+def _positive(path: str, value, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+
+def _check_names(cfg: Config) -> None:
+    from gaxp.data import SOURCES
+    from gaxp.losses import LOSSES
+    from gaxp.models import ARCHS
+    from gaxp.optim import OPTIMIZERS
+    from gaxp.regularizers import REGULARIZERS
+
+    if cfg.model.name not in ARCHS:
+        raise unknown("model", cfg.model.name, ARCHS)
+    if cfg.loss.name not in LOSSES:
+        raise unknown("loss", cfg.loss.name, LOSSES)
+    if cfg.loss.penalty is not None and cfg.loss.penalty not in REGULARIZERS:
+        raise unknown("loss.penalty", cfg.loss.penalty, REGULARIZERS)
+    if cfg.data.source not in SOURCES:
+        raise unknown("data source", cfg.data.source, SOURCES)
+    for net in ("g", "d"):
+        name = getattr(cfg.optim, net).name
+        if name not in OPTIMIZERS:
+            raise unknown(f"optimizer optim.{net}.name", name, OPTIMIZERS)
+    if cfg.model.g_norm not in ("batch", "none"):
+        raise ConfigError(f"model.g_norm must be one of: batch, none (got {cfg.model.g_norm!r})")
+    if cfg.model.d_norm not in ("batch", "layer", "none"):
+        raise ConfigError(
+            f"model.d_norm must be one of: batch, layer, none (got {cfg.model.d_norm!r})"
+        )
+    if cfg.model.init not in ("default", "dcgan"):
+        raise ConfigError(f"model.init must be one of: dcgan, default (got {cfg.model.init!r})")
+    if cfg.logger.wandb is not None:
+        modes = ("auto", "online", "offline", "disabled")
+        if cfg.logger.wandb.mode not in modes:
+            raise ConfigError(
+                f"logger.wandb.mode must be one of: {', '.join(modes)} (got {cfg.logger.wandb.mode!r})"
+            )
+
+
+def _check_sizes(cfg: Config) -> None:
+    m, t, d = cfg.model, cfg.trainer, cfg.data
+    for path, value in [
+        ("model.z_dim", m.z_dim), ("model.g_width", m.g_width), ("model.d_width", m.d_width),
+        ("model.g_depth", m.g_depth), ("model.d_depth", m.d_depth),
+        ("loss.n_critic", cfg.loss.n_critic), ("data.batch_size", d.batch_size),
+        ("data.image_size", d.image_size), ("trainer.steps", t.steps),
+        ("trainer.log_every", t.log_every), ("trainer.ckpt_every", t.ckpt_every),
+        ("trainer.sample_every", t.sample_every), ("trainer.keep", t.keep),
+        ("trainer.devices", t.devices), ("trainer.n_samples", t.n_samples),
+        ("optim.g.lr", cfg.optim.g.lr), ("optim.d.lr", cfg.optim.d.lr),
+        ("trainer.ema.halflife_kimg", t.ema.halflife_kimg),
+    ]:
+        _positive(path, value)
+    for path, value in [
+        ("model.maxout", m.maxout), ("loss.clip", cfg.loss.clip),
+        ("loss.penalty_weight", cfg.loss.penalty_weight), ("trainer.ema.rampup", t.ema.rampup),
+    ]:
+        _positive(path, value, allow_zero=True)
+    if m.maxout == 1:
+        raise ConfigError("model.maxout must be 0 (off) or >= 2 pieces (got 1)")
+    if not 0.0 < m.bn_momentum < 1.0:
+        raise ConfigError(f"model.bn_momentum must be in (0, 1) (got {m.bn_momentum})")
+    if cfg.loss.penalty is not None and cfg.loss.penalty_weight == 0:
+        raise ConfigError(f"loss.penalty={cfg.loss.penalty} needs loss.penalty_weight > 0")
+    for net in ("g", "d"):
+        o = getattr(cfg.optim, net)
+        for k in ("b1", "b2"):
+            if not 0.0 <= getattr(o, k) < 1.0:
+                raise ConfigError(f"optim.{net}.{k} must be in [0, 1) (got {getattr(o, k)})")
+
+
+def load(cfg: DictConfig | dict) -> Config:
+    """Validate and freeze a composed Hydra config. Raises ConfigError on any bad input."""
+    if isinstance(cfg, DictConfig):
+        try:
+            node = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as e:  # interpolation errors from OmegaConf
+            raise ConfigError(f"config does not resolve: {str(e).splitlines()[0]}") from None
+    else:
+        node = dict(cfg)
+    node.pop("hydra", None)
+    logger = node.get("logger") or {}
+    metrics = node.pop("metrics", None) or {}
+    node["logger"] = {"wandb": logger.get("wandb"), "jsonl": logger.get("jsonl", True)}
+    node["metrics"] = tuple(sorted((str(k), str(v)) for k, v in metrics.items()))
+    for key in ("model", "loss", "data", "optim", "trainer"):
+        if key not in node:
+            raise ConfigError(f"config group {key} is missing; add {key}=<name> to the command")
+    if "out_dir" not in node:
+        raise ConfigError("out_dir is not set; run through gaxp-train or pass out_dir=<dir>")
+    config = _build(Config, node, "")
+    _check_names(config)
+    _check_sizes(config)
+    return config

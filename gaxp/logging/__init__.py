@@ -1,0 +1,1 @@
+"""Run outputs: metrics writers (W&B, JSONL, console) and sample grids."""

@@ -1,0 +1,22 @@
+"""Architectures: each entry builds a (generator, discriminator) pair of Flax NNX modules for a
+data shape, and checks before anything is built that it can produce that shape.
+
+``G(z, train=...) -> samples`` of the data shape; ``D(x, train=...) -> logits [batch]``."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from gaxp.models import dcgan, mlp, resnet
+
+
+class Arch(NamedTuple):
+    build: Callable  # (ModelSpec, shape, image: bool, rngs) -> (G, D)
+    check: Callable  # (ModelSpec, shape, image: bool) -> None, raises ConfigError
+
+
+ARCHS: dict[str, Arch] = {
+    "mlp": Arch(mlp.build, mlp.check),
+    "dcgan": Arch(dcgan.build, dcgan.check),
+    "resnet": Arch(resnet.build, resnet.check),
+}

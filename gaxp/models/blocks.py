@@ -1,0 +1,140 @@
+"""Building blocks shared by the architectures: dense and conv layers with optional spectral
+normalization, normalization and activation helpers.
+
+Spectral normalization (Miyato et al. 2018) divides a kernel, seen as a matrix [fan_in, out], by
+an estimate of its largest singular value from one power iteration per training call; the
+iteration vector ``u`` is a ``BatchStat`` so it is checkpointed and updated like BatchNorm moments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gaxp.models import layers
+
+
+def _l2n(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x)) + eps)
+
+
+def kernel_init(kind: str):
+    """`dcgan`: N(0, 0.02) as in Radford et al. 2016; `default`: LeCun normal (Flax's default)."""
+    if kind == "dcgan":
+        return nnx.initializers.normal(0.02)
+    return nnx.initializers.lecun_normal()
+
+
+class SpectralNorm(nnx.Module):
+    """Holds the power-iteration vector for one kernel and normalizes that kernel on call."""
+
+    def __init__(self, out_features: int, *, rngs: nnx.Rngs):
+        self.u = nnx.BatchStat(_l2n(jax.random.normal(rngs.params(), (out_features,))))
+
+    def __call__(self, kernel: jax.Array, *, update: bool) -> jax.Array:
+        w = kernel.reshape(-1, kernel.shape[-1])  # [fan_in, out] = W^T
+        v = _l2n(w @ self.u[...])
+        u = jax.lax.stop_gradient(_l2n(w.T @ v))
+        v = jax.lax.stop_gradient(_l2n(w @ u))
+        sigma = v @ w @ u
+        if update:
+            self.u[...] = u
+        return kernel / sigma
+
+
+class _Kernel(nnx.Module):
+    """A kernel of shape ``shape`` (last axis = out features), a bias, optional spectral norm."""
+
+    def __init__(self, shape, *, sn: bool, init: str, use_bias: bool, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(kernel_init(init)(rngs.params(), shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((shape[-1],), jnp.float32)) if use_bias else None
+        self.sn = SpectralNorm(shape[-1], rngs=rngs) if sn else None
+
+    def weights(self, train: bool) -> tuple[jax.Array, jax.Array | None]:
+        k = self.kernel[...]
+        if self.sn is not None:
+            k = self.sn(k, update=train)
+        return k, None if self.bias is None else self.bias[...]
+
+
+class Dense(_Kernel):
+    def __init__(self, fan_in: int, out: int, *, sn=False, init="default", use_bias=True, rngs):
+        super().__init__((fan_in, out), sn=sn, init=init, use_bias=use_bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        k, b = self.weights(train)
+        y = x @ k
+        return y if b is None else y + b
+
+
+class Conv(_Kernel):
+    """Stride-1 'SAME' convolution (NHWC, HWIO)."""
+
+    def __init__(self, fan_in: int, out: int, size: int = 3, *, sn=False, init="default",
+                 use_bias=True, rngs):
+        super().__init__((size, size, fan_in, out), sn=sn, init=init, use_bias=use_bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        k, b = self.weights(train)
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y if b is None else y + b
+
+
+class Up2x(_Kernel):
+    """4x4 stride-2 transposed convolution (PyTorch ConvTranspose2d(k=4, s=2, p=1) math),
+    computed by ``layers.conv_transpose_2x``, which is fast on XLA:CPU in both directions."""
+
+    def __init__(self, fan_in: int, out: int, *, sn=False, init="default", use_bias=True, rngs):
+        super().__init__((4, 4, fan_in, out), sn=sn, init=init, use_bias=use_bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        k, b = self.weights(train)
+        return layers.conv_transpose_2x(x, k, b)
+
+
+class Down2x(_Kernel):
+    """4x4 stride-2 convolution with padding 1 (PyTorch Conv2d(k=4, s=2, p=1) math)."""
+
+    def __init__(self, fan_in: int, out: int, *, sn=False, init="default", use_bias=True, rngs):
+        super().__init__((4, 4, fan_in, out), sn=sn, init=init, use_bias=use_bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        k, b = self.weights(train)
+        return layers.conv_down_2x(x, k, b)
+
+
+class Norm(nnx.Module):
+    """`batch` (BatchNorm over the global batch under global-view jit), `layer`, or `none`."""
+
+    def __init__(self, kind: str, features: int, *, momentum: float, rngs: nnx.Rngs):
+        self.kind = kind
+        if kind == "batch":
+            self.norm = nnx.BatchNorm(features, momentum=momentum, rngs=rngs)
+        elif kind == "layer":
+            self.norm = nnx.LayerNorm(features, rngs=rngs)
+        else:
+            self.norm = None
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        if self.kind == "batch":
+            return self.norm(x, use_running_average=not train)
+        if self.kind == "layer":
+            return self.norm(x)
+        return x
+
+
+def lrelu(x: jax.Array) -> jax.Array:
+    return jax.nn.leaky_relu(x, 0.2)
+
+
+def up_levels(size: int) -> tuple[int, int] | None:
+    """(base, n) with size == base * 2**n, base in (4, 7), n >= 1; None when impossible."""
+    for base in (4, 7):
+        n = math.log2(size / base) if size % base == 0 else -1
+        if n >= 1 and n == int(n):
+            return base, int(n)
+    return None

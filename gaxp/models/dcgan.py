@@ -1,0 +1,75 @@
+"""DCGAN (Radford et al. 2016): a generator of 4x4 stride-2 transposed convolutions with
+BatchNorm and ReLU, a discriminator of 4x4 stride-2 convolutions with LeakyReLU(0.2).
+
+Sizes: ``base * 2**n`` with base 4 or 7 (28 px: 7 -> 14 -> 28; 32 px: 4 -> 8 -> 16 -> 32;
+64 px: 4 -> ... -> 64). Channels: G starts at ``g_width * 2**n`` and halves at every upsampling;
+D doubles from ``d_width``. With g_width = d_width = 64 this is the classic DCGAN."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gaxp.config import ModelSpec
+from gaxp.errors import ConfigError
+from gaxp.models.blocks import Dense, Down2x, Norm, Up2x, lrelu, up_levels
+
+
+class DCGANGenerator(nnx.Module):
+    def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
+        (self.base, n), channels = up_levels(shape[0]), shape[-1]
+        widths = [spec.g_width * 2 ** (n - i) for i in range(n)]  # e.g. 256, 128 for 28 px
+        self.top = widths[0]
+        self.fc = Dense(spec.z_dim, self.base * self.base * widths[0], init=spec.init, rngs=rngs)
+        self.fc_norm = Norm(spec.g_norm, widths[0], momentum=spec.bn_momentum, rngs=rngs)
+        self.ups = nnx.List([
+            Up2x(a, b, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])
+        ])
+        self.norms = nnx.List([
+            Norm(spec.g_norm, b, momentum=spec.bn_momentum, rngs=rngs) for b in widths[1:]
+        ])
+        self.out = Up2x(widths[-1], channels, init=spec.init, rngs=rngs)
+
+    def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
+        h = self.fc(z, train=train).reshape(z.shape[0], self.base, self.base, self.top)
+        h = jax.nn.relu(self.fc_norm(h, train=train))
+        for up, norm in zip(self.ups, self.norms):
+            h = jax.nn.relu(norm(up(h, train=train), train=train))
+        return jnp.tanh(self.out(h, train=train))
+
+
+class DCGANDiscriminator(nnx.Module):
+    def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
+        base, n = up_levels(shape[0])
+        widths = [shape[-1]] + [spec.d_width * 2**i for i in range(n)]
+        sn = spec.spectral_norm
+        self.downs = nnx.List([
+            Down2x(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])
+        ])
+        # No normalization on the first layer (Radford et al. 2016).
+        self.norms = nnx.List([
+            Norm("none" if i == 0 else spec.d_norm, b, momentum=spec.bn_momentum, rngs=rngs)
+            for i, b in enumerate(widths[1:])
+        ])
+        self.out = Dense(base * base * widths[-1], 1, sn=sn, init=spec.init, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        h = x
+        for down, norm in zip(self.downs, self.norms):
+            h = lrelu(norm(down(h, train=train), train=train))
+        return self.out(h.reshape(h.shape[0], -1), train=train)[:, 0]
+
+
+def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
+    if not image:
+        raise ConfigError("model=dcgan needs image data; use model=mlp for toy 2D data")
+    if shape[0] != shape[1] or up_levels(shape[0]) is None:
+        raise ConfigError(
+            f"model=dcgan cannot produce {shape[0]}x{shape[1]} px images; it makes square sizes "
+            "4*2^n or 7*2^n (28, 32, 56, 64, 128, ...): set data.image_size"
+        )
+
+
+def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):
+    return DCGANGenerator(spec, shape, rngs=rngs), DCGANDiscriminator(spec, shape, rngs=rngs)

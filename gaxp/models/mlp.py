@@ -1,0 +1,64 @@
+"""MLP generator and discriminator: the original GAN (Goodfellow et al. 2014) and the PacGAN toy
+setup (Lin et al. 2018: G with 4x400 ReLU+BatchNorm layers, D with maxout units of 5 pieces;
+maxout from Goodfellow et al. 2013). Works on points (toy 2D) and on flattened images."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gaxp.config import ModelSpec
+from gaxp.models.blocks import Dense, Norm, lrelu
+
+
+class MLPGenerator(nnx.Module):
+    def __init__(self, spec: ModelSpec, shape: tuple, image: bool, *, rngs: nnx.Rngs):
+        self.shape, self.image = tuple(shape), image
+        dims = [spec.z_dim] + [spec.g_width] * spec.g_depth
+        self.hidden = nnx.List([Dense(a, b, init=spec.init, rngs=rngs) for a, b in zip(dims, dims[1:])])
+        self.norms = nnx.List([Norm(spec.g_norm, b, momentum=spec.bn_momentum, rngs=rngs) for b in dims[1:]])
+        self.out = Dense(dims[-1], math.prod(shape), init=spec.init, rngs=rngs)
+
+    def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
+        h = z
+        for layer, norm in zip(self.hidden, self.norms):
+            h = jax.nn.relu(norm(layer(h, train=train), train=train))
+        x = self.out(h, train=train)
+        x = jnp.tanh(x) if self.image else x
+        return x.reshape((z.shape[0],) + self.shape)
+
+
+class MLPDiscriminator(nnx.Module):
+    def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
+        self.pieces = spec.maxout
+        width = spec.d_width * max(spec.maxout, 1)
+        dims = [math.prod(shape)] + [spec.d_width] * spec.d_depth
+        sn = spec.spectral_norm
+        self.hidden = nnx.List([
+            Dense(a, width, sn=sn, init=spec.init, rngs=rngs) for a in dims[:-1]
+        ])
+        self.norms = nnx.List([
+            Norm(spec.d_norm, width, momentum=spec.bn_momentum, rngs=rngs) for _ in dims[:-1]
+        ])
+        self.out = Dense(dims[-1], 1, sn=sn, init=spec.init, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        h = x.reshape(x.shape[0], -1)
+        for layer, norm in zip(self.hidden, self.norms):
+            h = norm(layer(h, train=train), train=train)
+            if self.pieces:
+                h = jnp.max(h.reshape(h.shape[:-1] + (-1, self.pieces)), axis=-1)
+            else:
+                h = lrelu(h)
+        return self.out(h, train=train)[:, 0]
+
+
+def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):
+    return MLPGenerator(spec, shape, image, rngs=rngs), MLPDiscriminator(spec, shape, rngs=rngs)
+
+
+def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
+    """Every shape works for an MLP."""

@@ -1,0 +1,136 @@
+"""The training step as pure functions of pytrees.
+
+``train_step(state, batch, key, *, spec)`` runs ``n_critic`` discriminator updates (each on its
+own real micro-batch and fresh fakes, G held fixed) and then one generator update (D held fixed),
+then the EMA of G. It is jitted once over the whole mesh by the train loop; nothing here knows
+about devices beyond an optional sharding constraint on the latent batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+
+from gaxp.config import EmaSpec, LossSpec
+from gaxp.losses import LOSSES
+from gaxp.models import adapter
+from gaxp.regularizers import REGULARIZERS
+from gaxp.state import GANState, Nets
+
+TRACES = {"train_step": 0}  # incremented at trace time only: tests assert one compile per run
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Everything static the step needs; hashable so it can be a jit static argument."""
+
+    nets: Nets
+    loss: LossSpec
+    ema: EmaSpec
+    z_dim: int
+    batch: int  # global batch of one D or G update
+    z_sharding: Optional[NamedSharding] = None
+
+
+def generate(spec: StepSpec, params, stats, z, *, train: bool):
+    return adapter.apply(spec.nets.g_def, params, stats, z, train=train)
+
+
+def discriminate(spec: StepSpec, params, stats, x, *, train: bool):
+    return adapter.apply(spec.nets.d_def, params, stats, x, train=train)
+
+
+def sample_z(spec: StepSpec, key: jax.Array, n: Optional[int] = None) -> jax.Array:
+    z = jax.random.normal(key, (n or spec.batch, spec.z_dim), jnp.float32)
+    if spec.z_sharding is not None and n is None:
+        z = jax.lax.with_sharding_constraint(z, spec.z_sharding)
+    return z
+
+
+def to_float(x: jax.Array) -> jax.Array:
+    """uint8 images in [0, 255] -> float32 in [-1, 1]; float data passes through."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 127.5 - 1.0
+    return x.astype(jnp.float32)
+
+
+def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
+    """One discriminator update on ``real`` and fresh fakes; G is held fixed."""
+    k_z, k_pen = jax.random.split(key)
+    fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), train=True)
+    fake = jax.lax.stop_gradient(fake)
+    loss, cfg = LOSSES[spec.loss.name], spec.loss
+
+    def loss_fn(d_params):
+        r, stats = discriminate(spec, d_params, state.d_stats, real, train=True)
+        f, stats = discriminate(spec, d_params, stats, fake, train=True)
+        d_loss = loss.d(r, f)
+        metrics = {"train/d_loss": d_loss, "train/d_real": jnp.mean(r), "train/d_fake": jnp.mean(f)}
+        total = d_loss
+        if cfg.penalty is not None:
+            d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True)[0]  # noqa: E731
+            pen = REGULARIZERS[cfg.penalty](d_fn, real, fake, k_pen)
+            total = total + cfg.penalty_weight * pen
+            metrics[f"train/{cfg.penalty}"] = pen
+        return total, (stats, metrics)
+
+    grads, (d_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.d_params)
+    updates, d_opt = spec.nets.d_opt.update(grads, state.d_opt, state.d_params)
+    d_params = optax.apply_updates(state.d_params, updates)
+    if cfg.clip:
+        d_params = jax.tree.map(lambda p: jnp.clip(p, -cfg.clip, cfg.clip), d_params)
+    return state.replace(d_params=d_params, d_stats=d_stats, d_opt=d_opt), metrics
+
+
+def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
+    """One generator update; D's parameters and statistics are held fixed."""
+    z = sample_z(spec, key)
+    loss = LOSSES[spec.loss.name]
+    if loss.g_needs_real:
+        r, _ = discriminate(spec, state.d_params, state.d_stats, real, train=True)
+    else:
+        r = jnp.zeros((real.shape[0],), jnp.float32)
+
+    def loss_fn(g_params):
+        fake, g_stats = generate(spec, g_params, state.g_stats, z, train=True)
+        f, _ = discriminate(spec, state.d_params, state.d_stats, fake, train=True)
+        g_loss = loss.g(r, f)
+        return g_loss, (g_stats, {"train/g_loss": g_loss})
+
+    grads, (g_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.g_params)
+    updates, g_opt = spec.nets.g_opt.update(grads, state.g_opt, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    return state.replace(g_params=g_params, g_stats=g_stats, g_opt=g_opt), metrics
+
+
+def ema_beta(ema: EmaSpec, batch: int, step: jax.Array) -> jax.Array:
+    """Per-step EMA decay for a half-life in kimg, with StyleGAN's ramp-up (Karras et al. 2020):
+    the half-life is capped at ``rampup`` times the images seen so far."""
+    halflife = jnp.float32(ema.halflife_kimg * 1000.0)
+    if ema.rampup:
+        halflife = jnp.minimum(halflife, (step + 1).astype(jnp.float32) * batch * ema.rampup)
+    return 0.5 ** (batch / jnp.maximum(halflife, 1e-8))
+
+
+def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
+    """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics)."""
+    TRACES["train_step"] += 1
+    key = jax.random.fold_in(key, state.step)
+    k_d, k_g = jax.random.split(key)
+    x = to_float(batch["x"])  # [n_critic, batch, ...]
+
+    def critic(st, inputs):
+        real, i = inputs
+        return d_step(spec, st, real, jax.random.fold_in(k_d, i))
+
+    state, d_metrics = jax.lax.scan(critic, state, (x, jnp.arange(x.shape[0])))
+    state, g_metrics = g_step(spec, state, x[-1], k_g)
+    beta = ema_beta(spec.ema, spec.batch, state.step)
+    g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
+    metrics = {k: jnp.mean(v) for k, v in d_metrics.items()} | g_metrics
+    return state.replace(step=state.step + 1, g_ema=g_ema), metrics

@@ -1,0 +1,241 @@
+"""``train(cfg) -> summary``: the one training loop.
+
+Validate the config, build the mesh and data, create (or restore) the sharded state, compile the
+step once ahead of time, then alternate steps with logging, sample grids and checkpoints. Every
+check of user input happens before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from gaxp import run_dir, sharding
+from gaxp.checkpoint import Checkpointer, abstract_like
+from gaxp.config import Config, load
+from gaxp.data import make_dataset
+from gaxp.logging.grids import save_image_grid, save_scatter
+from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
+from gaxp.models import ARCHS
+from gaxp.state import GANState, init_state, make_nets
+from gaxp.step import TRACES, StepSpec, generate, train_step
+
+
+@dataclass
+class Run:
+    config: Config
+    dir: Path
+    restore: bool
+    mesh: Any
+    dataset: Any
+    local_batch: int
+    spec: StepSpec
+    is_main: bool
+
+
+def param_digest(state: GANState) -> str:
+    """SHA-256 of the G and D parameters (names, shapes, dtypes and bytes), host-side."""
+    h = hashlib.sha256()
+    for name in ("g_params", "d_params"):
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(getattr(state, name)))[0]
+        for path, leaf in leaves:
+            arr = np.ascontiguousarray(leaf)
+            h.update(f"{name}{jax.tree_util.keystr(path)}{arr.shape}{arr.dtype}".encode())
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _quiet_libraries() -> None:
+    """Orbax and grain log every save at INFO through absl; keep the console for the run."""
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def setup(config: Config) -> Run:
+    """Everything that can fail on user input, before any compilation."""
+    _quiet_libraries()
+    mesh = sharding.make_mesh(config.trainer.devices)
+    local_batch = sharding.check_batch(config.data.batch_size, mesh)
+    d = config.data
+    dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
+                           data_dir=d.data_dir, seed=config.trainer.seed,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+    image = dataset.kind == "image"
+    ARCHS[config.model.name].check(config.model, tuple(dataset.shape), image)
+    directory, restore = run_dir.resolve(config)
+    nets = make_nets(config, tuple(dataset.shape), image)
+    spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
+                    batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh))
+    return Run(config, directory, restore, mesh, dataset, local_batch, spec,
+               is_main=jax.process_index() == 0)
+
+
+def _init(run: Run, checkpointer: Checkpointer, data_iter) -> tuple[GANState, dict]:
+    """A fresh replicated state, or the latest checkpoint restored into the same layout."""
+    c, shape = run.config, tuple(run.dataset.shape)
+    image = run.dataset.kind == "image"
+    make = functools.partial(init_state, c, run.spec.nets, shape, image)
+    key = jax.random.fold_in(jax.random.key(c.trainer.seed), 0)
+    replicated = sharding.replicated(run.mesh)
+    if run.restore and checkpointer.latest_step() is not None:
+        abstract = abstract_like(jax.eval_shape(make, key), replicated)
+        return checkpointer.restore(checkpointer.latest_step(), abstract, data_iter)
+    return jax.jit(make, out_shardings=replicated)(key), {}
+
+
+class Batches:
+    """Host batches of ``n_critic`` micro-batches -> one global array [n_critic, batch, ...]."""
+
+    def __init__(self, run: Run):
+        self.n_critic = run.config.loss.n_critic
+        self.local, self.glob = run.local_batch, run.config.data.batch_size
+        self.iterator = run.dataset.iterator(self.local * self.n_critic)
+        self.sharding = sharding.batch_sharding(run.mesh, batch_axis=1)
+
+    def __next__(self) -> dict:
+        b = next(self.iterator)
+        b = {k: v.reshape((self.n_critic, self.local) + v.shape[1:]) for k, v in b.items() if k == "x"}
+        return sharding.to_global(b, self.sharding, self.glob, batch_axis=1)
+
+
+class Outputs:
+    """Writers of one run (process 0 only): metrics.jsonl, W&B, progress bar, sample pictures."""
+
+    def __init__(self, run: Run, start: int, wandb_id: str | None):
+        t, self.run = run.config.trainer, run
+        self.samples = run.dir / "samples"
+        self.jsonl = wandb = None
+        if run.is_main:
+            self.samples.mkdir(exist_ok=True)
+            self.jsonl = JsonlWriter(run.dir / "metrics.jsonl", start) if run.config.logger.jsonl else None
+            if run.config.logger.wandb is not None:
+                wandb = WandbWriter(run.config.logger.wandb, run.dir, asdict(run.config), wandb_id,
+                                    name=run.dir.name)
+        self.wandb = wandb
+        self.progress = Progress(t.steps, start, enabled=t.progress and run.is_main)
+        z_key = jax.random.fold_in(jax.random.key(t.seed), 2)
+        n = 2500 if run.dataset.kind == "points" else t.n_samples
+        self.z = jax.random.normal(z_key, (n, run.config.model.z_dim))
+        self._sample = jax.jit(lambda p, s, z: generate(run.spec, p, s, z, train=False)[0])
+
+    @property
+    def wandb_id(self) -> str | None:
+        return None if self.wandb is None else self.wandb.id
+
+    def log(self, step: int, metrics: dict) -> None:
+        if self.jsonl:
+            self.jsonl.log(step, metrics)
+        if self.wandb:
+            self.wandb.log(step, metrics)
+
+    def samples_png(self, step: int, state: GANState) -> Path | None:
+        x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z)))
+        if not self.run.is_main:
+            return None
+        path = self.samples / f"step_{step:07d}.png"
+        if self.run.dataset.kind == "points":
+            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} (EMA G)")
+        else:
+            save_image_grid(x, path)
+        if self.wandb:
+            self.wandb.log_image(step, "samples/ema", path)
+        return path
+
+    def close(self) -> None:
+        self.progress.close()
+        for w in (self.jsonl, self.wandb):
+            if w is not None:
+                w.close()
+
+
+def _compile(run: Run, state: GANState, batch: dict, key: jax.Array):
+    t0 = time.perf_counter()
+    replicated = sharding.replicated(run.mesh)
+    fn = jax.jit(functools.partial(train_step, spec=run.spec), donate_argnums=0,
+                 out_shardings=(replicated, replicated))
+    compiled = fn.lower(state, batch, key).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _loop(run: Run, state, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict) -> dict:
+    t = run.config.trainer
+    key = jax.random.fold_in(jax.random.key(t.seed), 1)
+    start = int(jax.device_get(state.step))
+    batch = next(batches) if start < t.steps else None
+    step_fn, compile_s = _compile(run, state, batch, key) if batch is not None else (None, 0.0)
+    images_per_step = run.config.data.batch_size * run.config.loss.n_critic
+    metrics, t_run, t_log, step_log = {}, time.perf_counter(), time.perf_counter(), start
+    for step in range(start + 1, t.steps + 1):
+        state, m = step_fn(state, batch, key)
+        if step % t.ckpt_every == 0 or step == t.steps:  # before the next batch is taken
+            ckpt.save(step, state, batches.iterator, meta | {
+                "wall_time_s": meta.get("wall_time_s", 0.0) + time.perf_counter() - t_run})
+        if step < t.steps:
+            batch = next(batches)  # host work overlaps the asynchronously running step
+        if step % t.log_every == 0 or step == t.steps:
+            metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+            now = time.perf_counter()
+            metrics["perf/images_per_s"] = (step - step_log) * images_per_step / (now - t_log)
+            metrics["progress/kimg"] = step * images_per_step / 1000
+            t_log, step_log = now, step
+            out.log(step, metrics)
+            out.progress.update(step - out.progress.bar.n, metrics)
+        if step % t.sample_every == 0 or step == t.steps:
+            out.samples_png(step, state)
+    wall = time.perf_counter() - t_run
+    steps_run = t.steps - start
+    return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
+            "images_per_s": steps_run * images_per_step / wall if steps_run else 0.0}
+
+
+def _prior_wandb_id(directory: Path) -> str | None:
+    """The W&B id of an earlier attempt of this run directory (so a restart continues that run)."""
+    try:
+        return json.loads((directory / "run.json").read_text()).get("wandb_id")
+    except (OSError, ValueError):
+        return None
+
+
+def train(cfg) -> dict:
+    """Train one GAN as configured; returns the summary also written to ``summary.json``."""
+    config = cfg if isinstance(cfg, Config) else load(cfg)
+    run = setup(config)
+    batches = Batches(run)
+    ckpt = Checkpointer(run.dir / "checkpoints", config.trainer.keep)
+    state, meta = _init(run, ckpt, batches.iterator)
+    start = int(jax.device_get(state.step))
+    meta = {"config_key": run_dir.config_key(config), **meta}
+    out = Outputs(run, start, meta.get("wandb_id") or _prior_wandb_id(run.dir))
+    meta["wandb_id"] = out.wandb_id
+    if run.is_main:
+        run_dir.write_json_atomic(run.dir / "run.json", {"config_key": meta["config_key"],
+                                                         "wandb_id": out.wandb_id})
+    traces_before = TRACES["train_step"]
+    try:
+        result = _loop(run, state, batches, out, ckpt, meta)
+    finally:
+        ckpt.close()
+        out.close()
+    state = result.pop("state")
+    images = int(jax.device_get(state.step)) * config.data.batch_size * config.loss.n_critic
+    summary = {
+        "steps": int(jax.device_get(state.step)), "kimg": images / 1000,
+        "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
+        "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
+        "step_traces": TRACES["train_step"] - traces_before, "resumed_from": start,
+        "digest": param_digest(state), "final": result["final"], "run_dir": str(run.dir),
+    }
+    if run.is_main:
+        run_dir.write_json_atomic(run.dir / "summary.json", summary)
+    return summary

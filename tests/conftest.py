@@ -1,0 +1,39 @@
+"""Test setup: CPU JAX with 8 virtual devices, configured before JAX is imported."""
+
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def compose(*overrides: str, out_dir: str | Path = "/nonexistent"):
+    """The real gaxp config composed with Hydra's compose API, plus overrides."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=[f"out_dir={out_dir}", *overrides])
+
+
+FAST = ("trainer.progress=false", "logger=none")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """compose() with fast defaults and a fresh run directory (runs_root also under tmp)."""
+
+    def make(*overrides: str, name: str = "run"):
+        return compose(*FAST, f"runs_root={tmp_path}", *overrides, out_dir=tmp_path / name)
+
+    return make

@@ -1,0 +1,125 @@
+"""conv_transpose_2x / conv_down_2x against lax (and torch when installed): values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from gaxp.models import layers
+from gaxp.models.layers import DownConv2x, UpConv2x, conv_down_2x, conv_transpose_2x
+
+DN = ("NHWC", "HWIO", "NHWC")
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+# (batch, H, W, Cin, Cout): odd/even sizes, 1 and >1 channels, batch 1 and 3, both code paths
+# (Cout < 4 / Cin < 8 take the plain lax / patches paths, the others the custom ones).
+SHAPES = [(1, 7, 7, 1, 1), (3, 7, 5, 6, 5), (1, 4, 4, 16, 8), (3, 5, 6, 3, 2),
+          (3, 14, 14, 9, 1), (1, 3, 8, 1, 16), (3, 6, 7, 12, 4)]
+
+
+def ref_up(x, w):
+    return lax.conv_transpose(x, w, (2, 2), ((2, 2), (2, 2)), dimension_numbers=DN)
+
+
+def ref_down(x, w):
+    return lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+
+
+def _data(shape, seed=0):
+    n, h, w, ci, co = shape
+    rng = np.random.default_rng(seed)  # numpy: eager jax.random costs seconds of compiles
+    x = rng.normal(size=(n, h, w, ci)).astype(np.float32)
+    k = (rng.normal(size=(4, 4, ci, co)) / np.sqrt(16 * ci)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(k)
+
+
+def _value_and_grads(f, x, w):
+    shape = jax.eval_shape(f, x, w).shape
+    ct = jnp.asarray(np.random.default_rng(1).normal(size=shape).astype(np.float32))
+    y, vjp = jax.vjp(f, x, w)
+    return (y, *vjp(ct)), ct
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ours,ref", [(conv_transpose_2x, ref_up), (conv_down_2x, ref_down)],
+                         ids=["up", "down"])
+def test_matches_lax_values_and_grads(shape, ours, ref):
+    x, w = _data(shape)
+    both = jax.jit(lambda x, w: (_value_and_grads(ours, x, w)[0], _value_and_grads(ref, x, w)[0]))
+    got, want = both(x, w)  # one compile per case keeps the suite fast
+    for name, a, b in zip(("y", "dx", "dw"), got, want):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+
+
+def test_output_sizes_match_torch_formula():
+    x, w = _data((1, 7, 6, 3, 4))
+    assert conv_transpose_2x(x, w).shape == (1, 14, 12, 4)
+    x, w = _data((1, 7, 6, 3, 4))
+    assert conv_down_2x(x, w).shape == (1, 3, 3, 4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_torch_with_copied_weights(shape):
+    torch = pytest.importorskip("torch")
+    n, h, w_, ci, co = shape
+    x, _ = _data(shape)
+    for transposed in (True, False):
+        mod = (torch.nn.ConvTranspose2d(ci, co, 4, 2, 1) if transposed
+               else torch.nn.Conv2d(ci, co, 4, 2, 1)).double()
+        xt = torch.tensor(np.asarray(x, np.float64).transpose(0, 3, 1, 2), requires_grad=True)
+        yt = mod(xt)
+        ct = np.random.default_rng(0).normal(size=yt.shape)
+        yt.backward(torch.tensor(ct))
+        wt = mod.weight.detach().numpy()
+        if transposed:  # (Ci, Co, kh, kw) -> flipped HWIO
+            k, f = wt.transpose(2, 3, 0, 1)[::-1, ::-1], conv_transpose_2x
+            dk_t = mod.weight.grad.numpy().transpose(2, 3, 0, 1)[::-1, ::-1]
+        else:  # (Co, Ci, kh, kw) -> HWIO
+            k, f = wt.transpose(2, 3, 1, 0), conv_down_2x
+            dk_t = mod.weight.grad.numpy().transpose(2, 3, 1, 0)
+        b = jnp.asarray(mod.bias.detach().numpy(), jnp.float32)
+        y, vjp = jax.vjp(lambda x, k: f(x, k, b), x, jnp.asarray(k.copy(), jnp.float32))
+        dx, dk = vjp(jnp.asarray(ct.transpose(0, 2, 3, 1), jnp.float32))
+        np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), **TOL)
+        np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), **TOL)
+        np.testing.assert_allclose(dk, dk_t, **TOL)
+
+
+@pytest.mark.parametrize("cls,ref,cout", [(UpConv2x, ref_up, 8), (UpConv2x, ref_up, 1),
+                                          (DownConv2x, ref_down, 8)])
+def test_modules_under_jit_and_vmap(cls, ref, cout):
+    model = cls(5, cout, rngs=nnx.Rngs(0))
+    assert model.kernel.shape == (4, 4, 5, cout) and model.bias.shape == (cout,)
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 6, 5)).astype(np.float32))
+
+    @jax.jit
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    want = ref(x, model.kernel[...]) + model.bias[...]
+    np.testing.assert_allclose(apply(state, x), want, **TOL)
+    # a population: 3 members with stacked parameters, vmapped with grads inside
+    states = jax.tree.map(lambda p: jnp.stack([p, 2 * p, -p]), state)
+    loss = lambda s, x: jnp.mean(apply(s, x) ** 2)
+    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)))(states, x)
+    for i in range(3):
+        s_i = jax.tree.map(lambda p: p[i], states)
+        chex_like = jax.grad(lambda s: jnp.mean(
+            (ref(x, s["kernel"][...]) + s["bias"][...]) ** 2))(s_i)
+        np.testing.assert_allclose(grads["kernel"][...][i], chex_like["kernel"][...], **TOL)
+        np.testing.assert_allclose(grads["bias"][...][i], chex_like["bias"][...], **TOL)
+
+
+def test_module_options():
+    m = UpConv2x(3, 4, use_bias=False, kernel_init=layers.dcgan_init, rngs=nnx.Rngs(1))
+    assert m.bias is None
+    np.testing.assert_allclose(float(jnp.std(m.kernel[...])), 0.02, rtol=0.3)
+    assert m(jnp.ones((1, 3, 3, 3))).shape == (1, 6, 6, 4)
+    with pytest.raises(ValueError):
+        conv_transpose_2x(jnp.ones((1, 3, 3, 2)), jnp.ones((4, 4, 3, 4)))
+    with pytest.raises(ValueError):
+        conv_down_2x(jnp.ones((1, 1, 3, 3)), jnp.ones((4, 4, 3, 4)))
