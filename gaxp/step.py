@@ -124,13 +124,14 @@ def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
     k_d, k_g = jax.random.split(key)
     x = to_float(batch["x"])  # [n_critic, batch, ...]
 
-    def critic(st, inputs):
-        real, i = inputs
-        return d_step(spec, st, real, jax.random.fold_in(k_d, i))
-
-    state, d_metrics = jax.lax.scan(critic, state, (x, jnp.arange(x.shape[0])))
+    # A Python loop, unrolled at trace time: the same D step inside lax.scan ran 5x slower on
+    # XLA:CPU (DCGAN-28, batch 64: 1277 vs 235 ms, even for one iteration). n_critic is small.
+    d_metrics = []
+    for i in range(x.shape[0]):
+        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i))
+        d_metrics.append(m)
     state, g_metrics = g_step(spec, state, x[-1], k_g)
     beta = ema_beta(spec.ema, spec.batch, state.step)
     g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
-    metrics = {k: jnp.mean(v) for k, v in d_metrics.items()} | g_metrics
+    metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]} | g_metrics
     return state.replace(step=state.step + 1, g_ema=g_ema), metrics

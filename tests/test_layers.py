@@ -8,7 +8,8 @@ from flax import nnx
 from jax import lax
 
 from gaxp.models import layers
-from gaxp.models.layers import DownConv2x, UpConv2x, conv_down_2x, conv_transpose_2x
+from gaxp.models.blocks import Down2x, Up2x
+from gaxp.models.layers import conv_down_2x, conv_transpose_2x
 
 DN = ("NHWC", "HWIO", "NHWC")
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -88,8 +89,8 @@ def test_matches_torch_with_copied_weights(shape):
         np.testing.assert_allclose(dk, dk_t, **TOL)
 
 
-@pytest.mark.parametrize("cls,ref,cout", [(UpConv2x, ref_up, 8), (UpConv2x, ref_up, 1),
-                                          (DownConv2x, ref_down, 8)])
+@pytest.mark.parametrize("cls,ref,cout", [(Up2x, ref_up, 8), (Up2x, ref_up, 1),
+                                          (Down2x, ref_down, 8)])
 def test_modules_under_jit_and_vmap(cls, ref, cout):
     model = cls(5, cout, rngs=nnx.Rngs(0))
     assert model.kernel.shape == (4, 4, 5, cout) and model.bias.shape == (cout,)
@@ -98,7 +99,7 @@ def test_modules_under_jit_and_vmap(cls, ref, cout):
 
     @jax.jit
     def apply(state, x):
-        return nnx.merge(graphdef, state)(x)
+        return nnx.merge(graphdef, state)(x, train=False)
 
     want = ref(x, model.kernel[...]) + model.bias[...]
     np.testing.assert_allclose(apply(state, x), want, **TOL)
@@ -108,17 +109,24 @@ def test_modules_under_jit_and_vmap(cls, ref, cout):
     grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)))(states, x)
     for i in range(3):
         s_i = jax.tree.map(lambda p: p[i], states)
-        chex_like = jax.grad(lambda s: jnp.mean(
+        expected = jax.grad(lambda s: jnp.mean(
             (ref(x, s["kernel"][...]) + s["bias"][...]) ** 2))(s_i)
-        np.testing.assert_allclose(grads["kernel"][...][i], chex_like["kernel"][...], **TOL)
-        np.testing.assert_allclose(grads["bias"][...][i], chex_like["bias"][...], **TOL)
+        np.testing.assert_allclose(grads["kernel"][...][i], expected["kernel"][...], **TOL)
+        np.testing.assert_allclose(grads["bias"][...][i], expected["bias"][...], **TOL)
 
 
-def test_module_options():
-    m = UpConv2x(3, 4, use_bias=False, kernel_init=layers.dcgan_init, rngs=nnx.Rngs(1))
-    assert m.bias is None
-    np.testing.assert_allclose(float(jnp.std(m.kernel[...])), 0.02, rtol=0.3)
-    assert m(jnp.ones((1, 3, 3, 3))).shape == (1, 6, 6, 4)
+def test_spectral_norm_makes_the_kernel_matrix_norm_one():
+    """Power iteration converges: after enough training calls, sigma_max(W / sigma) == 1."""
+    m = Down2x(5, 8, sn=True, init="dcgan", rngs=nnx.Rngs(1))
+    for _ in range(50):
+        k, _ = m.weights(train=True)
+    top = np.linalg.svd(np.asarray(k).reshape(-1, 8), compute_uv=False)[0]
+    np.testing.assert_allclose(top, 1.0, rtol=1e-3)
+    np.testing.assert_allclose(float(jnp.std(m.kernel[...])), 0.02, rtol=0.3)  # DCGAN init
+
+
+def test_bad_shapes_raise():
+    assert Up2x(3, 4, use_bias=False, rngs=nnx.Rngs(1))(jnp.ones((1, 3, 3, 3)), train=False).shape == (1, 6, 6, 4)
     with pytest.raises(ValueError):
         conv_transpose_2x(jnp.ones((1, 3, 3, 2)), jnp.ones((4, 4, 3, 4)))
     with pytest.raises(ValueError):

@@ -4,17 +4,17 @@
 size) and `conv_down_2x` exactly `Conv2d(k=4, s=2, p=1)` (output floor(input / 2)). NHWC inputs,
 HWIO kernels (4, 4, Cin, Cout).
 
-Why not `lax.conv_transpose`? Its weight gradient is pathological on XLA:CPU: for 256->128
-channels, 7->14, batch 64 it took 1.5-2.7 s (12 s at batch 256) while the forward pass took ~50 ms
-(measured with scripts/bench_conv.py on the 2-core dev CPU, other jobs running). It grows with the
-channel count (Cout=1: 10 ms, 16: 230 ms, 64: 2.3 s at 128 input channels). So for Cout >= 4 we
+Why not `lax.conv_transpose`? Its weight gradient is pathological on XLA:CPU. scripts/bench_conv.py
+on the 2-core dev CPU (shared, noisy), 256->128 channels, 7->14, forward+backward: lax 1752 ms
+at batch 64 (7.6 s at 256); this module 101 ms (507 ms); torch eager 107 ms (432 ms). The lax cost
+grows with the channel count (128 in, Cout=1: 10 ms; 16: 230 ms; 64: 2.3 s). So for Cout >= 4 we
 use a `jax.custom_vjp` built from passes that are fast:
 
 * forward, sub-pixel form: with a 4x4 kernel and stride 2, output pixels (2j-1, 2j) in each
   dimension depend only on the 2x2 input window starting at padded position j. So the layer is
   one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout output channels (the four output
   phases), then depth-to-space and a crop of one pixel at each border. No structural zeros; the
-  border costs ((H+1)/H)^2 extra FLOPs. Faster than `lax.conv_transpose` (e.g. 53 vs 64 ms).
+  border costs ((H+1)/H)^2 extra FLOPs. Faster than `lax.conv_transpose` (30 vs 43 ms above).
 * input gradient: the adjoint of a transposed conv is an ordinary stride-2 conv of the output
   gradient with the spatially flipped, in/out-swapped kernel (the lax forward-conv path, fast).
 * weight gradient: one matmul, (4*Cout, M) @ (M, 4*Cin) with M = N*(H+1)*(W+1), between the
@@ -24,10 +24,10 @@ use a `jax.custom_vjp` built from passes that are fast:
 
 For Cout < 4 (a generator's image layer) the plain lax path is fastest and is used as is.
 
-`conv_down_2x`: XLA's own stride-2 conv is fine in both directions (64->128, 14->7, batch 64:
-forward, input and weight gradients each ~15 ms, like PyTorch eager), so it is used for Cin >= 8.
-For few input channels (the discriminator's image layer) a space-to-depth + 2x2 patches + matmul
-form is 2-3x faster (1->64, 28->14, batch 256: value_and_grad 10 vs 34 ms).
+`conv_down_2x`: XLA's own stride-2 conv is fine in both directions (64->128, 14->7, forward +
+backward: 38 ms at batch 64, 169 ms at 256, torch eager 27 / 105 ms; patches + matmul is no
+better), so it is used for Cin >= 8. For few input channels (the discriminator's image layer) a
+space-to-depth + 2x2 patches + matmul form is 4-5x faster (1->64, 28->14, batch 256: 6 vs 33 ms).
 
 Kernel conventions (for copying weights from/to PyTorch):
 
@@ -43,13 +43,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 MIN_COUT_CUSTOM = 4  # conv_transpose_2x: below this, lax.conv_transpose is fastest
 MAX_CIN_PATCHES = 8  # conv_down_2x: below this, patches + matmul beat lax's conv
-dcgan_init = nnx.initializers.normal(stddev=0.02)
 
 
 def _pad(x, lo, hi):
@@ -158,38 +156,3 @@ def conv_down_2x(x, w, b=None):
         y = lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
                                      dimension_numbers=DIMENSION_NUMBERS)
     return y if b is None else y + b
-
-
-class _Conv4x4(nnx.Module):
-    def __init__(self, in_features, out_features, *, use_bias=True,
-                 kernel_init=nnx.initializers.lecun_normal(),
-                 bias_init=nnx.initializers.zeros_init(), dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
-        shape = (4, 4, in_features, out_features)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
-        self.bias = (nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
-                     if use_bias else None)
-
-    def _args(self, x):
-        dtype = self.dtype or jnp.result_type(x, self.kernel[...])
-        b = None if self.bias is None else self.bias[...].astype(dtype)
-        return x.astype(dtype), self.kernel[...].astype(dtype), b
-
-
-class UpConv2x(_Conv4x4):
-    """ConvTranspose2d(k=4, s=2, p=1) as an NNX module: (N, H, W, Ci) -> (N, 2H, 2W, Co).
-
-    Params `kernel` (4, 4, Ci, Co), lax/flax ConvTranspose convention, and `bias` (Co,).
-    `kernel_init` defaults to flax's lecun_normal; pass `dcgan_init` for DCGAN's N(0, 0.02).
-    """
-
-    def __call__(self, x):
-        return conv_transpose_2x(*self._args(x))
-
-
-class DownConv2x(_Conv4x4):
-    """Conv2d(k=4, s=2, p=1) as an NNX module: (N, H, W, Ci) -> (N, H//2, W//2, Co)."""
-
-    def __call__(self, x):
-        return conv_down_2x(*self._args(x))

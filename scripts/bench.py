@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Benchmark gaxp's compiled train step (and, with torch installed, the same DCGAN in eager PyTorch).
+
+For each model and batch size: step ms (median over timed rounds), images/s, compile seconds,
+GFLOP per step from XLA's cost analysis, achieved GFLOP/s and the fraction of this machine's
+matmul peak (measured here with a large jitted matmul), and the input-pipeline rate (real data
+through grain vs the same step on a batch already on the device). The torch comparison runs in the
+same process, interleaved with the JAX rounds, and prints the ratio.
+
+    python scripts/bench.py                       # dcgan + mlp at batch 64 and 256, markdown
+    python scripts/bench.py --models dcgan --batch 64 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(n: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of an n x n float32 matmul under jit: the device's practical peak."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def gaxp_step(model: str, batch: int, out_dir: str):
+    """(compiled step, state, device batch, key, Batches, compile seconds, GFLOP per step)."""
+    import jax
+    from hydra import compose, initialize_config_dir
+
+    from gaxp.checkpoint import Checkpointer
+    from gaxp.config import load
+    from gaxp.train import Batches, _compile, _init, setup
+
+    overrides = {"dcgan": [], "mlp": ["experiment=toy_ring"],
+                 "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
+                                          f"out_dir={out_dir}", "trainer.devices=1"])
+    run = setup(load(cfg))
+    batches = Batches(run)
+    state, _ = _init(run, Checkpointer(Path(out_dir) / "ck", 1), batches.iterator)
+    key = jax.random.key(0)
+    device_batch = next(batches)
+    compiled, compile_s = _compile(run, state, device_batch, key)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    return compiled, state, device_batch, key, batches, compile_s, flops / 1e9
+
+
+def time_jax(compiled, state, batch, key, rounds: int, steps: int, batches=None):
+    """Median ms per step over ``rounds`` of ``steps``; from ``batches`` when given (real data)."""
+    import jax
+
+    per_round = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(steps):
+            b = next(batches) if batches is not None else batch
+            state, m = compiled(state, b, key)
+        jax.block_until_ready(m)
+        per_round.append((time.perf_counter() - t) / steps * 1000)
+    return statistics.median(per_round), state
+
+
+def torch_dcgan(batch: int, z_dim: int = 100):
+    """The same DCGAN-28 (default gaxp config) in eager PyTorch: returns a step() closure."""
+    import torch
+    from torch import nn
+
+    g = nn.Sequential(
+        nn.Linear(z_dim, 7 * 7 * 256), nn.Unflatten(1, (256, 7, 7)), nn.BatchNorm2d(256, momentum=0.1),
+        nn.ReLU(), nn.ConvTranspose2d(256, 128, 4, 2, 1), nn.BatchNorm2d(128, momentum=0.1), nn.ReLU(),
+        nn.ConvTranspose2d(128, 1, 4, 2, 1), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(64, 128, 4, 2, 1),
+        nn.BatchNorm2d(128, momentum=0.1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(7 * 7 * 128, 1))
+    g_opt = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
+    real = torch.rand(batch, 1, 28, 28) * 2 - 1
+    bce = nn.functional.binary_cross_entropy_with_logits
+    ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
+
+    def step():
+        with torch.no_grad():
+            fake = g(torch.randn(batch, z_dim))
+        d_loss = bce(d(real), ones) + bce(d(fake), zeros)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        g_loss = bce(d(g(torch.randn(batch, z_dim))), ones)
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        return float(g_loss)
+
+    return step
+
+
+def time_torch(step, rounds: int, steps: int) -> float:
+    per_round = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_round.append((time.perf_counter() - t) / steps * 1000)
+    return statistics.median(per_round)
+
+
+def bench_one(model: str, batch: int, args, peak: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled, state, device_batch, key, batches, compile_s, gflop = gaxp_step(model, batch, tmp)
+        state = time_jax(compiled, state, device_batch, key, 1, 2)[1]  # warm-up
+        torch_step = None
+        if model == "dcgan" and not args.no_torch:
+            try:
+                torch_step = torch_dcgan(batch)
+                torch_step()
+            except ImportError:
+                torch_step = None
+        jax_ms, torch_ms, real_ms = [], [], []
+        for _ in range(args.rounds):  # interleave, so background load hits both alike
+            ms, state = time_jax(compiled, state, device_batch, key, 1, args.steps)
+            jax_ms.append(ms)
+            ms, state = time_jax(compiled, state, None, key, 1, args.steps, batches)
+            real_ms.append(ms)
+            if torch_step is not None:
+                torch_ms.append(time_torch(torch_step, 1, args.steps))
+    ms = statistics.median(jax_ms)
+    row = {"model": model, "batch": batch, "step_ms": ms, "images_per_s": batch / ms * 1000,
+           "compile_s": compile_s, "gflop_per_step": gflop, "gflop_per_s": gflop / ms * 1000,
+           "peak_fraction": gflop / ms * 1000 / peak, "real_data_ms": statistics.median(real_ms)}
+    row["pipeline_rate"] = ms / row["real_data_ms"]
+    if torch_ms:
+        row["torch_ms"] = statistics.median(torch_ms)
+        row["speedup_vs_torch"] = row["torch_ms"] / ms
+    return row
+
+
+def markdown(rows: list[dict], peak: float) -> str:
+    cols = ["model", "batch", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
+            "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
+            "speedup_vs_torch"]
+    lines = [f"matmul peak: {peak:.0f} GFLOP/s", "", "| " + " | ".join(cols) + " |",
+             "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r.get(c, "") for c in cols]
+        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
+                                         for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["dcgan", "mlp"], choices=["dcgan", "mlp", "resnet"])
+    p.add_argument("--batch", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
+    p.add_argument("--steps", type=int, default=10, help="steps per round")
+    p.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    peak = matmul_peak()
+    rows = [bench_one(m, b, args, peak) for m in args.models for b in args.batch]
+    print(markdown(rows, peak))
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflop_per_s": peak, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
