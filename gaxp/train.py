@@ -59,7 +59,8 @@ def _quiet_libraries() -> None:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for name in ("absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def setup(config: Config) -> Run:

@@ -50,7 +50,7 @@ def gaxp_step(model: str, batch: int, out_dir: str):
     from gaxp.config import load
     from gaxp.train import Batches, _compile, _init, setup
 
-    overrides = {"dcgan": [], "mlp": ["experiment=toy_ring"],
+    overrides = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
                  "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",

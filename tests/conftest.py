@@ -1,6 +1,7 @@
 """Test setup: CPU JAX with 8 virtual devices, configured before JAX is imported."""
 
 import os
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -9,6 +10,11 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+# Many tests compile the same programs (resume vs uninterrupted, same seed twice, subprocesses):
+# JAX's persistent compilation cache compiles each once per machine.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"gaxp-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from pathlib import Path  # noqa: E402
 

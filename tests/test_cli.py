@@ -27,7 +27,7 @@ def gaxp_train(*args, cwd, devices=1, timeout=300):
     (["data.batch_size=12"], "data.batch_size=12 is not divisible by the 8 devices"),
     (["data.image_size=48"], "model=dcgan cannot produce 48x48 px images"),
     (["data=tfds", "data.name=cifar10", "data.data_dir=/nonexistent/tfds"], "tfds build cifar10"),
-    (["model=dcgan", "data=ring"], "model=dcgan needs image data"),
+    (["model=dcgan", "data=ring", "data.batch_size=64"], "model=dcgan needs image data"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = gaxp_train(*args, "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,

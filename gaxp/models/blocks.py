@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gaxp.errors import ConfigError
 from gaxp.models import layers
 
 
@@ -138,3 +139,14 @@ def up_levels(size: int) -> tuple[int, int] | None:
         if n >= 1 and n == int(n):
             return base, int(n)
     return None
+
+
+def check_square_image(model: str, shape: tuple, image: bool) -> None:
+    """Convolutional models need square images of a size ``up_levels`` accepts."""
+    if not image:
+        raise ConfigError(f"model={model} needs image data; use model=mlp for toy 2D data")
+    if shape[0] != shape[1] or up_levels(shape[0]) is None:
+        raise ConfigError(
+            f"model={model} cannot produce {shape[0]}x{shape[1]} px images; it makes square sizes "
+            "4*2^n or 7*2^n (28, 32, 56, 64, 128, ...): set data.image_size"
+        )

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
-from gaxp.errors import ConfigError
-from gaxp.models.blocks import Dense, Down2x, Norm, Up2x, lrelu, up_levels
+from gaxp.models.blocks import check_square_image, Dense, Down2x, Norm, Up2x, lrelu, up_levels
 
 
 class DCGANGenerator(nnx.Module):
@@ -62,13 +61,7 @@ class DCGANDiscriminator(nnx.Module):
 
 
 def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
-    if not image:
-        raise ConfigError("model=dcgan needs image data; use model=mlp for toy 2D data")
-    if shape[0] != shape[1] or up_levels(shape[0]) is None:
-        raise ConfigError(
-            f"model=dcgan cannot produce {shape[0]}x{shape[1]} px images; it makes square sizes "
-            "4*2^n or 7*2^n (28, 32, 56, 64, 128, ...): set data.image_size"
-        )
+    check_square_image("dcgan", shape, image)
 
 
 def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):

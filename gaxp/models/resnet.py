@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
-from gaxp.errors import ConfigError
-from gaxp.models.blocks import Conv, Dense, Norm, up_levels
+from gaxp.models.blocks import check_square_image, Conv, Dense, Norm, up_levels
 
 
 def _up(x: jax.Array) -> jax.Array:
@@ -95,13 +94,7 @@ class ResNetDiscriminator(nnx.Module):
 
 
 def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
-    if not image:
-        raise ConfigError("model=resnet needs image data; use model=mlp for toy 2D data")
-    if shape[0] != shape[1] or up_levels(shape[0]) is None:
-        raise ConfigError(
-            f"model=resnet cannot produce {shape[0]}x{shape[1]} px images; it makes square sizes "
-            "4*2^n or 7*2^n (28, 32, 64, ...): set data.image_size"
-        )
+    check_square_image("resnet", shape, image)
 
 
 def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):
