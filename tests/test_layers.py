@@ -17,7 +17,7 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 # (batch, H, W, Cin, Cout): odd/even sizes, 1 and >1 channels, batch 1 and 3, both code paths
 # (Cout < 4 / Cin < 8 take the plain lax / patches paths, the others the custom ones).
 SHAPES = [(1, 7, 7, 1, 1), (3, 7, 5, 6, 5), (1, 4, 4, 16, 8), (3, 5, 6, 3, 2),
-          (3, 14, 14, 9, 1), (1, 3, 8, 1, 16), (3, 6, 7, 12, 4)]
+          (3, 14, 14, 9, 1), (1, 3, 8, 1, 16), (3, 6, 7, 12, 4), (2, 7, 7, 32, 16)]
 
 
 def ref_up(x, w):

@@ -6,7 +6,8 @@ HWIO kernels (4, 4, Cin, Cout).
 
 Why not `lax.conv_transpose`? Its weight gradient is pathological on XLA:CPU. scripts/bench_conv.py
 on the 2-core dev CPU (shared, noisy), 256->128 channels, 7->14, forward+backward: lax 1752 ms
-at batch 64 (7.6 s at 256); this module 101 ms (507 ms); torch eager 107 ms (432 ms). The lax cost
+at batch 64 (7.6 s at 256); this module 101 ms (507 ms) before the im2col backward below,
+which cut it by a further 20-26%; torch eager 107 ms (432 ms). The lax cost
 grows with the channel count (128 in, Cout=1: 10 ms; 16: 230 ms; 64: 2.3 s). So for Cout >= 4 we
 use a `jax.custom_vjp` built from passes that are fast:
 
@@ -15,19 +16,31 @@ use a `jax.custom_vjp` built from passes that are fast:
   one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout output channels (the four output
   phases), then depth-to-space and a crop of one pixel at each border. No structural zeros; the
   border costs ((H+1)/H)^2 extra FLOPs. Faster than `lax.conv_transpose` (30 vs 43 ms above).
-* input gradient: the adjoint of a transposed conv is an ordinary stride-2 conv of the output
-  gradient with the spatially flipped, in/out-swapped kernel (the lax forward-conv path, fast).
-* weight gradient: one matmul, (4*Cout, M) @ (M, 4*Cin) with M = N*(H+1)*(W+1), between the
-  output gradient folded into 2x2 blocks and the 2x2 patches of the padded input (~70 ms instead
-  of ~2.6 s at the shape above). The patches are built with `jnp.stack(..., axis=-2)`:
-  `jnp.concatenate` on the channel axis produced the same array 5x slower on XLA:CPU.
+* backward, one im2col and two exact matmuls: the adjoint of a transposed conv is an ordinary
+  4x4 stride-2 conv of the output gradient g with the flipped, in/out-swapped kernel kd. So the
+  4x4 windows of g are gathered once (`_down_im2col`, space-to-depth + 2x2 taps: (N*H*W, 16*Cout))
+  and give both gradients: dx = G @ kd (M x 16Co x Ci) and dkd = x^T @ G (Ci x M x 16Co), no
+  wasted FLOPs. Before, dx was XLA's stride-2 conv and dk a matmul over the (H+1)x(W+1) phase
+  blocks (31% more FLOPs at 7x7): forward+backward 256->128, 7->14 went from 119 to 95 ms at
+  batch 64 and 1063 to 782 ms at 256 (interleaved, loaded machine); the DCGAN-28 step got 8-9%
+  faster at batch 64 and 17% at 256 (bench.py's step, old and new in one process, interleaved).
+  The patches are built with `jnp.stack(..., axis=-2)`: `jnp.concatenate` on the channel axis
+  produced the same array 5x slower on XLA:CPU.
+
+Tried, not kept (same interleaved measurements): the forward as a matmul, x @ (Ci, 16*Co) then
+col2im (exact FLOPs; the shifted-slice sum costs 15-30 ms at batch 64, as much as it saves), or
+as patches @ (4Ci, 4Co) (slower than the conv), or as four exact per-phase convs (1.4x slower);
+(16Co, M) @ (M, Ci) for the weight gradient (~8% slower).
 
 For Cout < 4 (a generator's image layer) the plain lax path is fastest and is used as is.
 
 `conv_down_2x`: XLA's own stride-2 conv is fine in both directions (64->128, 14->7, forward +
-backward: 38 ms at batch 64, 169 ms at 256, torch eager 27 / 105 ms; patches + matmul is no
-better), so it is used for Cin >= 8. For few input channels (the discriminator's image layer) a
-space-to-depth + 2x2 patches + matmul form is 4-5x faster (1->64, 28->14, batch 256: 6 vs 33 ms).
+backward: 38 ms at batch 64, 169 ms at 256, torch eager 27 / 105 ms), so it is used for Cin >= 8.
+A custom VJP with im2col matmuls (forward patches @ W: 15-20% faster; dW = patches^T @ g;
+dx = g @ W^T then col2im, as a sum of 16 interior-padded taps) lost overall: forward + backward
+63-109 ms vs lax 61-74 ms at batch 64, and worse at 256 (the 51 MB of patches are memory-bound).
+For few input channels (the discriminator's image layer) a space-to-depth + 2x2 patches + matmul
+form is 4-5x faster (1->64, 28->14, batch 256: 6 vs 33 ms).
 
 Kernel conventions (for copying weights from/to PyTorch):
 
@@ -98,15 +111,13 @@ def _up_custom_bwd(res, g):
     n, h, w, ci = x.shape
     co = k.shape[-1]
     g = g.astype(x.dtype)
-    dx = lax.conv_general_dilated(g, k[::-1, ::-1].swapaxes(2, 3), (2, 2), ((1, 1), (1, 1)),
-                                  dimension_numbers=DIMENSION_NUMBERS)
-    patches = _patches_2x2(_pad(x, (1, 1), (1, 1)), h + 1, w + 1).reshape(-1, 4 * ci)
-    g_blocks = _pad(g, (1, 1), (1, 1)).reshape(n, h + 1, 2, w + 1, 2, co)
-    g_blocks = g_blocks.transpose(0, 1, 3, 2, 4, 5).reshape(-1, 4 * co)
-    # (4Co, M) @ (M, 4Ci), not (4Ci, M) @ (M, 4Co): 5x faster for small Co on XLA:CPU.
-    dk = (g_blocks.T @ patches).reshape(2, 2, co, 2, 2, ci)  # [qy, qx, co, dy, dx, ci]
-    dk = dk.transpose(3, 0, 4, 1, 5, 2)[:, ::-1, :, ::-1].reshape(4, 4, ci, co)
-    return dx, dk.astype(k.dtype)
+    kd = k[::-1, ::-1].swapaxes(2, 3)  # the adjoint is conv_down_2x(g, kd), kd: (4, 4, Co, Ci)
+    gp = _down_im2col(g, h, w)  # (N*h*w, 16*Co), shared by both gradients
+    dx = (gp @ _s2d_perm(kd).reshape(16 * co, ci)).reshape(n, h, w, ci)
+    # (Ci, M) @ (M, 16Co): ~8% faster than (16Co, M) @ (M, Ci) here.
+    dkd = lax.dot_general(x.reshape(-1, ci), gp, (((0,), (0,)), ((), ())))
+    dk = _s2d_perm(dkd.T.reshape(4, 4, co, ci))  # (4, 4, Co, Ci), kd's layout
+    return dx, dk.swapaxes(2, 3)[::-1, ::-1].astype(k.dtype)
 
 
 _up_custom.defvjp(_up_custom_fwd, _up_custom_bwd)
@@ -135,13 +146,23 @@ def _space_to_depth(x, ho, wo):
     return xp.reshape(n, ho + 1, wo + 1, 4 * c)
 
 
+def _s2d_perm(k):
+    """Reorder a (4, 4, A, B) kernel's taps (2*dy + r, 2*dx + s) into (dy, dx, r, s) order: the
+    row order of `_down_im2col` (block tap, then in-block offset). The permutation is its own
+    inverse."""
+    return k.reshape(2, 2, 2, 2, *k.shape[2:]).transpose(0, 2, 1, 3, 4, 5).reshape(k.shape)
+
+
+def _down_im2col(x, ho, wo):
+    """(N, H, W, C) -> (N*ho*wo, 16*C): the 4x4 stride-2 windows (pad 1) of each output pixel."""
+    return _patches_2x2(_space_to_depth(x, ho, wo), ho, wo).reshape(-1, 16 * x.shape[-1])
+
+
 def _down_patches(x, k):
-    n, h, w, ci = x.shape
-    ho, wo, co = h // 2, w // 2, k.shape[-1]
-    patches = _patches_2x2(_space_to_depth(x, ho, wo), ho, wo).reshape(-1, 16 * ci)
-    # kernel row 2*dy + r hits block tap dy, in-block row r: (dy, r, dx, s) -> (dy, dx, r, s).
-    kmat = k.reshape(2, 2, 2, 2, ci, co).transpose(0, 2, 1, 3, 4, 5).reshape(16 * ci, co)
-    return (patches @ kmat).reshape(n, ho, wo, co)
+    n, h, w, _ = x.shape
+    ho, wo = h // 2, w // 2
+    kmat = _s2d_perm(k).reshape(-1, k.shape[-1])
+    return (_down_im2col(x, ho, wo) @ kmat).reshape(n, ho, wo, k.shape[-1])
 
 
 def conv_down_2x(x, w, b=None):
