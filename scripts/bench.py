@@ -41,7 +41,7 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def gaxp_step(model: str, batch: int, out_dir: str):
+def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1):
     """(compiled step, state, device batch, key, Batches, compile seconds, GFLOP per step)."""
     import jax
     from hydra import compose, initialize_config_dir
@@ -54,7 +54,7 @@ def gaxp_step(model: str, batch: int, out_dir: str):
                  "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
-                                          f"out_dir={out_dir}", "trainer.devices=1"])
+                                          f"out_dir={out_dir}", f"trainer.devices={devices}"])
     run = setup(load(cfg))
     batches = Batches(run)
     state, _ = _init(run, Checkpointer(Path(out_dir) / "ck", 1), batches.iterator)
@@ -63,8 +63,8 @@ def gaxp_step(model: str, batch: int, out_dir: str):
     compiled, compile_s = _compile(run, state, device_batch, key)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    return compiled, state, device_batch, key, batches, compile_s, flops / 1e9
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0  # per device for an SPMD program
+    return compiled, state, device_batch, key, batches, compile_s, flops * devices / 1e9
 
 
 def time_jax(compiled, state, batch, key, rounds: int, steps: int, batches=None):
@@ -128,7 +128,8 @@ def time_torch(step, rounds: int, steps: int) -> float:
 
 def bench_one(model: str, batch: int, args, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        compiled, state, device_batch, key, batches, compile_s, gflop = gaxp_step(model, batch, tmp)
+        compiled, state, device_batch, key, batches, compile_s, gflop = gaxp_step(
+            model, batch, tmp, args.host_devices)
         state = time_jax(compiled, state, device_batch, key, 1, 2)[1]  # warm-up
         torch_step = None
         if model == "dcgan" and not args.no_torch:
@@ -146,7 +147,7 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
             if torch_step is not None:
                 torch_ms.append(time_torch(torch_step, 1, args.steps))
     ms = statistics.median(jax_ms)
-    row = {"model": model, "batch": batch, "step_ms": ms, "images_per_s": batch / ms * 1000,
+    row = {"model": model, "batch": batch, "devices": args.host_devices, "step_ms": ms, "images_per_s": batch / ms * 1000,
            "compile_s": compile_s, "gflop_per_step": gflop, "gflop_per_s": gflop / ms * 1000,
            "peak_fraction": gflop / ms * 1000 / peak, "real_data_ms": statistics.median(real_ms)}
     row["pipeline_rate"] = ms / row["real_data_ms"]
@@ -157,7 +158,7 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
 
 
 def markdown(rows: list[dict], peak: float) -> str:
-    cols = ["model", "batch", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
+    cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
             "speedup_vs_torch"]
     lines = [f"matmul peak: {peak:.0f} GFLOP/s", "", "| " + " | ".join(cols) + " |",
@@ -177,7 +178,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="steps per round")
     p.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--host-devices", type=int, default=1,
+                   help="on CPU: split the host into N XLA devices and shard the batch over them")
     args = p.parse_args(argv)
+    if args.host_devices > 1:  # must happen before JAX initialises its backend
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.host_devices}")
     os.environ.setdefault("WANDB_MODE", "disabled")
     peak = matmul_peak()
     rows = [bench_one(m, b, args, peak) for m in args.models for b in args.batch]
