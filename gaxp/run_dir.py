@@ -19,17 +19,19 @@ from pathlib import Path
 from gaxp.config import Config
 from gaxp.errors import ConfigError
 
-_RESUMABLE_KEYS = {"trainer": ("resume", "steps", "progress", "log_every", "sample_every",
-                               "ckpt_every", "keep"), "": ("out_dir", "runs_root", "logger")}
+# Keys that may differ between a run and its resumption: where and how it logs, and for how long.
+_NOT_EXPERIMENT = ("out_dir", "runs_root", "logger")
+_NOT_EXPERIMENT_TRAINER = ("resume", "steps", "progress", "log_every", "sample_every",
+                           "ckpt_every", "keep")
 
 
 def config_key(config: Config) -> str:
     """A hash of everything that defines the experiment (not how long or how it is logged)."""
     d = dataclasses.asdict(config)
-    for k in _RESUMABLE_KEYS[""]:
-        d.pop(k, None)
-    for k in _RESUMABLE_KEYS["trainer"]:
-        d["trainer"].pop(k, None)
+    for k in _NOT_EXPERIMENT:
+        d.pop(k)
+    for k in _NOT_EXPERIMENT_TRAINER:
+        d["trainer"].pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
