@@ -105,9 +105,9 @@ class Batches:
         self.sharding = sharding.batch_sharding(run.mesh, batch_axis=1)
 
     def __next__(self) -> dict:
-        b = next(self.iterator)
-        b = {k: v.reshape((self.n_critic, self.local) + v.shape[1:]) for k, v in b.items() if k == "x"}
-        return sharding.to_global(b, self.sharding, self.glob, batch_axis=1)
+        x = next(self.iterator)["x"]  # labels are not used by unconditional models
+        x = x.reshape((self.n_critic, self.local) + x.shape[1:])
+        return sharding.to_global({"x": x}, self.sharding, self.glob, batch_axis=1)
 
 
 class Outputs:
@@ -160,7 +160,8 @@ class Outputs:
                 w.close()
 
 
-def _compile(run: Run, state: GANState, batch: dict, key: jax.Array):
+def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):
+    """The train step lowered and compiled once for these shapes and shardings (donates state)."""
     t0 = time.perf_counter()
     replicated = sharding.replicated(run.mesh)
     fn = jax.jit(functools.partial(train_step, spec=run.spec), donate_argnums=0,
@@ -174,7 +175,7 @@ def _loop(run: Run, state, batches: Batches, out: Outputs, ckpt: Checkpointer, m
     key = jax.random.fold_in(jax.random.key(t.seed), 1)
     start = int(jax.device_get(state.step))
     batch = next(batches) if start < t.steps else None
-    step_fn, compile_s = _compile(run, state, batch, key) if batch is not None else (None, 0.0)
+    step_fn, compile_s = compile_step(run, state, batch, key) if batch is not None else (None, 0.0)
     images_per_step = run.config.data.batch_size * run.config.loss.n_critic
     metrics, t_run, t_log, step_log = {}, time.perf_counter(), time.perf_counter(), start
     for step in range(start + 1, t.steps + 1):
@@ -208,13 +209,21 @@ def _prior_wandb_id(directory: Path) -> str | None:
         return None
 
 
-def train(cfg) -> dict:
-    """Train one GAN as configured; returns the summary also written to ``summary.json``."""
-    config = cfg if isinstance(cfg, Config) else load(cfg)
+def prepare(config: Config) -> tuple[Run, Batches, Checkpointer, GANState, dict]:
+    """Everything before compiling: validate and set up the run, open its data and checkpoints,
+    and create the state (or restore it with the data position). Used by ``train`` and by
+    scripts and tests that drive the compiled step themselves."""
     run = setup(config)
     batches = Batches(run)
     ckpt = Checkpointer(run.dir / "checkpoints", config.trainer.keep)
     state, meta = _init(run, ckpt, batches.iterator)
+    return run, batches, ckpt, state, meta
+
+
+def train(cfg) -> dict:
+    """Train one GAN as configured; returns the summary also written to ``summary.json``."""
+    config = cfg if isinstance(cfg, Config) else load(cfg)
+    run, batches, ckpt, state, meta = prepare(config)
     start = int(jax.device_get(state.step))
     meta = {"config_key": run_dir.config_key(config), **meta}
     out = Outputs(run, start, meta.get("wandb_id") or _prior_wandb_id(run.dir))
@@ -229,9 +238,9 @@ def train(cfg) -> dict:
         ckpt.close()
         out.close()
     state = result.pop("state")
-    images = int(jax.device_get(state.step)) * config.data.batch_size * config.loss.n_critic
+    steps = int(jax.device_get(state.step))
     summary = {
-        "steps": int(jax.device_get(state.step)), "kimg": images / 1000,
+        "steps": steps, "kimg": steps * config.data.batch_size * config.loss.n_critic / 1000,
         "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
         "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
         "step_traces": TRACES["train_step"] - traces_before, "resumed_from": start,

@@ -46,40 +46,33 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1):
     import jax
     from hydra import compose, initialize_config_dir
 
-    from gaxp.checkpoint import Checkpointer
     from gaxp.config import load
-    from gaxp.train import Batches, _compile, _init, setup
+    from gaxp.train import compile_step, prepare
 
     overrides = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
                  "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
                                           f"out_dir={out_dir}", f"trainer.devices={devices}"])
-    run = setup(load(cfg))
-    batches = Batches(run)
-    state, _ = _init(run, Checkpointer(Path(out_dir) / "ck", 1), batches.iterator)
+    run, batches, _, state, _ = prepare(load(cfg))
     key = jax.random.key(0)
     device_batch = next(batches)
-    compiled, compile_s = _compile(run, state, device_batch, key)
+    compiled, compile_s = compile_step(run, state, device_batch, key)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0  # per device for an SPMD program
     return compiled, state, device_batch, key, batches, compile_s, flops * devices / 1e9
 
 
-def time_jax(compiled, state, batch, key, rounds: int, steps: int, batches=None):
-    """Median ms per step over ``rounds`` of ``steps``; from ``batches`` when given (real data)."""
+def time_jax(compiled, state, batch, key, steps: int, batches=None):
+    """(ms per step over ``steps`` steps, state); batches from ``batches`` when given (real data)."""
     import jax
 
-    per_round = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(steps):
-            b = next(batches) if batches is not None else batch
-            state, m = compiled(state, b, key)
-        jax.block_until_ready(m)
-        per_round.append((time.perf_counter() - t) / steps * 1000)
-    return statistics.median(per_round), state
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, next(batches) if batches is not None else batch, key)
+    jax.block_until_ready(m)
+    return (time.perf_counter() - t) / steps * 1000, state
 
 
 def torch_dcgan(batch: int, z_dim: int = 100):
@@ -111,26 +104,24 @@ def torch_dcgan(batch: int, z_dim: int = 100):
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         g_opt.step()
-        return float(g_loss)
+        return g_loss.item()
 
     return step
 
 
-def time_torch(step, rounds: int, steps: int) -> float:
-    per_round = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        per_round.append((time.perf_counter() - t) / steps * 1000)
-    return statistics.median(per_round)
+def time_torch(step, steps: int) -> float:
+    """ms per step of the eager torch step over ``steps`` steps."""
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps * 1000
 
 
 def bench_one(model: str, batch: int, args, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         compiled, state, device_batch, key, batches, compile_s, gflop = gaxp_step(
             model, batch, tmp, args.host_devices)
-        state = time_jax(compiled, state, device_batch, key, 1, 2)[1]  # warm-up
+        state = time_jax(compiled, state, device_batch, key, 2)[1]  # warm-up
         torch_step = None
         if model == "dcgan" and not args.no_torch:
             try:
@@ -140,12 +131,12 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
                 torch_step = None
         jax_ms, torch_ms, real_ms = [], [], []
         for _ in range(args.rounds):  # interleave, so background load hits both alike
-            ms, state = time_jax(compiled, state, device_batch, key, 1, args.steps)
+            ms, state = time_jax(compiled, state, device_batch, key, args.steps)
             jax_ms.append(ms)
-            ms, state = time_jax(compiled, state, None, key, 1, args.steps, batches)
+            ms, state = time_jax(compiled, state, None, key, args.steps, batches)
             real_ms.append(ms)
             if torch_step is not None:
-                torch_ms.append(time_torch(torch_step, 1, args.steps))
+                torch_ms.append(time_torch(torch_step, args.steps))
     ms = statistics.median(jax_ms)
     row = {"model": model, "batch": batch, "devices": args.host_devices, "step_ms": ms, "images_per_s": batch / ms * 1000,
            "compile_s": compile_s, "gflop_per_step": gflop, "gflop_per_s": gflop / ms * 1000,

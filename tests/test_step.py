@@ -10,17 +10,14 @@ from gaxp import sharding
 from gaxp.config import load
 from gaxp.models import adapter
 from gaxp.models.blocks import Norm
-from gaxp.train import Batches, _compile, _init, setup
-from gaxp.checkpoint import Checkpointer
+from gaxp.train import Batches, compile_step, prepare
 
 
 def _run_steps(tiny, tmp_path, devices, n, *overrides):
     config = load(tiny(f"trainer.devices={devices}", *overrides, name=f"d{devices}"))
-    run = setup(config)
-    batches = Batches(run)
-    state, _ = _init(run, Checkpointer(tmp_path / f"ck{devices}", 1), batches.iterator)
+    run, batches, _, state, _ = prepare(config)
     key = jax.random.key(7)
-    step_fn, _ = _compile(run, state, next(batches), key)
+    step_fn, _ = compile_step(run, state, next(batches), key)
     batches = Batches(run)  # same data for every device count
     metrics = []
     for _ in range(n):
