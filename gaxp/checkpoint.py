@@ -1,19 +1,36 @@
-"""Orbax checkpoints of everything a run needs to continue exactly.
+"""Orbax checkpoints of everything a run needs to continue exactly, and never a bad one.
 
 Each checkpoint step holds three items: ``state`` (the GANState pytree, restored straight into its
 sharded layout from an abstract target), ``data`` (the grain iterator position, one file per
-process) and ``meta`` (JSON: W&B run id, wall time so far, the config key). Saves are
-asynchronous; keep-N is Orbax's ``max_to_keep``.
+process) and ``meta`` (JSON: W&B run id, wall time so far, the config key, and an integrity
+record). Saves are asynchronous and atomic (Orbax writes a temporary directory and renames it when
+complete); keep-N is Orbax's ``max_to_keep``.
+
+Integrity: before a save, one jitted pass over the state checks that every value is finite (a
+non-finite state is never written) and computes two 32-bit sums per leaf of its raw bits (a plain
+and a position-weighted one, so any flipped bit or zeroed block changes them). Restore recomputes
+them; a checkpoint that fails to read or does not match is reported, moved aside to
+``checkpoints-damaged/`` (nothing is deleted) and the previous one is tried. Orbax has no content
+check of its own, hence this one.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from gaxp.errors import ConfigError
+
+log = logging.getLogger("gaxp")
 
 
 def abstract_like(state: Any, sharding) -> Any:
@@ -21,33 +38,99 @@ def abstract_like(state: Any, sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
+def _bits(x: jax.Array) -> jax.Array:
+    """The raw bits of ``x`` as a flat uint32 vector (dtype-preserving for 8/16/32/64-bit types)."""
+    x = jnp.ravel(x)
+    if x.dtype == jnp.bool_ or x.dtype.itemsize == 1:
+        return x.astype(jnp.uint32)
+    if x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    return jnp.ravel(jax.lax.bitcast_convert_type(x, jnp.uint32))
+
+
+@jax.jit
+def _integrity(state) -> tuple[jax.Array, jax.Array]:
+    leaves = jax.tree.leaves(state)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves
+                                if jnp.issubdtype(x.dtype, jnp.inexact)]))
+    sums = []
+    for x in leaves:
+        b = _bits(x)
+        weights = jnp.arange(1, b.size + 1, dtype=jnp.uint32)
+        sums.append(jnp.stack([jnp.sum(b, dtype=jnp.uint32), jnp.sum(b * weights, dtype=jnp.uint32)]))
+    return finite, jnp.stack(sums)
+
+
+def integrity(state: Any) -> tuple[bool, str]:
+    """(every float value finite, hex checksum of the state's bits), computed on device."""
+    finite, sums = jax.device_get(_integrity(state))
+    return bool(finite), np.asarray(sums, np.uint32).tobytes().hex()
+
+
 class Checkpointer:
     def __init__(self, directory: Path, keep: int, *, async_save: bool = True):
+        self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # a save cut off by a crash leaves only a tmp dir
         )
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=options, item_names=("state", "data", "meta"),
+            self.directory, options=options, item_names=("state", "data", "meta"),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iter: Any, meta: dict) -> None:
+    def save(self, step: int, state: Any, data_iter: Any, meta: dict) -> bool:
+        """Start an async save of ``step``; returns False (writing nothing) if the state holds a
+        non-finite value. The blocking part is the integrity pass and Orbax's device-to-host copy."""
+        finite, checksum = integrity(state)
+        if not finite:
+            log.warning("gaxp: step %d: the state holds NaN/Inf; no checkpoint written", step)
+            return False
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iter),
-            meta=ocp.args.JsonSave(meta),
+            meta=ocp.args.JsonSave(meta | {"integrity": checksum}),
         ), force=True)
+        return True
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
-        """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place."""
+        """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.
+        Raises ``DamagedCheckpoint`` when the restored bits do not match those saved."""
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iter),
             meta=ocp.args.JsonRestore(),
         ))
-        return out.state, dict(out.meta)
+        meta = dict(out.meta)
+        finite, checksum = integrity(out.state)
+        if not finite or meta.get("integrity") != checksum:
+            raise DamagedCheckpoint("its contents do not match the checksum saved with it")
+        return out.state, meta
+
+    def restore_latest_good(self, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
+        """The newest checkpoint that reads back intact; damaged ones are reported and moved to
+        ``checkpoints-damaged/``. Raises ConfigError when none is left."""
+        self.wait()
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self.restore(step, abstract_state, data_iter)
+            except Exception as e:  # noqa: BLE001 - any read failure means this one is unusable
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                where = self._move_aside(step)
+                log.warning("gaxp: checkpoint %d is damaged (%s); moved to %s, trying the "
+                            "previous one", step, reason[:200], where)
+        raise ConfigError(f"no intact checkpoint left in {self.directory} (damaged ones are in "
+                          f"{self.directory.parent / 'checkpoints-damaged'}); start a new run")
+
+    def _move_aside(self, step: int) -> Path:
+        target = self.directory.parent / "checkpoints-damaged" / f"{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -55,3 +138,7 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class DamagedCheckpoint(Exception):
+    pass

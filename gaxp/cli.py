@@ -16,9 +16,10 @@ from pathlib import Path
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def _fail(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _fail(prog: str, message: str, code: int = 2) -> None:
+    kind = "stopped" if code > 128 else "error"
+    print(f"{prog}: {kind}: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def _groups() -> dict[str, list[str]]:
@@ -26,13 +27,53 @@ def _groups() -> dict[str, list[str]]:
             for d in CONF_DIR.iterdir() if d.is_dir()}
 
 
+def _writable(path: Path) -> str | None:
+    """Why ``path`` cannot be created and written (checked on its nearest existing ancestor)."""
+    import tempfile
+
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".gaxp-write-test-"))
+    except OSError as e:
+        return e.strerror
+    return None
+
+
+def _compose_first(first: list[str], multirun: bool) -> str | None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=first, return_hydra_config=True)
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if group and e.options:
+            hint = ("; other launchers come from plugins, e.g. pip install hydra-submitit-launcher"
+                    if group == "hydra/launcher" else "")
+            return f"unknown {group} {name!r}; valid: {', '.join(sorted(e.options))}{hint}"
+        return str(e).strip().splitlines()[0]
+    except (HydraException, OmegaConfBaseException) as e:
+        return str(e).strip().splitlines()[0]
+    out = Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+    why = _writable(out)
+    if why:
+        return (f"cannot write to the output directory {out}: {why}; choose another with "
+                f"runs_root=<dir> or hydra.{'sweep' if multirun else 'run'}.dir=<dir>")
+    return None
+
+
 def check_overrides(args: list[str]) -> str | None:
     """A one-line problem with the command-line overrides, or None. Checks group options (every
-    value of a sweep) and composes the first combination to catch unknown keys."""
-    from hydra import compose, initialize_config_dir
+    value of a sweep), composes the first combination (with Hydra's own groups, e.g. the
+    launcher) to catch unknown keys, and checks that the output directory can be written."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     overrides = [a for a in args if not a.startswith("-")]
     try:
@@ -47,15 +88,8 @@ def check_overrides(args: list[str]) -> str | None:
             for v in values:
                 if v not in groups[key] and not (v == "null" and key in ("experiment", "debug")):
                     return f"unknown {key} {v!r}; valid: {', '.join(groups[key])}"
-        if key.startswith("hydra") or key.startswith("+hydra"):
-            continue
         first.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose("train", overrides=first)
-    except (HydraException, OmegaConfBaseException) as e:
-        return str(e).strip().splitlines()[0]
-    return None
+    return _compose_first(first, multirun=bool({"-m", "--multirun"} & set(args)))
 
 
 def _record_failure(error: str) -> None:
@@ -74,15 +108,15 @@ def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from gaxp.errors import ConfigError
+    from gaxp.errors import GaxpError, Preempted
     from gaxp.train import train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = train(cfg)
-    except ConfigError as e:
-        if not multirun:
-            _fail("gaxp-train", str(e))
+    except GaxpError as e:
+        if not multirun or isinstance(e, Preempted):  # a signal stops the whole sweep
+            _fail("gaxp-train", str(e), e.exit_code)
         _record_failure(str(e))
         return None
     except Exception as e:  # a crashing job must not stop the sweep

@@ -79,6 +79,20 @@ class EmaSpec:
 
 
 @dataclass(frozen=True)
+class GuardSpec:
+    """Non-finite gradients: skip the update (optax ``apply_if_finite``) and count it; after
+    ``patience`` consecutive skipped steps (checked at log and checkpoint steps) roll back to the
+    last checkpoint with the learning rates times ``lr_factor``, or stop."""
+
+    enabled: bool = True
+    patience: int = 20  # consecutive skipped steps before acting
+    action: str = "rollback"  # rollback | stop
+    lr_factor: float = 0.5  # learning-rate multiplier applied at each rollback (1 = unchanged)
+    max_rollbacks: int = 3  # then stop
+    inject_nan: tuple = ()  # debug: steps whose G and D gradients are NaN (first attempt only)
+
+
+@dataclass(frozen=True)
 class TrainerSpec:
     steps: int = 3000
     seed: int = 0
@@ -91,6 +105,7 @@ class TrainerSpec:
     ema: EmaSpec = EmaSpec()
     n_samples: int = 64  # images in the fixed-noise sample grid
     progress: bool = True
+    guard: GuardSpec = GuardSpec()
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class WandbSpec:
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: tuple = ()
+    init_timeout: float = 60.0  # seconds before an unreachable W&B server falls back to offline
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,9 @@ def _check_names(cfg: Config) -> None:
         )
     if cfg.model.init not in ("default", "dcgan"):
         raise ConfigError(f"model.init must be one of: dcgan, default (got {cfg.model.init!r})")
+    if cfg.trainer.guard.action not in ("rollback", "stop"):
+        raise ConfigError(f"trainer.guard.action must be one of: rollback, stop "
+                          f"(got {cfg.trainer.guard.action!r})")
     if cfg.logger.wandb is not None:
         modes = ("auto", "online", "offline", "disabled")
         if cfg.logger.wandb.mode not in modes:
@@ -239,6 +258,18 @@ def _check_sizes(cfg: Config) -> None:
         ("loss.penalty_weight", cfg.loss.penalty_weight), ("trainer.ema.rampup", t.ema.rampup),
     ]:
         _positive(path, value, allow_zero=True)
+    g = t.guard
+    _positive("trainer.guard.patience", g.patience)
+    _positive("trainer.guard.max_rollbacks", g.max_rollbacks, allow_zero=True)
+    if not 0.0 < g.lr_factor <= 1.0:
+        raise ConfigError(f"trainer.guard.lr_factor must be in (0, 1] (got {g.lr_factor})")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in g.inject_nan):
+        raise ConfigError(f"trainer.guard.inject_nan must be a list of steps >= 1 "
+                          f"(got {list(g.inject_nan)})")
+    if g.inject_nan and not g.enabled:
+        raise ConfigError("trainer.guard.inject_nan needs trainer.guard.enabled=true")
+    if cfg.logger.wandb is not None:
+        _positive("logger.wandb.init_timeout", cfg.logger.wandb.init_timeout)
     if m.maxout == 1:
         raise ConfigError("model.maxout must be 0 (off) or >= 2 pieces (got 1)")
     if not 0.0 < m.bn_momentum < 1.0:

@@ -24,12 +24,33 @@ def _sgd(o: OptSpec) -> optax.GradientTransformation:
     return optax.sgd(o.lr, momentum=o.b1 or None)
 
 
-def build(o: OptSpec) -> optax.GradientTransformation:
-    """The optimizer named by ``o.name``, after optional global-norm gradient clipping."""
+# apply_if_finite would apply a non-finite update after this many in a row; gaxp never wants that
+# (the loop rolls back or stops long before), so the bound is effectively infinite.
+_NEVER = 2**30
+
+
+def build(o: OptSpec, *, guard: bool = True) -> optax.GradientTransformation:
+    """The optimizer named by ``o.name``, after optional global-norm gradient clipping. With
+    ``guard``, updates whose gradients hold a NaN or Inf are skipped (optax ``apply_if_finite``;
+    its state counts them) and the inner optimizer state is left untouched."""
     opt = OPTIMIZERS[o.name](o)
     if o.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
+    if guard:
+        opt = optax.apply_if_finite(opt, max_consecutive_errors=_NEVER)
     return opt
+
+
+def guard_counts(opt_state) -> tuple | None:
+    """(consecutive, total) skipped updates of an ``apply_if_finite`` state, else None."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return opt_state.notfinite_count, opt_state.total_notfinite
+    return None
+
+
+def last_finite(opt_state):
+    """Whether the latest update was applied (True when unguarded)."""
+    return opt_state.last_finite if isinstance(opt_state, optax.ApplyIfFiniteState) else True
 
 
 OPTIMIZERS = {

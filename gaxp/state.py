@@ -29,6 +29,8 @@ class GANState:
     g_opt: Any
     d_opt: Any
     g_ema: Any  # EMA of g_params; sampled with g_stats
+    lr_scale: jax.Array  # multiplies both networks' updates (lowered by divergence rollbacks)
+    rollbacks: jax.Array  # divergence rollbacks so far; folded into the step's random key
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ def make_nets(config: Config, shape: tuple, image: bool) -> Nets:
     """Graphdefs from an abstract build (no parameters are allocated) and both optimizers."""
     g, d = nnx.eval_shape(lambda: _modules(config, shape, image, jax.random.key(0)))
     return Nets(adapter.split(g)[0], adapter.split(d)[0],
-                optim.build(config.optim.g), optim.build(config.optim.d))
+                optim.build(config.optim.g, guard=config.trainer.guard.enabled),
+                optim.build(config.optim.d, guard=config.trainer.guard.enabled))
 
 
 def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.Array) -> GANState:
@@ -60,4 +63,5 @@ def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.A
         g_params=g_params, g_stats=g_stats, d_params=d_params, d_stats=d_stats,
         g_opt=nets.g_opt.init(g_params), d_opt=nets.d_opt.init(d_params),
         g_ema=jax.tree.map(jnp.copy, g_params),
+        lr_scale=jnp.ones((), jnp.float32), rollbacks=jnp.zeros((), jnp.int32),
     )

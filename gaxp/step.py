@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from gaxp.config import EmaSpec, LossSpec
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
+from gaxp.optim import guard_counts, last_finite
 from gaxp.regularizers import REGULARIZERS
 from gaxp.state import GANState, Nets
 
@@ -35,6 +36,7 @@ class StepSpec:
     z_dim: int
     batch: int  # global batch of one D or G update
     z_sharding: Optional[NamedSharding] = None
+    inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
 
 
 def generate(spec: StepSpec, params, stats, z, *, train: bool):
@@ -59,6 +61,19 @@ def to_float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32)
 
 
+def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_stats, old_stats):
+    """Optimizer update scaled by ``state.lr_scale``. When the guard skipped the update (non-finite
+    gradients), the batch statistics of that forward pass are dropped too."""
+    if spec.inject_nan:  # debug hook: a divergence at chosen steps, gone after a rollback
+        bad = jnp.isin(state.step + 1, jnp.asarray(spec.inject_nan)) & (state.rollbacks == 0)
+        grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    ok = last_finite(opt_state)
+    stats = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_stats, old_stats)
+    return optax.apply_updates(params, updates), opt_state, stats
+
+
 def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
     """One discriminator update on ``real`` and fresh fakes; G is held fixed."""
     k_z, k_pen = jax.random.split(key)
@@ -80,8 +95,8 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
         return total, (stats, metrics)
 
     grads, (d_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.d_params)
-    updates, d_opt = spec.nets.d_opt.update(grads, state.d_opt, state.d_params)
-    d_params = optax.apply_updates(state.d_params, updates)
+    d_params, d_opt, d_stats = _apply(spec, state, grads, spec.nets.d_opt, state.d_opt,
+                                      state.d_params, d_stats, state.d_stats)
     if cfg.clip:
         d_params = jax.tree.map(lambda p: jnp.clip(p, -cfg.clip, cfg.clip), d_params)
     return state.replace(d_params=d_params, d_stats=d_stats, d_opt=d_opt), metrics
@@ -103,8 +118,8 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
         return g_loss, (g_stats, {"train/g_loss": g_loss})
 
     grads, (g_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.g_params)
-    updates, g_opt = spec.nets.g_opt.update(grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
+    g_params, g_opt, g_stats = _apply(spec, state, grads, spec.nets.g_opt, state.g_opt,
+                                      state.g_params, g_stats, state.g_stats)
     return state.replace(g_params=g_params, g_stats=g_stats, g_opt=g_opt), metrics
 
 
@@ -120,7 +135,7 @@ def ema_beta(ema: EmaSpec, batch: int, step: jax.Array) -> jax.Array:
 def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
     """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics)."""
     TRACES["train_step"] += 1
-    key = jax.random.fold_in(key, state.step)
+    key = jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
     k_d, k_g = jax.random.split(key)
     x = to_float(batch["x"])  # [n_critic, batch, ...]
 
@@ -134,4 +149,14 @@ def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
     beta = ema_beta(spec.ema, spec.batch, state.step)
     g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
     metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]} | g_metrics
-    return state.replace(step=state.step + 1, g_ema=g_ema), metrics
+    return state.replace(step=state.step + 1, g_ema=g_ema), metrics | guard_metrics(state, len(d_metrics))
+
+
+def guard_metrics(state: GANState, n_critic: int) -> dict:
+    """Skipped (non-finite) updates so far, and consecutive bad train steps: a step is bad when its
+    G update or all of its D updates were skipped."""
+    d, g = guard_counts(state.d_opt), guard_counts(state.g_opt)
+    if d is None or g is None:
+        return {}
+    return {"guard/skipped_d": d[1], "guard/skipped_g": g[1],
+            "guard/consecutive": jnp.maximum(g[0], d[0] // n_critic)}

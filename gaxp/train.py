@@ -22,12 +22,16 @@ import numpy as np
 from gaxp import run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, load
+from gaxp.errors import Diverged, Preempted
+from gaxp.preempt import StopRequests
 from gaxp.data import make_dataset
 from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.models import ARCHS
 from gaxp.state import GANState, init_state, make_nets
 from gaxp.step import TRACES, StepSpec, generate, train_step
+
+log = logging.getLogger("gaxp")
 
 
 @dataclass
@@ -77,7 +81,8 @@ def setup(config: Config) -> Run:
     directory, restore = run_dir.resolve(config)
     nets = make_nets(config, tuple(dataset.shape), image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh))
+                    batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
+                    inject_nan=config.trainer.guard.inject_nan)
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 
@@ -91,7 +96,7 @@ def _init(run: Run, checkpointer: Checkpointer, data_iter) -> tuple[GANState, di
     replicated = sharding.replicated(run.mesh)
     if run.restore and checkpointer.latest_step() is not None:
         abstract = abstract_like(jax.eval_shape(make, key), replicated)
-        return checkpointer.restore(checkpointer.latest_step(), abstract, data_iter)
+        return checkpointer.restore_latest_good(abstract, data_iter)
     return jax.jit(make, out_shardings=replicated)(key), {}
 
 
@@ -153,6 +158,14 @@ class Outputs:
             self.wandb.log_image(step, "samples/ema", path)
         return path
 
+    def rewind(self, step: int, note: dict) -> None:
+        """After a rollback to ``step``: later metrics.jsonl rows move to metrics.rolled_back.jsonl."""
+        if self.jsonl:
+            self.jsonl.rewind(step)
+        self.log(step, note)
+        self.progress.bar.reset(self.progress.bar.total)
+        self.progress.update(step)
+
     def close(self) -> None:
         self.progress.close()
         for w in (self.jsonl, self.wandb):
@@ -170,35 +183,117 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):
     return compiled, time.perf_counter() - t0
 
 
-def _loop(run: Run, state, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict) -> dict:
-    t = run.config.trainer
-    key = jax.random.fold_in(jax.random.key(t.seed), 1)
-    start = int(jax.device_get(state.step))
-    batch = next(batches) if start < t.steps else None
-    step_fn, compile_s = compile_step(run, state, batch, key) if batch is not None else (None, 0.0)
-    images_per_step = run.config.data.batch_size * run.config.loss.n_critic
-    metrics, t_run, t_log, step_log = {}, time.perf_counter(), time.perf_counter(), start
-    for step in range(start + 1, t.steps + 1):
-        state, m = step_fn(state, batch, key)
-        if step % t.ckpt_every == 0 or step == t.steps:  # before the next batch is taken
-            ckpt.save(step, state, batches.iterator, meta | {
-                "wall_time_s": meta.get("wall_time_s", 0.0) + time.perf_counter() - t_run})
-        if step < t.steps:
-            batch = next(batches)  # host work overlaps the asynchronously running step
-        if step % t.log_every == 0 or step == t.steps:
-            metrics = {k: float(v) for k, v in jax.device_get(m).items()}
-            now = time.perf_counter()
-            metrics["perf/images_per_s"] = (step - step_log) * images_per_step / (now - t_log)
-            metrics["progress/kimg"] = step * images_per_step / 1000
-            t_log, step_log = now, step
-            out.log(step, metrics)
-            out.progress.update(step - out.progress.bar.n, metrics)
-        if step % t.sample_every == 0 or step == t.steps:
-            out.samples_png(step, state)
-    wall = time.perf_counter() - t_run
-    steps_run = t.steps - start
-    return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
-            "images_per_s": steps_run * images_per_step / wall if steps_run else 0.0}
+class Loop:
+    """The step loop: steps, logs, samples, checkpoints, preemption and the divergence guard."""
+
+    def __init__(self, run: Run, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict):
+        self.run, self.batches, self.out, self.ckpt, self.meta = run, batches, out, ckpt, meta
+        self.t = run.config.trainer
+        self.key = jax.random.fold_in(jax.random.key(self.t.seed), 1)
+        self.images_per_step = run.config.data.batch_size * run.config.loss.n_critic
+        self.saved = -1  # the last step checkpointed
+        self.t_run = time.perf_counter()
+
+    def _wall(self) -> float:
+        return self.meta.get("wall_time_s", 0.0) + time.perf_counter() - self.t_run
+
+    def save(self, step: int, state: GANState) -> bool:
+        if step == self.saved:
+            return True
+        ok = self.ckpt.save(step, state, self.batches.iterator, self.meta | {"wall_time_s": self._wall()})
+        self.saved = step if ok else self.saved
+        return ok
+
+    def run_steps(self, state: GANState, stop: StopRequests) -> dict:
+        t = self.t
+        start = step = int(jax.device_get(state.step))
+        self.rollbacks = int(jax.device_get(state.rollbacks))
+        batch = next(self.batches) if start < t.steps else None
+        step_fn, compile_s = compile_step(self.run, state, batch, self.key) if batch is not None else (None, 0.0)
+        metrics, t_log, step_log = {}, time.perf_counter(), start
+        while step < t.steps:
+            step += 1
+            state, m = step_fn(state, batch, self.key)
+            stopping = stop.requested(step)
+            if step % t.ckpt_every == 0 or step == t.steps or stopping:
+                # Periodic checkpoints wait while the guard is skipping updates (a stalled state is
+                # no rollback target); the final and the preemption checkpoint are always written.
+                if (stopping or step == t.steps or self._guard_ok(m, 1)) and not self.save(step, state):
+                    state, step, batch = self.rollback(state, step, "the state holds NaN/Inf")
+                    t_log, step_log = time.perf_counter(), step
+                    continue
+            if stopping:
+                raise self.preempted(step, stop)
+            if step < t.steps:
+                batch = next(self.batches)  # host work overlaps the asynchronously running step
+            if step % t.log_every == 0 or step == t.steps:
+                metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+                now = time.perf_counter()
+                metrics["perf/images_per_s"] = (step - step_log) * self.images_per_step / (now - t_log)
+                metrics["progress/kimg"] = step * self.images_per_step / 1000
+                t_log, step_log = now, step
+                self.out.log(step, metrics)
+                self.out.progress.update(step - self.out.progress.bar.n, metrics)
+                if not self._guard_ok(m, self.t.guard.patience):
+                    why = (f"{self.t.guard.patience} consecutive steps with non-finite gradients "
+                           "(trainer.guard.patience)")
+                    state, step, batch = self.rollback(state, step, why)
+                    t_log, step_log = time.perf_counter(), step
+                    continue
+            if step % t.sample_every == 0 or step == t.steps:
+                self.out.samples_png(step, state)
+        wall = time.perf_counter() - self.t_run
+        steps_run = t.steps - start
+        return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
+                "images_per_s": steps_run * self.images_per_step / wall if steps_run else 0.0}
+
+    def _guard_ok(self, m: dict, patience: int) -> bool:
+        """False when the last ``patience`` steps (or more) all had non-finite gradients."""
+        if "guard/consecutive" not in m:
+            return True
+        return int(jax.device_get(m["guard/consecutive"])) < patience
+
+    def rollback(self, state: GANState, step: int, why: str):
+        """Back to the last good checkpoint with lower learning rates and new random keys, or
+        ``Diverged`` when the guard says stop or the rollbacks are used up."""
+        g, ckpt = self.t.guard, self.ckpt
+        ckpt.wait()
+        last = ckpt.latest_step()
+        if g.action == "stop" or self.rollbacks >= g.max_rollbacks or last is None:
+            where = f"the last good checkpoint is step {last}" if last else "no checkpoint was written yet"
+            used = "" if g.action == "stop" else f" after {self.rollbacks} rollbacks"
+            raise Diverged(f"the run diverged at step {step}{used}: {why}; {where}. Lower "
+                           "optim.g.lr/optim.d.lr, add a regularizer, or raise trainer.guard.max_rollbacks")
+        replicated = sharding.replicated(self.run.mesh)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+        state, meta = ckpt.restore_latest_good(abstract, self.batches.iterator)
+        self.rollbacks += 1
+        put = functools.partial(jax.device_put, device=replicated)
+        state = state.replace(lr_scale=put(np.float32(g.lr_factor ** self.rollbacks)),
+                              rollbacks=put(np.int32(self.rollbacks)))
+        back = int(jax.device_get(state.step))
+        self.saved = back
+        log.warning("gaxp: step %d: %s; rollback %d/%d to step %d, learning rates x%g",
+                    step, why, self.rollbacks, g.max_rollbacks, back, g.lr_factor ** self.rollbacks)
+        self.out.rewind(back, {"guard/rollback": self.rollbacks, "guard/rolled_back_from": step})
+        return state, back, next(self.batches)
+
+    def preempted(self, step: int, stop: StopRequests) -> Preempted:
+        self.ckpt.wait()
+        where = self.run.dir
+        return Preempted(f"stopped by {stop.name} at step {step}; checkpoint saved in "
+                         f"{where / 'checkpoints'}; resume with: {_resume_command(where)}",
+                         stop.signum)
+
+
+def _resume_command(directory: Path) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        args = [a for a in HydraConfig.get().overrides.task if not a.startswith("trainer.resume=")]
+    except (ImportError, ValueError):
+        args = []
+    return " ".join(["gaxp-train", *args, f"trainer.resume={directory}"])
 
 
 def _prior_wandb_id(directory: Path) -> str | None:
@@ -233,7 +328,8 @@ def train(cfg) -> dict:
                                                          "wandb_id": out.wandb_id})
     traces_before = TRACES["train_step"]
     try:
-        result = _loop(run, state, batches, out, ckpt, meta)
+        with StopRequests() as stop:
+            result = Loop(run, batches, out, ckpt, meta).run_steps(state, stop)
     finally:
         ckpt.close()
         out.close()

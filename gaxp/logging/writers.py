@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import netrc
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gaxp.config import WandbSpec
+
+log = logging.getLogger("gaxp")
 
 
 def _jsonable(value):
@@ -36,6 +39,16 @@ class JsonlWriter:
         keep = [ln for ln in self.path.read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
         self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def rewind(self, step: int) -> None:
+        """Move rows after ``step`` to ``metrics.rolled_back.jsonl`` (a divergence rollback)."""
+        self.file.close()
+        rows = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+        later = [ln for ln in rows if json.loads(ln).get("step", 0) > step]
+        with open(self.path.with_name("metrics.rolled_back.jsonl"), "a") as f:
+            f.write("".join(ln + "\n" for ln in later))
+        self._truncate_after(step)
+        self.file = open(self.path, "a", buffering=1)
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": step} | {k: _jsonable(v) for k, v in metrics.items()}
@@ -62,26 +75,68 @@ def resolve_mode(mode: str) -> str:
 
 
 class WandbWriter:
+    """A W&B run that never stops training: if the server cannot be reached (offline machine, bad
+    key, server error) within ``init_timeout``, it logs offline in the run directory with one
+    warning (``wandb sync`` uploads it later); any later W&B failure disables it with one warning
+    while metrics.jsonl goes on. Rows carry their own ``step`` key as the x-axis, so a rollback or a
+    resume that repeats steps is kept rather than dropped."""
+
     def __init__(self, spec: WandbSpec, run_dir: Path, config: dict, run_id: str | None, name: str):
         import wandb
 
-        self.wandb = wandb
-        self.run = wandb.init(
-            project=spec.project, entity=spec.entity, group=spec.group, tags=list(spec.tags),
-            mode=resolve_mode(spec.mode), dir=str(run_dir), config=config, id=run_id,
-            resume="allow" if run_id else None, name=name,
-            settings=wandb.Settings(console="off", silent=True),
-        )
+        self.wandb, self.run, self.id = wandb, None, run_id
+        mode = resolve_mode(spec.mode)
+        kwargs = dict(project=spec.project, entity=spec.entity, group=spec.group,
+                      tags=list(spec.tags), dir=str(run_dir), config=config, name=name)
+        try:
+            self.run = self._init(mode, run_id, spec.init_timeout, kwargs)
+        except Exception as e:  # noqa: BLE001 - any W&B failure: keep training
+            if mode != "online":
+                self._disable(f"W&B failed to start ({_first_line(e)}); logging to metrics.jsonl only")
+                return
+            log.warning("gaxp: W&B online failed (%s); logging offline in %s/wandb, upload it "
+                        "later with `wandb sync`", _first_line(e), run_dir)
+            try:
+                self.run = self._init("offline", run_id, spec.init_timeout, kwargs)
+            except Exception as e2:  # noqa: BLE001
+                self._disable(f"W&B offline failed too ({_first_line(e2)}); logging to metrics.jsonl only")
+                return
         self.id = self.run.id
 
+    def _init(self, mode: str, run_id: str | None, timeout: float, kwargs: dict):
+        wandb = self.wandb
+        run = wandb.init(mode=mode, id=run_id, resume="allow" if run_id else None, **kwargs,
+                         settings=wandb.Settings(console="off", silent=True, init_timeout=timeout))
+        run.define_metric("step")
+        run.define_metric("*", step_metric="step")
+        return run
+
+    def _disable(self, message: str) -> None:
+        if self.run is not None or not getattr(self, "_warned", False):
+            log.warning("gaxp: %s", message)
+        self._warned, self.run = True, None
+
+    def _call(self, fn, *args) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001
+            self._disable(f"W&B stopped working ({_first_line(e)}); logging to metrics.jsonl only")
+
     def log(self, step: int, metrics: dict) -> None:
-        self.run.log(dict(metrics), step=step)
+        self._call(lambda: self.run.log({"step": step, **metrics}))
 
     def log_image(self, step: int, key: str, path: Path) -> None:
-        self.run.log({key: self.wandb.Image(str(path))}, step=step)
+        self._call(lambda: self.run.log({"step": step, key: self.wandb.Image(str(path))}))
 
     def close(self) -> None:
-        self.run.finish()
+        self._call(lambda: self.run.finish())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 class Progress:
