@@ -341,6 +341,7 @@ def train(cfg) -> dict:
         "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
         "step_traces": TRACES["train_step"] - traces_before, "resumed_from": start,
         "digest": param_digest(state), "final": result["final"], "run_dir": str(run.dir),
+        "rollbacks": int(jax.device_get(state.rollbacks)),
     }
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "summary.json", summary)

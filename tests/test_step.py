@@ -80,3 +80,22 @@ def test_ema_follows_the_half_life():
     np.testing.assert_allclose(beta ** 10, 0.5, rtol=1e-6)  # 10 steps x 100 images = 1 kimg
     ramped = float(ema_beta(EmaSpec(halflife_kimg=1.0, rampup=0.5), 100, jnp.int32(0)))
     np.testing.assert_allclose(ramped, 0.5 ** (100 / 50), rtol=1e-6)  # half-life 0.5 x 100 images
+
+
+def test_nonfinite_gradients_skip_the_whole_update(tiny, tmp_path):
+    """A step whose gradients are NaN (the debug hook) leaves parameters, optimizer moments and
+    BatchNorm statistics exactly as they were, and counts the skipped updates; the next step
+    updates normally."""
+    over = ("model=dcgan", "model.g_width=8", "model.d_width=8", "data.batch_size=16",
+            "loss.n_critic=2", "trainer.guard.inject_nan=[2]")
+    before, metrics = _run_steps(tiny, tmp_path, 1, 1, *over)
+    after, metrics2 = _run_steps(tiny, tmp_path, 1, 2, *over)
+    for name in ("g_params", "d_params", "g_stats", "d_stats"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(before, name), getattr(after, name))
+    jax.tree.map(np.testing.assert_array_equal, before.g_opt.inner_state, after.g_opt.inner_state)
+    assert int(after.step) == 2
+    assert [int(m["guard/skipped_g"]) for m in metrics2] == [0, 1]
+    assert [int(m["guard/skipped_d"]) for m in metrics2] == [0, 2]
+    assert [int(m["guard/consecutive"]) for m in metrics2] == [0, 1]
+    third, _ = _run_steps(tiny, tmp_path, 1, 3, *over)
+    assert not np.array_equal(jax.tree.leaves(third.g_params)[0], jax.tree.leaves(after.g_params)[0])
