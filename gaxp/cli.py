@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +44,21 @@ def _writable(path: Path) -> str | None:
     return None
 
 
+def _unknown_key(path: str, others: list[str]) -> str:
+    """``unknown key a.b.c; valid keys: ...`` for an override of a key the config does not have."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    parent, _, _ = path.rpartition(".")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            node = OmegaConf.select(compose("train", overrides=others), parent) if parent else None
+        valid = f"; valid keys{' under ' + parent if parent else ''}: {', '.join(sorted(node))}"
+    except Exception:  # noqa: BLE001 - the message stays useful without the list
+        valid = ""
+    return f"unknown key {path}{valid} (add a new key with +{path}=...)"
+
+
 def _compose_first(first: list[str], multirun: bool) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
@@ -59,6 +75,9 @@ def _compose_first(first: list[str], multirun: bool) -> str | None:
             return f"unknown {group} {name!r}; valid: {', '.join(sorted(e.options))}{hint}"
         return str(e).strip().splitlines()[0]
     except (HydraException, OmegaConfBaseException) as e:
+        key = re.match(r"Could not override '([^']+)'", str(e))
+        if key and "not in struct" in str(e.__cause__):
+            return _unknown_key(key.group(1), [o for o in first if not o.startswith(key.group(1) + "=")])
         return str(e).strip().splitlines()[0]
     out = Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     why = _writable(out)

@@ -41,8 +41,10 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1):
-    """(compiled step, state, device batch, key, Batches, compile seconds, GFLOP per step)."""
+def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tuple = (), *,
+              full: bool = False):
+    """(compiled step, state, device batch, key, Batches, compile seconds, GFLOP per step); with
+    ``full`` also the Run and its Checkpointer."""
     import jax
     from hydra import compose, initialize_config_dir
 
@@ -53,15 +55,16 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1):
                  "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
-                                          f"out_dir={out_dir}", f"trainer.devices={devices}"])
-    run, batches, _, state, _ = prepare(load(cfg))
+                                          f"out_dir={out_dir}", f"trainer.devices={devices}", *extra])
+    run, batches, ckpt, state, _ = prepare(load(cfg))
     key = jax.random.key(0)
     device_batch = next(batches)
     compiled, compile_s = compile_step(run, state, device_batch, key)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0  # per device for an SPMD program
-    return compiled, state, device_batch, key, batches, compile_s, flops * devices / 1e9
+    out = (compiled, state, device_batch, key, batches, compile_s, flops * devices / 1e9)
+    return out + (run, ckpt) if full else out
 
 
 def time_jax(compiled, state, batch, key, steps: int, batches=None):
@@ -148,11 +151,52 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
     return row
 
 
+def bench_reliability(model: str, batch: int, args) -> dict:
+    """Cost of the non-finite guard (interleaved step times with the guard on and off) and the
+    checkpoint save (blocking part, and until written) and restore times."""
+    import jax
+
+    from gaxp import sharding
+
+    with tempfile.TemporaryDirectory() as tmp:
+        on = gaxp_step(model, batch, f"{tmp}/on", args.host_devices, full=True)
+        off = gaxp_step(model, batch, f"{tmp}/off", args.host_devices, ("trainer.guard.enabled=false",))
+        states = {"on": time_jax(*on[:4], 2)[1], "off": time_jax(*off[:4], 2)[1]}
+        times = {"on": [], "off": []}
+        for _ in range(args.rounds):
+            for name, b in (("on", on), ("off", off)):
+                ms, states[name] = time_jax(b[0], states[name], b[2], b[3], args.steps)
+                times[name].append(ms)
+        run, ckpt, batches, state = on[7], on[8], on[4], states["on"]
+        block, written, restore = [], [], []
+        replicated = sharding.replicated(run.mesh)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+        for i in range(args.rounds):
+            jax.block_until_ready(state)
+            t = time.perf_counter()
+            ckpt.save(1000 + i, state, batches.iterator, {})
+            block.append(time.perf_counter() - t)
+            ckpt.wait()
+            written.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            jax.block_until_ready(ckpt.restore_latest_good(abstract, batches.iterator)[0])
+            restore.append(time.perf_counter() - t)
+        ckpt.close()
+    on_ms, off_ms = statistics.median(times["on"]), statistics.median(times["off"])
+    return {"model": model, "batch": batch, "guard_on_ms": on_ms, "guard_off_ms": off_ms,
+            "guard_cost": on_ms / off_ms - 1, "ckpt_save_block_s": statistics.median(block),
+            "ckpt_save_written_s": statistics.median(written),
+            "ckpt_restore_s": statistics.median(restore),
+            "state_mb": sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20}
+
+
 def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
             "speedup_vs_torch"]
-    lines = [f"matmul peak: {peak:.0f} GFLOP/s", "", "| " + " | ".join(cols) + " |",
+    if rows and "guard_cost" in rows[0]:
+        cols = list(rows[0])
+    lines = [f"matmul peak: {peak:.0f} GFLOP/s" if peak else "", "", "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r.get(c, "") for c in cols]
@@ -171,13 +215,19 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--host-devices", type=int, default=1,
                    help="on CPU: split the host into N XLA devices and shard the batch over them")
+    p.add_argument("--reliability", action="store_true",
+                   help="instead: cost of the non-finite guard, checkpoint save/restore times")
     args = p.parse_args(argv)
     if args.host_devices > 1:  # must happen before JAX initialises its backend
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
     os.environ.setdefault("WANDB_MODE", "disabled")
-    peak = matmul_peak()
-    rows = [bench_one(m, b, args, peak) for m in args.models for b in args.batch]
+    if args.reliability:
+        peak = 0.0
+        rows = [bench_reliability(m, b, args) for m in args.models for b in args.batch]
+    else:
+        peak = matmul_peak()
+        rows = [bench_one(m, b, args, peak) for m in args.models for b in args.batch]
     print(markdown(rows, peak))
     if args.json:
         args.json.write_text(json.dumps({"peak_gflop_per_s": peak, "rows": rows}, indent=2))

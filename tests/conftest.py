@@ -3,10 +3,20 @@
 import os
 import tempfile
 
+
+def xla_flags(devices: int) -> str:
+    """N virtual CPU devices. XLA:CPU aborts the process when a device thread misses a collective
+    rendezvous for 40 s, which happens on a 2-core machine under heavy load (seen here at load 8);
+    a late thread is not a bug, so the tests wait much longer."""
+    return (f"--xla_force_host_platform_device_count={devices}"
+            " --xla_cpu_collective_call_warn_stuck_timeout_seconds=600"
+            " --xla_cpu_collective_call_terminate_timeout_seconds=1800")
+
+
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+    os.environ["XLA_FLAGS"] = (_flags + " " + xla_flags(8)).strip()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")

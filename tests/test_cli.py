@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import xla_flags
 
 BIN = Path(sys.executable).with_name("gaxp-train")
 
 
 def gaxp_train(*args, cwd, devices=1, timeout=300):
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     return subprocess.run([str(BIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
