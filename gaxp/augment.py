@@ -66,26 +66,28 @@ def cutout(x: Array, key: Array, ratio: float = 0.5) -> Array:
     return x * (~inside)[..., None].astype(x.dtype)
 
 
-def parse(policy: str) -> tuple[str, ...]:
-    return tuple(op.strip() for op in policy.split(",") if op.strip())
+def parse(policy) -> tuple[str, ...]:
+    """Op names from ``"color,cutout"`` or ``["color", "cutout"]``."""
+    items = policy.split(",") if isinstance(policy, str) else policy
+    return tuple(str(op).strip() for op in items if str(op).strip())
 
 
-def diff_augment(x: Array, policy: str, key: Array) -> Array:
-    """Apply the ops of ``policy`` (e.g. ``"color,translation,cutout"``) in order."""
+def diff_augment(x: Array, policy, key: Array) -> Array:
+    """Apply the ops of ``policy`` (e.g. ``("color", "translation", "cutout")``) in order."""
     for i, op in enumerate(parse(policy)):
         x = POLICIES[op](x, jax.random.fold_in(key, i))
     return x
 
 
-def check_policy(path: str, policy: str, image: bool | None = None) -> None:
+def check_policy(path: str, policy, image: bool | None = None) -> None:
     """Raise ConfigError for an empty policy, an unknown op, or (``image=False``) point data."""
     ops = parse(policy)
     bad = [op for op in ops if op not in POLICIES]
     if not ops or bad:
-        raise ConfigError(f"{path} must be a comma-separated list of: {', '.join(POLICIES)} "
-                          f"(got {policy!r})")
+        raise ConfigError(f"{path} must be a non-empty list of: {', '.join(POLICIES)} "
+                          f"(got {list(ops)})")
     if image is False:
-        raise ConfigError(f"{path}={policy} needs image data (NHWC); it does not apply to points")
+        raise ConfigError(f"{path}={list(ops)} needs image data (NHWC); it does not apply to points")
 
 
 POLICIES = {

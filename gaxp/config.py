@@ -59,14 +59,14 @@ class PenaltyParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    policy: str = "color,translation,cutout"  # DiffAugment ops (gaxp.augment.POLICIES)
+    policy: tuple = ("color", "translation", "cutout")  # DiffAugment ops (gaxp.augment.POLICIES)
 
 
 @dataclass(frozen=True)
 class BcrParams:
     real_weight: float = 10.0  # lambda_real of bCR (Zhao et al. 2021)
     fake_weight: float = 10.0  # lambda_fake
-    policy: str = "translation"  # augmentation T (gaxp.augment.POLICIES)
+    policy: tuple = ("translation",)  # augmentation T (gaxp.augment.POLICIES)
 
 
 @dataclass(frozen=True)

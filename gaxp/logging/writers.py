@@ -61,13 +61,21 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def run_tags(spec: WandbSpec, config: dict) -> list[str]:
+    """The user's tags plus ``loss:<name>`` and one ``reg:<name>`` per stabilizer, so the runs
+    of a sweep can be filtered by variant in the W&B UI."""
+    regs = [name for name, _ in (config.get("regularizer") or {}).get("entries", ())]
+    tags = list(spec.tags) + [f"loss:{config['loss']['name']}"] + [f"reg:{r}" for r in regs]
+    return list(dict.fromkeys(tags))
+
+
 class WandbWriter:
     def __init__(self, spec: WandbSpec, run_dir: Path, config: dict, run_id: str | None, name: str):
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
-            project=spec.project, entity=spec.entity, group=spec.group, tags=list(spec.tags),
+            project=spec.project, entity=spec.entity, group=spec.group, tags=run_tags(spec, config),
             mode=resolve_mode(spec.mode), dir=str(run_dir), config=config, id=run_id,
             resume="allow" if run_id else None, name=name,
             settings=wandb.Settings(console="off", silent=True),
