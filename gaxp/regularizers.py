@@ -8,7 +8,8 @@ with PacGAN packing one output scores a pack of m samples, and its gradient is o
 
 Where each stabilizer acts:
 
-* penalties and bCR are added to D's loss (``d_terms``); one-sided label smoothing too;
+* penalties and bCR are added to D's loss (``d_terms``); one-sided label smoothing too. They see
+  D's inputs as D sees them: after DiffAugment and instance noise;
 * DiffAugment and instance noise change what D sees, in the D and the G step (``d_inputs``);
 * spectral norm, PacGAN packing and minibatch stddev live in the models (ModelSpec fields);
 * D pre-training skips the G update for the first steps (``gaxp.step``).
