@@ -1,14 +1,17 @@
 """Command-line entry points (thin ``@hydra.main`` wrappers; no training logic here).
 
 User mistakes exit with code 2 and one line on stderr, before anything compiles: group options
-and keys are checked against the config tree before Hydra runs, and ``ConfigError`` from
+(Hydra's own ``hydra/sweeper`` and ``hydra/launcher`` too), keys and an Optuna search space are
+checked against the config tree before Hydra runs, and ``ConfigError`` from
 ``gaxp.config``/``gaxp.train`` is caught per job. In a multirun sweep a failing job is recorded in
-``<sweep dir>/failures.jsonl`` and the sweep goes on.
+``<sweep dir>/failures.jsonl`` and the sweep goes on; with ``objective`` set (Optuna sweeps) a job
+returns that final metric, and a failed one the worst value (+-inf), which Optuna accepts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -59,56 +62,99 @@ def _unknown_key(path: str, others: list[str]) -> str:
     return f"unknown key {path}{valid} (add a new key with +{path}=...)"
 
 
-def _compose_first(first: list[str], multirun: bool) -> str | None:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
+def _compose_error(e: Exception, first: list[str]) -> str:
+    """One line for a Hydra composition failure: unknown group options and keys list valid ones."""
+    from hydra.errors import MissingConfigException
 
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=first, return_hydra_config=True)
-    except MissingConfigException as e:
+    if isinstance(e, MissingConfigException):
         group, _, name = (e.missing_cfg_file or "").rpartition("/")
         if group and e.options:
             hint = ("; other launchers come from plugins, e.g. pip install hydra-submitit-launcher"
                     if group == "hydra/launcher" else "")
             return f"unknown {group} {name!r}; valid: {', '.join(sorted(e.options))}{hint}"
-        return str(e).strip().splitlines()[0]
-    except (HydraException, OmegaConfBaseException) as e:
-        key = re.match(r"Could not override '([^']+)'", str(e))
-        if key and "not in struct" in str(e.__cause__):
-            return _unknown_key(key.group(1), [o for o in first if not o.startswith(key.group(1) + "=")])
-        return str(e).strip().splitlines()[0]
-    out = Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
-    why = _writable(out)
-    if why:
-        return (f"cannot write to the output directory {out}: {why}; choose another with "
-                f"runs_root=<dir> or hydra.{'sweep' if multirun else 'run'}.dir=<dir>")
+    key = re.match(r"Could not override '([^']+)'", str(e))
+    if key and "not in struct" in str(e.__cause__):
+        return _unknown_key(key.group(1), [o for o in first if not o.startswith(key.group(1) + "=")])
+    return str(e).strip().splitlines()[0]
+
+
+def _options(o) -> list[str]:
+    """Every option a group override names: ``a``, ``a,b`` (sweep), ``[a,b]`` (list), ``[a],[a,b]``."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    value = o.value()
+    if o.is_sweep_override() and not isinstance(value, ChoiceSweep):
+        return list(o.sweep_string_iterator())
+    items = value.list if isinstance(value, ChoiceSweep) else [value]
+    return [str(x) for item in items for x in (item if isinstance(item, list) else [item])]
+
+
+def _check_search_space(cfg) -> str | None:
+    """An Optuna search space (``hydra.sweeper.params``) must parse and name existing keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    for key, value in params.items():
+        try:
+            OverridesParser.create().parse_overrides([f"{key}={value}"])
+        except HydraException as e:
+            return f"search space hydra.sweeper.params.{key}={value} does not parse: " \
+                   f"{str(e).strip().splitlines()[0]}"
+        if OmegaConf.select(cfg, str(key), default="<missing>") == "<missing>":
+            return f"the search space names {key}, which is not a config key"
     return None
 
 
 def check_overrides(args: list[str]) -> str | None:
     """A one-line problem with the command-line overrides, or None. Checks group options (every
-    value of a sweep), composes the first combination (with Hydra's own groups, e.g. the
-    launcher) to catch unknown keys, and checks that the output directory can be written."""
+    value of a sweep or a list; Hydra's sweeper/launcher too), composes the first combination to
+    catch unknown keys, checks an Optuna search space, and that the output directory is writable."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     overrides = [a for a in args if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
         return f"cannot parse the overrides: {str(e).splitlines()[0]}"
-    groups, first = _groups(), []
-    for o in parsed:
-        key = o.key_or_group.split("@")[0]
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        if key in groups and not o.is_delete():
-            for v in values:
-                if v not in groups[key] and not (v == "null" and key in ("experiment", "debug")):
-                    return f"unknown {key} {v!r}; valid: {', '.join(groups[key])}"
-        first.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
-    return _compose_first(first, multirun=bool({"-m", "--multirun"} & set(args)))
+    groups, first, searched = _groups(), [], []
+    nullable = ("experiment", "debug", "hparams_search")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            for o in parsed:
+                key = o.key_or_group.split("@")[0].lstrip("+~")
+                valid = groups.get(key) or (loader.get_group_options(key)
+                                            if key.startswith("hydra/") else None)
+                for v in _options(o) if valid and not o.is_delete() else []:
+                    if v not in valid and not (v == "null" and key in nullable):
+                        hint = ("; other launchers come from plugins, e.g. pip install "
+                                "hydra-submitit-launcher" if key == "hydra/launcher" else "")
+                        return f"unknown {key} {v!r}; valid: {', '.join(valid)}{hint}"
+                if o.is_sweep_override() and not (o.is_choice_sweep() or o.is_range_sweep()):
+                    searched.append(o.key_or_group.removeprefix("hydra.sweeper.params."))
+                    continue  # interval(...): a search space for Optuna, not a value to compose
+                values = list(o.sweep_string_iterator()) if o.is_sweep_override() else None
+                first.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
+            cfg = compose("train", overrides=first, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        return _compose_error(e, first)
+    for key in searched:
+        if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            return f"the search space names {key}, which is not a config key"
+    multirun = bool({"-m", "--multirun"} & set(args))
+    out = Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+    why = _writable(out)
+    if why:
+        return (f"cannot write to the output directory {out}: {why}; choose another with "
+                f"runs_root=<dir> or hydra.{'sweep' if multirun else 'run'}.dir=<dir>")
+    return _check_search_space(cfg)
 
 
 def _record_failure(error: str) -> None:
@@ -123,6 +169,37 @@ def _record_failure(error: str) -> None:
     print(f"gaxp-train: job {hc.job.num} failed: {error}", file=sys.stderr)
 
 
+def _sweep_group(cfg) -> None:
+    """Runs of one sweep share a W&B group: the sweep directory's name (under runs_root/multirun
+    its date and time), unless logger.wandb.group is set."""
+    from hydra.core.hydra_config import HydraConfig
+
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if wandb is not None and wandb.get("group") is None:
+        sweep = Path(HydraConfig.get().sweep.dir)
+        base = Path(str(cfg.get("runs_root", "outputs"))) / "multirun"
+        inside = sweep.resolve().is_relative_to(base.resolve())
+        wandb.group = str(sweep.resolve().relative_to(base.resolve())) if inside else sweep.name
+
+
+def _objective(cfg, summary: dict | None, multirun: bool):
+    """What the job returns: the summary, or with ``objective`` set the final value of its key
+    (a failed job or a non-finite value: the worst value, which Optuna records as such)."""
+    objective = cfg.get("objective")
+    if not objective:
+        return summary
+    worst = math.inf if objective.get("direction", "minimize") == "minimize" else -math.inf
+    if summary is None:
+        return worst
+    value = summary["final"].get(objective.key)
+    if value is None:
+        message = (f"objective {objective.key} is not a final metric; "
+                   f"have: {', '.join(sorted(summary['final']))}")
+        _record_failure(message) if multirun else print(f"gaxp-train: {message}", file=sys.stderr)
+        return worst
+    return float(value) if math.isfinite(value) else worst
+
+
 def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -132,20 +209,22 @@ def _train_task(cfg):
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if multirun:
+            _sweep_group(cfg)
         summary = train(cfg)
     except GaxpError as e:
         if not multirun or isinstance(e, Preempted):  # a signal stops the whole sweep
             _fail("gaxp-train", str(e), e.exit_code)
         _record_failure(str(e))
-        return None
+        return _objective(cfg, None, multirun)
     except Exception as e:  # a crashing job must not stop the sweep
         if not multirun:
             raise
         _record_failure(f"{type(e).__name__}: {e}")
-        return None
+        return _objective(cfg, None, multirun)
     print(f"gaxp-train: done: {summary['steps']} steps, {summary['images_per_s']:.0f} images/s, "
           f"outputs in {summary['run_dir']}", file=sys.stderr)
-    return summary
+    return _objective(cfg, summary, multirun)
 
 
 def train_main() -> None:

@@ -32,6 +32,9 @@ class ModelSpec:
     d_norm: str = "batch"  # batch | layer | none
     maxout: int = 0  # pieces of a maxout D (MLP); 0 = LeakyReLU units
     spectral_norm: bool = False  # spectral norm on every D layer (Miyato et al. 2018)
+    g_spectral_norm: bool = False  # spectral norm on every G layer too (Zhang et al. 2019, SAGAN)
+    d_pack: int = 1  # PacGAN: D scores packs of this many samples (Lin et al. 2018); 1 = off
+    d_mbstd: int = 0  # minibatch-stddev group size before D's head (Karras et al. 2018); 0 = off
     init: str = "default"  # default (lecun normal) | dcgan (N(0, 0.02), Radford et al. 2016)
     bn_momentum: float = 0.9
 
@@ -43,6 +46,88 @@ class LossSpec:
     clip: float = 0.0  # WGAN weight clipping of D parameters to [-clip, clip]; 0 = off
     penalty: Optional[str] = None  # a gaxp.regularizers entry, e.g. wgan_gp
     penalty_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class PenaltyParams:
+    """A gradient penalty (``gaxp.regularizers``): ``weight * penalty`` is added to D's loss,
+    every ``every`` D updates with the weight multiplied by ``every`` (lazy regularization)."""
+
+    weight: float = 10.0
+    every: int = 1
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    policy: tuple = ("color", "translation", "cutout")  # DiffAugment ops (gaxp.augment.POLICIES)
+
+
+@dataclass(frozen=True)
+class BcrParams:
+    real_weight: float = 10.0  # lambda_real of bCR (Zhao et al. 2021)
+    fake_weight: float = 10.0  # lambda_fake
+    policy: tuple = ("translation",)  # augmentation T (gaxp.augment.POLICIES)
+
+
+@dataclass(frozen=True)
+class SmoothingParams:
+    real_target: float = 0.9  # one-sided: only D's real target moves (Salimans et al. 2016)
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    sigma: float = 0.1  # instance noise std on every D input (Sonderby et al. 2017)
+    anneal_steps: int = 0  # linear decay of sigma to 0 over this many steps; 0 = constant
+
+
+@dataclass(frozen=True)
+class SpectralNormParams:
+    d: bool = True
+    g: bool = False
+
+
+@dataclass(frozen=True)
+class PackParams:
+    pack: int = 2
+
+
+@dataclass(frozen=True)
+class MbstdParams:
+    group: int = 4
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    steps: int = 100  # the first `steps` train steps update D only
+
+
+@dataclass(frozen=True)
+class RegSpec:
+    """The stabilizers of a run: ``entries`` is ((name, params), ...) sorted by name."""
+
+    entries: tuple = ()
+
+    def get(self, name: str):
+        return dict(self.entries).get(name)
+
+    @property
+    def names(self) -> tuple:
+        return tuple(n for n, _ in self.entries)
+
+    @property
+    def penalties(self) -> tuple:
+        return tuple((n, p) for n, p in self.entries if isinstance(p, PenaltyParams))
+
+    @property
+    def lazy_interval(self) -> int:
+        """The D-step interval of the lazy penalties (1 when none is lazy)."""
+        return max([p.every for _, p in self.penalties] + [1])
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    key: str = "train/d_loss"  # a key of the final metrics, returned to a sweeper
+    direction: str = "minimize"  # minimize | maximize
 
 
 @dataclass(frozen=True)
@@ -135,6 +220,8 @@ class Config:
     out_dir: str
     runs_root: str = "outputs"
     metrics: tuple = field(default=())  # (name, value) pairs kept for later evaluation issues
+    regularizer: RegSpec = RegSpec()
+    objective: Optional[ObjectiveSpec] = None  # what train returns to a sweeper (Optuna)
 
 
 def _is_optional(tp) -> tuple[bool, Any]:
@@ -231,6 +318,9 @@ def _check_names(cfg: Config) -> None:
     if cfg.trainer.guard.action not in ("rollback", "stop"):
         raise ConfigError(f"trainer.guard.action must be one of: rollback, stop "
                           f"(got {cfg.trainer.guard.action!r})")
+    if cfg.objective is not None and cfg.objective.direction not in ("minimize", "maximize"):
+        raise ConfigError(f"objective.direction must be minimize or maximize "
+                          f"(got {cfg.objective.direction!r})")
     if cfg.logger.wandb is not None:
         modes = ("auto", "online", "offline", "disabled")
         if cfg.logger.wandb.mode not in modes:
@@ -302,7 +392,115 @@ def load(cfg: DictConfig | dict) -> Config:
             raise ConfigError(f"config group {key} is missing; add {key}=<name> to the command")
     if "out_dir" not in node:
         raise ConfigError("out_dir is not set; run through gaxp-train or pass out_dir=<dir>")
+    regularizer = node.pop("regularizer", None)
     config = _build(Config, node, "")
     _check_names(config)
     _check_sizes(config)
-    return config
+    return _with_regularizers(config, regularizer)
+
+
+def _regularizer_entries(node: Any, loss: LossSpec) -> dict:
+    from gaxp.regularizers import REGULARIZERS
+
+    if not isinstance(node or {}, dict):
+        raise ConfigError("regularizer must map names to settings; select with regularizer=[r1,bcr]")
+    entries = {}
+    for name, params in (node or {}).items():
+        if name not in REGULARIZERS:
+            raise unknown("regularizer", name, REGULARIZERS)
+        entries[name] = _build(REGULARIZERS[name].params, params or {}, f"regularizer.{name}")
+    if loss.penalty is not None:
+        if REGULARIZERS[loss.penalty].penalty is None:
+            valid = sorted(n for n, r in REGULARIZERS.items() if r.penalty is not None)
+            raise ConfigError(f"loss.penalty must be a gradient penalty: {', '.join(valid)} "
+                              f"(got {loss.penalty!r})")
+        if loss.penalty in entries:
+            raise ConfigError(f"{loss.penalty} is set twice, by loss.penalty and by "
+                              f"regularizer={loss.penalty}; drop one")
+        entries[loss.penalty] = PenaltyParams(weight=loss.penalty_weight)
+    return entries
+
+
+def _with_regularizers(config: Config, node: Any) -> Config:
+    """Validate the regularizer group and fold it in: ``loss.penalty`` becomes an entry, and the
+    stabilizers that live in the models set their ModelSpec fields."""
+    entries = _regularizer_entries(node, config.loss)
+    for name, params in entries.items():
+        _check_entry(f"regularizer.{name}", params, config.loss.name)
+    lazy = {p.every for p in entries.values() if isinstance(p, PenaltyParams) and p.every > 1}
+    if len(lazy) > 1:
+        raise ConfigError(f"lazy penalties must share one interval (got every={sorted(lazy)}); "
+                          "StyleGAN2 rescales D's optimizer for a single interval")
+    m = config.model
+    sn, pack, mb = (entries.get(k) for k in ("spectral_norm", "pacgan", "mbstd"))
+    model = dataclasses.replace(
+        m, spectral_norm=m.spectral_norm or bool(sn and sn.d),
+        g_spectral_norm=m.g_spectral_norm or bool(sn and sn.g),
+        d_pack=pack.pack if pack else m.d_pack, d_mbstd=mb.group if mb else m.d_mbstd)
+    _check_batch_groups(model, config.data.batch_size)
+    reg = RegSpec(tuple(sorted(entries.items())))
+    return dataclasses.replace(config, model=model, regularizer=reg)
+
+
+def _check_entry(path: str, p: Any, loss: str) -> None:
+    from gaxp.augment import check_policy
+    from gaxp.regularizers import SMOOTHABLE_LOSSES
+
+    if isinstance(p, PenaltyParams):
+        _positive(f"{path}.weight", p.weight)
+        _positive(f"{path}.every", p.every)
+    elif isinstance(p, (AugmentParams, BcrParams)):
+        check_policy(f"{path}.policy", p.policy)
+    if isinstance(p, BcrParams):
+        _positive(f"{path}.real_weight", p.real_weight, allow_zero=True)
+        _positive(f"{path}.fake_weight", p.fake_weight, allow_zero=True)
+    elif isinstance(p, SmoothingParams):
+        if loss not in SMOOTHABLE_LOSSES:
+            raise ConfigError(f"{path} applies to loss {', '.join(SMOOTHABLE_LOSSES)} "
+                              f"(targets of a classifier), not loss.name={loss}")
+        if not 0.0 < p.real_target < 1.0:
+            raise ConfigError(f"{path}.real_target must be in (0, 1) (got {p.real_target})")
+    elif isinstance(p, NoiseParams):
+        _positive(f"{path}.sigma", p.sigma)
+        _positive(f"{path}.anneal_steps", p.anneal_steps, allow_zero=True)
+    elif isinstance(p, SpectralNormParams) and not (p.d or p.g):
+        raise ConfigError(f"{path} needs d=true or g=true")
+    elif isinstance(p, (PackParams, MbstdParams)):
+        value = p.pack if isinstance(p, PackParams) else p.group
+        if value < 2:
+            raise ConfigError(f"{path}.{'pack' if isinstance(p, PackParams) else 'group'} "
+                              f"must be >= 2 (got {value})")
+    elif isinstance(p, PretrainParams):
+        _positive(f"{path}.steps", p.steps)
+
+
+def _check_batch_groups(m: ModelSpec, batch: int) -> None:
+    if m.d_pack < 1 or m.d_mbstd < 0 or m.d_mbstd == 1:
+        raise ConfigError(f"model.d_pack must be >= 1 and model.d_mbstd 0 or >= 2 "
+                          f"(got {m.d_pack}, {m.d_mbstd})")
+    if batch % m.d_pack:
+        raise ConfigError(f"data.batch_size={batch} is not divisible by the PacGAN pack size "
+                          f"{m.d_pack}; use a multiple of {m.d_pack}")
+    if m.d_mbstd and (batch // m.d_pack) % m.d_mbstd:
+        raise ConfigError(f"D sees {batch // m.d_pack} samples per batch, not divisible by the "
+                          f"minibatch-stddev group {m.d_mbstd}; change data.batch_size or the group")
+
+
+def check_for_data(config: Config, shape: tuple, image: bool) -> None:
+    """Checks that need the dataset's shape: the model's and the stabilizers' (before compiling)."""
+    from gaxp.augment import check_policy
+    from gaxp.models import ARCHS
+
+    ARCHS[config.model.name].check(config.model, tuple(shape), image)
+    m, needs = config.model, []
+    needs += ["pack"] if m.d_pack > 1 else []
+    needs += ["mbstd"] if m.d_mbstd else []
+    needs += ["g_spectral_norm"] if m.g_spectral_norm else []
+    missing = [n for n in needs if n not in ARCHS[m.name].supports]
+    if missing:
+        raise ConfigError(f"model={m.name} does not support {', '.join(missing)}; "
+                          f"it supports: {', '.join(sorted(ARCHS[m.name].supports)) or 'none'}")
+    for name in ("diffaugment", "bcr"):
+        params = config.regularizer.get(name)
+        if params is not None:
+            check_policy(f"regularizer.{name}.policy", params.policy, image)

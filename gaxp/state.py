@@ -17,6 +17,7 @@ from flax import nnx, struct
 from gaxp import optim
 from gaxp.config import Config
 from gaxp.models import ARCHS, adapter
+from gaxp.regularizers import lazy_optimizer
 
 
 @struct.dataclass
@@ -46,11 +47,13 @@ def _modules(config: Config, shape: tuple, image: bool, key: jax.Array):
 
 
 def make_nets(config: Config, shape: tuple, image: bool) -> Nets:
-    """Graphdefs from an abstract build (no parameters are allocated) and both optimizers."""
+    """Graphdefs from an abstract build (no parameters are allocated) and both optimizers (D's
+    rescaled for lazy penalties, see ``regularizers.lazy_optimizer``)."""
     g, d = nnx.eval_shape(lambda: _modules(config, shape, image, jax.random.key(0)))
+    d_opt = lazy_optimizer(config.optim.d, config.regularizer.lazy_interval)
     return Nets(adapter.split(g)[0], adapter.split(d)[0],
                 optim.build(config.optim.g, guard=config.trainer.guard.enabled),
-                optim.build(config.optim.d, guard=config.trainer.guard.enabled))
+                optim.build(d_opt, guard=config.trainer.guard.enabled))
 
 
 def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.Array) -> GANState:

@@ -3,7 +3,9 @@
 ``train_step(state, batch, key, *, spec)`` runs ``n_critic`` discriminator updates (each on its
 own real micro-batch and fresh fakes, G held fixed) and then one generator update (D held fixed),
 then the EMA of G. It is jitted once over the whole mesh by the train loop; nothing here knows
-about devices beyond an optional sharding constraint on the latent batch.
+about devices beyond an optional sharding constraint on the latent batch. The stabilizers of
+``spec.regs`` enter through ``gaxp.regularizers``: ``d_inputs`` (what D sees, in both steps) and
+``d_terms`` (what is added to D's loss); D pre-training skips the G update by ``lax.cond``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
-from gaxp.config import EmaSpec, LossSpec
+from gaxp import regularizers
+from gaxp.config import EmaSpec, LossSpec, RegSpec
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
 from gaxp.optim import guard_counts, last_finite
-from gaxp.regularizers import REGULARIZERS
 from gaxp.state import GANState, Nets
 
 TRACES = {"train_step": 0}  # incremented at trace time only: tests assert one compile per run
@@ -37,6 +39,7 @@ class StepSpec:
     batch: int  # global batch of one D or G update
     z_sharding: Optional[NamedSharding] = None
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
+    regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
 
 
 def generate(spec: StepSpec, params, stats, z, *, train: bool):
@@ -74,11 +77,14 @@ def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_st
     return optax.apply_updates(params, updates), opt_state, stats
 
 
-def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
-    """One discriminator update on ``real`` and fresh fakes; G is held fixed."""
+def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index=0):
+    """One discriminator update on ``real`` and fresh fakes; G is held fixed. ``d_index`` counts
+    D updates since the start (the clock of lazy penalties)."""
     k_z, k_pen = jax.random.split(key)
     fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), train=True)
     fake = jax.lax.stop_gradient(fake)
+    (real, fake), view_metrics = regularizers.d_inputs(
+        spec.regs, (real, fake), jax.random.fold_in(key, 2), state.step)
     loss, cfg = LOSSES[spec.loss.name], spec.loss
 
     def loss_fn(d_params):
@@ -86,13 +92,10 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
         f, stats = discriminate(spec, d_params, stats, fake, train=True)
         d_loss = loss.d(r, f)
         metrics = {"train/d_loss": d_loss, "train/d_real": jnp.mean(r), "train/d_fake": jnp.mean(f)}
-        total = d_loss
-        if cfg.penalty is not None:
-            d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True)[0]  # noqa: E731
-            pen = REGULARIZERS[cfg.penalty](d_fn, real, fake, k_pen)
-            total = total + cfg.penalty_weight * pen
-            metrics[f"train/{cfg.penalty}"] = pen
-        return total, (stats, metrics)
+        d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True)[0]  # noqa: E731
+        extra, reg_metrics = regularizers.d_terms(spec.regs, cfg.name, d_fn, real, fake, r, f,
+                                                  k_pen, d_index)
+        return d_loss + extra, (stats, metrics | reg_metrics | view_metrics)
 
     grads, (d_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.d_params)
     d_params, d_opt, d_stats = _apply(spec, state, grads, spec.nets.d_opt, state.d_opt,
@@ -103,16 +106,21 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
 
 
 def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
-    """One generator update; D's parameters and statistics are held fixed."""
+    """One generator update; D's parameters and statistics are held fixed. D sees the fakes
+    (and reals) through the same ``d_inputs`` view as in the D step (DiffAugment, noise)."""
     z = sample_z(spec, key)
+    k_view = jax.random.fold_in(key, 2)
     loss = LOSSES[spec.loss.name]
     if loss.g_needs_real:
+        (real,), _ = regularizers.d_inputs(spec.regs, (real,), jax.random.fold_in(k_view, 1),
+                                           state.step)
         r, _ = discriminate(spec, state.d_params, state.d_stats, real, train=True)
     else:
-        r = jnp.zeros((real.shape[0],), jnp.float32)
+        r = jnp.zeros((real.shape[0],), jnp.float32)  # unused by these losses
 
     def loss_fn(g_params):
         fake, g_stats = generate(spec, g_params, state.g_stats, z, train=True)
+        (fake,), _ = regularizers.d_inputs(spec.regs, (fake,), k_view, state.step)
         f, _ = discriminate(spec, state.d_params, state.d_stats, fake, train=True)
         g_loss = loss.g(r, f)
         return g_loss, (g_stats, {"train/g_loss": g_loss})
@@ -121,6 +129,20 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
     g_params, g_opt, g_stats = _apply(spec, state, grads, spec.nets.g_opt, state.g_opt,
                                       state.g_params, g_stats, state.g_stats)
     return state.replace(g_params=g_params, g_stats=g_stats, g_opt=g_opt), metrics
+
+
+def g_step_after_pretraining(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
+    """``g_step`` once ``state.step`` reaches the D pre-training steps, before that G is left
+    as is (``lax.cond``: the G update's cost is skipped too). Logs ``train/g_active``."""
+    steps = spec.regs.get("d_pretrain").steps
+    shapes = jax.eval_shape(lambda s: g_step(spec, s, real, key)[1], state)
+
+    def skip(s):
+        return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+    active = state.step >= steps
+    state, metrics = jax.lax.cond(active, lambda s: g_step(spec, s, real, key), skip, state)
+    return state, metrics | {"train/g_active": active.astype(jnp.float32)}
 
 
 def ema_beta(ema: EmaSpec, batch: int, step: jax.Array) -> jax.Array:
@@ -142,10 +164,12 @@ def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
     # A Python loop, unrolled at trace time: the same D step inside lax.scan ran 5x slower on
     # XLA:CPU (DCGAN-28, batch 64: 1277 vs 235 ms, even for one iteration). n_critic is small.
     d_metrics = []
-    for i in range(x.shape[0]):
-        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i))
+    n = x.shape[0]
+    for i in range(n):
+        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i), state.step * n + i)
         d_metrics.append(m)
-    state, g_metrics = g_step(spec, state, x[-1], k_g)
+    g_update = g_step if spec.regs.get("d_pretrain") is None else g_step_after_pretraining
+    state, g_metrics = g_update(spec, state, x[-1], k_g)
     beta = ema_beta(spec.ema, spec.batch, state.step)
     g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
     metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]} | g_metrics

@@ -21,13 +21,12 @@ import numpy as np
 
 from gaxp import run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
-from gaxp.config import Config, load
+from gaxp.config import Config, check_for_data, load
 from gaxp.errors import Diverged, Preempted
 from gaxp.preempt import StopRequests
 from gaxp.data import make_dataset
 from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
-from gaxp.models import ARCHS
 from gaxp.state import GANState, init_state, make_nets
 from gaxp.step import TRACES, StepSpec, generate, train_step
 
@@ -77,12 +76,12 @@ def setup(config: Config) -> Run:
                            data_dir=d.data_dir, seed=config.trainer.seed,
                            process_index=jax.process_index(), process_count=jax.process_count())
     image = dataset.kind == "image"
-    ARCHS[config.model.name].check(config.model, tuple(dataset.shape), image)
+    check_for_data(config, tuple(dataset.shape), image)
     directory, restore = run_dir.resolve(config)
     nets = make_nets(config, tuple(dataset.shape), image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
-                    inject_nan=config.trainer.guard.inject_nan)
+                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer)
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 

@@ -28,6 +28,9 @@ def test_every_option_composes_validates_and_is_registered(group, option):
     assert config.model.name in ARCHS
     assert config.loss.name in LOSSES
     assert config.loss.penalty is None or config.loss.penalty in REGULARIZERS
+    assert all(name in REGULARIZERS for name in config.regularizer.names)
+    if group == "regularizer":  # each option file names exactly its own registry entry
+        assert config.regularizer.names == (option,)
     assert config.data.source in SOURCES
     assert config.optim.g.name in OPTIMIZERS and config.optim.d.name in OPTIMIZERS
 

@@ -74,6 +74,14 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def run_tags(spec: WandbSpec, config: dict) -> list[str]:
+    """The user's tags plus ``loss:<name>`` and one ``reg:<name>`` per stabilizer, so the runs
+    of a sweep can be filtered by variant in the W&B UI."""
+    regs = [name for name, _ in (config.get("regularizer") or {}).get("entries", ())]
+    tags = list(spec.tags) + [f"loss:{config['loss']['name']}"] + [f"reg:{r}" for r in regs]
+    return list(dict.fromkeys(tags))
+
+
 class WandbWriter:
     """A W&B run that never stops training: if the server cannot be reached (offline machine, bad
     key, server error) within ``init_timeout``, it logs offline in the run directory with one
@@ -87,7 +95,7 @@ class WandbWriter:
         self.wandb, self.run, self.id = wandb, None, run_id
         mode = resolve_mode(spec.mode)
         kwargs = dict(project=spec.project, entity=spec.entity, group=spec.group,
-                      tags=list(spec.tags), dir=str(run_dir), config=config, name=name)
+                      tags=run_tags(spec, config), dir=str(run_dir), config=config, name=name)
         try:
             self.run = self._init(mode, run_id, spec.init_timeout, kwargs)
         except Exception as e:  # noqa: BLE001 - any W&B failure: keep training

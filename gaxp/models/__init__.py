@@ -13,6 +13,9 @@ from gaxp.models import dcgan, mlp, resnet
 class Arch(NamedTuple):
     build: Callable  # (ModelSpec, shape, image: bool, rngs) -> (G, D)
     check: Callable  # (ModelSpec, shape, image: bool) -> None, raises ConfigError
+    # Stabilizers that need model support: PacGAN packing in D, minibatch stddev in D,
+    # spectral norm in G (gaxp.config checks a requested one is supported, before building).
+    supports: frozenset = frozenset({"pack", "mbstd", "g_spectral_norm"})
 
 
 ARCHS: dict[str, Arch] = {

@@ -150,3 +150,31 @@ def check_square_image(model: str, shape: tuple, image: bool) -> None:
             f"model={model} cannot produce {shape[0]}x{shape[1]} px images; it makes square sizes "
             "4*2^n or 7*2^n (28, 32, 56, 64, 128, ...): set data.image_size"
         )
+
+
+def pack(x: jax.Array, m: int) -> jax.Array:
+    """PacGAN packing (Lin et al. 2018, "PacGAN: the power of two samples in GANs"): groups of
+    ``m`` consecutive samples become one D input, concatenated on the channel axis for images
+    ([B, H, W, C] -> [B/m, H, W, m*C]) and on the feature axis otherwise ([B, ...] -> [B/m, -1])."""
+    if m == 1:
+        return x
+    b = x.shape[0]
+    if x.ndim == 4:
+        _, h, w, c = x.shape
+        return x.reshape(b // m, m, h, w, c).transpose(0, 2, 3, 1, 4).reshape(b // m, h, w, m * c)
+    return x.reshape(b // m, -1)
+
+
+def minibatch_std(h: jax.Array, group: int) -> jax.Array:
+    """Minibatch standard deviation (Karras et al. 2018, "Progressive growing of GANs", 3):
+    the std of each feature over groups of ``group`` samples (members strided by B/group),
+    averaged to one number per group, appended to every sample as one more feature/channel."""
+    if not group:
+        return h
+    b = h.shape[0]
+    y = h.astype(jnp.float32).reshape((group, b // group) + h.shape[1:])
+    std = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)
+    s = jnp.mean(std.reshape(b // group, -1), axis=1)
+    s = jnp.tile(s, group).astype(h.dtype)  # sample i belongs to group i % (B / group)
+    s = jnp.broadcast_to(s.reshape((b,) + (1,) * (h.ndim - 1)), h.shape[:-1] + (1,))
+    return jnp.concatenate([h, s], axis=-1)

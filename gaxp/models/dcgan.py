@@ -12,7 +12,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
-from gaxp.models.blocks import check_square_image, Dense, Down2x, Norm, Up2x, lrelu, up_levels
+from gaxp.models.blocks import (
+    Dense, Down2x, Norm, Up2x, check_square_image, lrelu, minibatch_std, pack, up_levels,
+)
 
 
 class DCGANGenerator(nnx.Module):
@@ -20,15 +22,16 @@ class DCGANGenerator(nnx.Module):
         (self.base, n), channels = up_levels(shape[0]), shape[-1]
         widths = [spec.g_width * 2 ** (n - i) for i in range(n)]  # e.g. 256, 128 for 28 px
         self.top = widths[0]
-        self.fc = Dense(spec.z_dim, self.base * self.base * widths[0], init=spec.init, rngs=rngs)
+        sn = spec.g_spectral_norm
+        self.fc = Dense(spec.z_dim, self.base * self.base * widths[0], sn=sn, init=spec.init, rngs=rngs)
         self.fc_norm = Norm(spec.g_norm, widths[0], momentum=spec.bn_momentum, rngs=rngs)
         self.ups = nnx.List([
-            Up2x(a, b, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])
+            Up2x(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])
         ])
         self.norms = nnx.List([
             Norm(spec.g_norm, b, momentum=spec.bn_momentum, rngs=rngs) for b in widths[1:]
         ])
-        self.out = Up2x(widths[-1], channels, init=spec.init, rngs=rngs)
+        self.out = Up2x(widths[-1], channels, sn=sn, init=spec.init, rngs=rngs)
 
     def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
         h = self.fc(z, train=train).reshape(z.shape[0], self.base, self.base, self.top)
@@ -41,8 +44,8 @@ class DCGANGenerator(nnx.Module):
 class DCGANDiscriminator(nnx.Module):
     def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
         base, n = up_levels(shape[0])
-        widths = [shape[-1]] + [spec.d_width * 2**i for i in range(n)]
-        sn = spec.spectral_norm
+        widths = [shape[-1] * spec.d_pack] + [spec.d_width * 2**i for i in range(n)]
+        sn, self.pack, self.mbstd = spec.spectral_norm, spec.d_pack, spec.d_mbstd
         self.downs = nnx.List([
             Down2x(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])
         ])
@@ -51,12 +54,14 @@ class DCGANDiscriminator(nnx.Module):
             Norm("none" if i == 0 else spec.d_norm, b, momentum=spec.bn_momentum, rngs=rngs)
             for i, b in enumerate(widths[1:])
         ])
-        self.out = Dense(base * base * widths[-1], 1, sn=sn, init=spec.init, rngs=rngs)
+        head = base * base * (widths[-1] + (1 if spec.d_mbstd else 0))
+        self.out = Dense(head, 1, sn=sn, init=spec.init, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        h = x
+        h = pack(x, self.pack)
         for down, norm in zip(self.downs, self.norms):
             h = lrelu(norm(down(h, train=train), train=train))
+        h = minibatch_std(h, self.mbstd)
         return self.out(h.reshape(h.shape[0], -1), train=train)[:, 0]
 
 

@@ -11,16 +11,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
-from gaxp.models.blocks import Dense, Norm, lrelu
+from gaxp.models.blocks import Dense, Norm, lrelu, minibatch_std, pack
 
 
 class MLPGenerator(nnx.Module):
     def __init__(self, spec: ModelSpec, shape: tuple, image: bool, *, rngs: nnx.Rngs):
         self.shape, self.image = tuple(shape), image
         dims = [spec.z_dim] + [spec.g_width] * spec.g_depth
-        self.hidden = nnx.List([Dense(a, b, init=spec.init, rngs=rngs) for a, b in zip(dims, dims[1:])])
+        sn = spec.g_spectral_norm
+        self.hidden = nnx.List([Dense(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(dims, dims[1:])])
         self.norms = nnx.List([Norm(spec.g_norm, b, momentum=spec.bn_momentum, rngs=rngs) for b in dims[1:]])
-        self.out = Dense(dims[-1], math.prod(shape), init=spec.init, rngs=rngs)
+        self.out = Dense(dims[-1], math.prod(shape), sn=sn, init=spec.init, rngs=rngs)
 
     def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
         h = z
@@ -33,9 +34,9 @@ class MLPGenerator(nnx.Module):
 
 class MLPDiscriminator(nnx.Module):
     def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
-        self.pieces = spec.maxout
+        self.pieces, self.pack, self.mbstd = spec.maxout, spec.d_pack, spec.d_mbstd
         width = spec.d_width * max(spec.maxout, 1)
-        dims = [math.prod(shape)] + [spec.d_width] * spec.d_depth
+        dims = [math.prod(shape) * spec.d_pack] + [spec.d_width] * spec.d_depth
         sn = spec.spectral_norm
         self.hidden = nnx.List([
             Dense(a, width, sn=sn, init=spec.init, rngs=rngs) for a in dims[:-1]
@@ -43,17 +44,17 @@ class MLPDiscriminator(nnx.Module):
         self.norms = nnx.List([
             Norm(spec.d_norm, width, momentum=spec.bn_momentum, rngs=rngs) for _ in dims[:-1]
         ])
-        self.out = Dense(dims[-1], 1, sn=sn, init=spec.init, rngs=rngs)
+        self.out = Dense(dims[-1] + (1 if spec.d_mbstd else 0), 1, sn=sn, init=spec.init, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
+        h = pack(x.reshape(x.shape[0], -1), self.pack)
         for layer, norm in zip(self.hidden, self.norms):
             h = norm(layer(h, train=train), train=train)
             if self.pieces:
                 h = jnp.max(h.reshape(h.shape[:-1] + (-1, self.pieces)), axis=-1)
             else:
                 h = lrelu(h)
-        return self.out(h, train=train)[:, 0]
+        return self.out(minibatch_std(h, self.mbstd), train=train)[:, 0]
 
 
 def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
-from gaxp.models.blocks import check_square_image, Conv, Dense, Norm, up_levels
+from gaxp.models.blocks import (
+    Conv, Dense, Norm, check_square_image, minibatch_std, pack, up_levels,
+)
 
 
 def _up(x: jax.Array) -> jax.Array:
@@ -27,9 +29,10 @@ class GBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, spec: ModelSpec, *, rngs: nnx.Rngs):
         m = spec.bn_momentum
         self.n1, self.n2 = Norm(spec.g_norm, cin, momentum=m, rngs=rngs), Norm(spec.g_norm, cout, momentum=m, rngs=rngs)
-        self.c1 = Conv(cin, cout, 3, init=spec.init, rngs=rngs)
-        self.c2 = Conv(cout, cout, 3, init=spec.init, rngs=rngs)
-        self.skip = Conv(cin, cout, 1, init=spec.init, rngs=rngs)
+        sn = spec.g_spectral_norm
+        self.c1 = Conv(cin, cout, 3, sn=sn, init=spec.init, rngs=rngs)
+        self.c2 = Conv(cout, cout, 3, sn=sn, init=spec.init, rngs=rngs)
+        self.skip = Conv(cin, cout, 1, sn=sn, init=spec.init, rngs=rngs)
 
     def __call__(self, x, *, train: bool):
         h = self.c1(_up(jax.nn.relu(self.n1(x, train=train))), train=train)
@@ -63,10 +66,11 @@ class ResNetGenerator(nnx.Module):
     def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
         (self.base, n), w = up_levels(shape[0]), spec.g_width
         self.width = w
-        self.fc = Dense(spec.z_dim, self.base * self.base * w, init=spec.init, rngs=rngs)
+        sn = spec.g_spectral_norm
+        self.fc = Dense(spec.z_dim, self.base * self.base * w, sn=sn, init=spec.init, rngs=rngs)
         self.blocks = nnx.List([GBlock(w, w, spec, rngs=rngs) for _ in range(n)])
         self.norm = Norm(spec.g_norm, w, momentum=spec.bn_momentum, rngs=rngs)
-        self.out = Conv(w, shape[-1], 3, init=spec.init, rngs=rngs)
+        self.out = Conv(w, shape[-1], 3, sn=sn, init=spec.init, rngs=rngs)
 
     def __call__(self, z, *, train: bool):
         h = self.fc(z, train=train).reshape(z.shape[0], self.base, self.base, self.width)
@@ -78,18 +82,20 @@ class ResNetGenerator(nnx.Module):
 class ResNetDiscriminator(nnx.Module):
     def __init__(self, spec: ModelSpec, shape: tuple, *, rngs: nnx.Rngs):
         _, n = up_levels(shape[0])
-        w, c = spec.d_width, shape[-1]
+        w, c = spec.d_width, shape[-1] * spec.d_pack
+        self.pack, self.mbstd = spec.d_pack, spec.d_mbstd
         blocks = [DBlock(c, w, spec, down=True, first=True, rngs=rngs)]
         blocks += [DBlock(w, w, spec, down=True, first=False, rngs=rngs) for _ in range(n - 1)]
         blocks += [DBlock(w, w, spec, down=False, first=False, rngs=rngs) for _ in range(2)]
         self.blocks = nnx.List(blocks)
-        self.out = Dense(w, 1, sn=spec.spectral_norm, init=spec.init, rngs=rngs)
+        head = w + (1 if spec.d_mbstd else 0)
+        self.out = Dense(head, 1, sn=spec.spectral_norm, init=spec.init, rngs=rngs)
 
     def __call__(self, x, *, train: bool):
-        h = x
+        h = pack(x, self.pack)
         for block in self.blocks:
             h = block(h, train=train)
-        h = jnp.sum(jax.nn.relu(h), axis=(1, 2))
+        h = jnp.sum(minibatch_std(jax.nn.relu(h), self.mbstd), axis=(1, 2))
         return self.out(h, train=train)[:, 0]
 
 

@@ -1,0 +1,238 @@
+"""Each stabilizer's defining property, on tiny inputs; their config checks; one short run that
+exercises lazy R1 and D pre-training through the compiled step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import compose
+from flax import nnx
+
+from gaxp import augment, regularizers as R
+from gaxp.config import NoiseParams, OptSpec, check_for_data, load
+from gaxp.errors import ConfigError
+from gaxp.losses import LOSSES
+from gaxp.models import ARCHS, Arch, adapter
+from gaxp.models.blocks import minibatch_std, pack
+from gaxp.step import TRACES
+from gaxp.train import compile_step, prepare
+
+W = jax.random.normal(jax.random.key(0), (6, 3))
+
+
+def d_smooth(x):
+    """A small smooth non-linear D: [n, 2, 3] -> [n]."""
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ W)
+    return jnp.sum(h * h, axis=1) + x.reshape(x.shape[0], -1).sum(1)
+
+
+def _fd_sq_norms(fn, x, eps=1e-3):
+    """Per-sample squared gradient norm by central finite differences."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros(x.shape[0])
+    for idx in np.ndindex(x.shape[1:]):
+        dx = np.zeros_like(x)
+        dx[(slice(None),) + idx] = eps
+        g = (np.asarray(fn(jnp.asarray(x + dx, jnp.float32)), np.float64)
+             - np.asarray(fn(jnp.asarray(x - dx, jnp.float32)), np.float64)) / (2 * eps)
+        out += g ** 2
+    return out
+
+
+def test_r1_and_r2_are_squared_gradient_norms_by_finite_differences():
+    real = jax.random.normal(jax.random.key(1), (5, 2, 3))
+    fake = jax.random.normal(jax.random.key(2), (5, 2, 3))
+    key = jax.random.key(3)
+    np.testing.assert_allclose(R.r1(d_smooth, real, fake, key),
+                               _fd_sq_norms(d_smooth, real).mean(), rtol=2e-3)
+    np.testing.assert_allclose(R.r2(d_smooth, real, fake, key),
+                               _fd_sq_norms(d_smooth, fake).mean(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_norm_penalties_of_a_linear_critic(scale):
+    """D(x) = w.x has ||grad|| = ||w|| everywhere: two-sided (||w|| - 1)^2, one-sided only above 1."""
+    w = jnp.array([0.6, 0.8]) * scale  # ||w|| = scale
+    d = lambda x: x @ w  # noqa: E731
+    real, fake = jnp.ones((8, 2)), -jnp.ones((8, 2))
+    key = jax.random.key(0)
+    two_sided = (scale - 1.0) ** 2
+    np.testing.assert_allclose(R.wgan_gp(d, real, fake, key), two_sided, rtol=1e-5)
+    np.testing.assert_allclose(R.dragan(d, real, fake, key), two_sided, rtol=1e-5)
+    np.testing.assert_allclose(R.one_sided_gp(d, real, fake, key), two_sided if scale > 1 else 0.0,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_norm_of_a_packed_d_is_taken_over_the_pack():
+    d = lambda x: pack(x, 2).sum(axis=1)  # noqa: E731  packed sum: grad is ones over the pack
+    x = jnp.zeros((6, 2))
+    np.testing.assert_allclose(R.r1(d, x, x, jax.random.key(0)), 4.0)  # 2 samples x 2 dims
+
+
+def test_lazy_applies_the_penalty_every_k_steps_with_weight_times_k():
+    from gaxp.config import PenaltyParams, RegSpec
+
+    regs = RegSpec((("r1", PenaltyParams(weight=0.5, every=4)),))
+    real = jax.random.normal(jax.random.key(1), (5, 2, 3))
+    value = R.r1(d_smooth, real, real, None)
+    for i in range(8):
+        total, m = R.d_terms(regs, "ns", d_smooth, real, real, None, None,
+                             jax.random.key(0), jnp.int32(i))
+        expected = value if i % 4 == 0 else 0.0
+        np.testing.assert_allclose(m["train/r1"], expected, rtol=1e-6)
+        np.testing.assert_allclose(total, 0.5 * 4 * expected, rtol=1e-6)
+
+
+def test_lazy_optimizer_rescales_lr_and_betas_by_k_over_k_plus_1():
+    o = R.lazy_optimizer(OptSpec(lr=0.002, b1=0.0, b2=0.99), 16)
+    c = 16 / 17
+    np.testing.assert_allclose([o.lr, o.b1, o.b2], [0.002 * c, 0.0, 0.99 ** c])
+    assert R.lazy_optimizer(OptSpec(), 1) == OptSpec()
+
+
+@pytest.mark.parametrize("name", ["minimax", "ns", "lsgan"])
+def test_label_smoothing_moves_only_the_real_target_to_0_9(name):
+    r, f = jnp.array([-2.0, 0.3, 4.0]), jnp.array([1.0, -0.5, 2.5])
+    smoothed = LOSSES[name].d(r, f) + R.label_smoothing(name, r, 0.9)
+    if name == "lsgan":
+        expected = 0.5 * np.mean((r - 0.9) ** 2) + 0.5 * np.mean(f ** 2)
+    else:
+        p_r, p_f = jax.nn.sigmoid(r), jax.nn.sigmoid(f)
+        expected = (-np.mean(0.9 * np.log(p_r) + 0.1 * np.log(1 - p_r))
+                    - np.mean(np.log(1 - p_f)))
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-5)
+    # It is a function of D's real logits only: fakes (and so G's loss) are untouched.
+    assert float(jax.grad(lambda ff: R.label_smoothing(name, r, 0.9) + 0 * ff.sum())(f).sum()) == 0
+
+
+def test_diffaugment_is_differentiable_and_keeps_shapes():
+    x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3), minval=-1, maxval=1)
+    key = jax.random.key(1)
+    for op in augment.POLICIES:
+        assert augment.POLICIES[op](x, key).shape == x.shape
+    g = jax.grad(lambda x: jnp.sum(augment.diff_augment(x, "color,translation,cutout", key) ** 2))(x)
+    assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
+
+
+def test_translation_shifts_and_cutout_zeroes_a_half_size_square():
+    x = jnp.zeros((64, 16, 16, 1)).at[:, 8, 8, 0].set(1.0)
+    y = augment.translation(x, jax.random.key(0))
+    pos = np.argwhere(np.asarray(y[..., 0]) == 1.0)
+    assert len(pos) == 64 and np.abs(pos[:, 1:] - 8).max() <= 2  # every dot moved by <= 16/8 px
+    assert len({tuple(p) for p in pos[:, 1:]}) > 1
+    c = augment.cutout(jnp.ones((64, 16, 16, 1)), jax.random.key(1))
+    zeros = (np.asarray(c) == 0).sum(axis=(1, 2, 3))
+    assert zeros.max() == 64 and zeros.min() >= 0  # an 8x8 square, clipped at the border
+
+
+def test_bcr_is_zero_for_an_invariant_d_and_matches_its_formula():
+    p = R.C.BcrParams(real_weight=2.0, fake_weight=3.0, policy=("translation",))
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    key = jax.random.key(5)
+    mean_d = lambda v: v.mean(axis=(1, 2, 3)) * 0 + 1.0  # noqa: E731
+    assert float(R.bcr(mean_d, x, x, mean_d(x), mean_d(x), key, p)[0]) == 0.0
+    d = lambda v: v[:, 2:6, 2:6].sum(axis=(1, 2, 3))  # noqa: E731  sees the centre only
+    total, m = R.bcr(d, x, 2 * x, d(x), d(2 * x), key, p)
+    k_r, k_f = jax.random.split(key)
+    cr_r = np.mean((d(augment.diff_augment(x, "translation", k_r)) - d(x)) ** 2)
+    cr_f = np.mean((d(augment.diff_augment(2 * x, "translation", k_f)) - d(2 * x)) ** 2)
+    np.testing.assert_allclose([m["train/bcr_real"], m["train/bcr_fake"], total],
+                               [cr_r, cr_f, 2 * cr_r + 3 * cr_f], rtol=1e-5)
+
+
+def test_instance_noise_anneals_linearly_to_zero():
+    p = NoiseParams(sigma=0.2, anneal_steps=10)
+    np.testing.assert_allclose([R.noise_sigma(p, jnp.int32(s)) for s in (0, 5, 10, 20)],
+                               [0.2, 0.1, 0.0, 0.0], atol=1e-7)
+    regs = R.C.RegSpec((("instance_noise", NoiseParams(sigma=0.5)),))
+    (y,), m = R.d_inputs(regs, (jnp.zeros((100, 50)),), jax.random.key(0), jnp.int32(0))
+    np.testing.assert_allclose([np.std(y), m["train/instance_noise"]], [0.5, 0.5], rtol=0.03)
+
+
+def test_minibatch_std_appends_the_group_std_as_one_feature():
+    h = jax.random.normal(jax.random.key(0), (6, 4, 4, 3))
+    out = minibatch_std(h, 2)
+    assert out.shape == (6, 4, 4, 4)
+    hn = np.asarray(h)
+    for i in range(6):  # groups of samples strided by 6 / 2 = 3: {0, 3}, {1, 4}, {2, 5}
+        j = i % 3
+        expected = np.sqrt(np.var(hn[[j, j + 3]], axis=0) + 1e-8).mean()
+        np.testing.assert_allclose(out[i, ..., -1], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model,shape", [("mlp", (2,)), ("dcgan", (28, 28, 1)),
+                                         ("resnet", (32, 32, 3))])
+def test_a_packed_d_receives_m_times_wide_input(model, shape):
+    config = load(compose(f"model={model}", "regularizer=[pacgan,mbstd]", "regularizer.pacgan.pack=4",
+                          "model.g_width=8", "model.d_width=8", "model.z_dim=4"))
+    _, d = ARCHS[model].build(config.model, shape, len(shape) == 3, nnx.Rngs(0))
+    d_def, params, stats = adapter.split(d)
+    kernels = [k for k in jax.tree.leaves(params) if k.ndim >= 2]
+    fan_in = {"mlp": 4 * 2, "dcgan": 4 * 1, "resnet": 4 * 3}[model]
+    assert kernels[0].shape[-2] == fan_in or any(k.shape[-2] == fan_in for k in kernels)
+    out = jax.eval_shape(lambda x: adapter.apply(d_def, params, stats, x, train=True)[0],
+                         jnp.zeros((16,) + shape))
+    assert out.shape == (4,)
+
+
+def test_pack_concatenates_consecutive_samples_on_channels():
+    x = jnp.arange(4 * 2 * 2 * 3.0).reshape(4, 2, 2, 3)
+    p = pack(x, 2)
+    assert p.shape == (2, 2, 2, 6)
+    np.testing.assert_array_equal(p[1, ..., :3], x[2])
+    np.testing.assert_array_equal(p[1, ..., 3:], x[3])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("+regularizer.r3.weight=1",), "unknown regularizer 'r3'; valid: bcr,"),
+    (("regularizer=pacgan", "regularizer.pacgan.pack=3"), "data.batch_size=64 is not divisible by the PacGAN pack size 3"),
+    (("regularizer=[pacgan,mbstd]", "regularizer.mbstd.group=5"), "minibatch-stddev group 5"),
+    (("regularizer=label_smoothing", "loss=hinge"), "applies to loss lsgan, minimax, ns"),
+    (("regularizer=[r1,r2]", "regularizer.r1.every=16", "regularizer.r2.every=4"), "share one interval"),
+    (("regularizer=wgan_gp", "loss=wgan_gp"), "wgan_gp is set twice"),
+    (("loss.penalty=bcr", "loss.penalty_weight=1"), "loss.penalty must be a gradient penalty"),
+    (("regularizer=diffaugment", "regularizer.diffaugment.policy=[color,flip]"), "must be a non-empty list of: color"),
+    (("regularizer=r1", "regularizer.r1.weight=0"), "regularizer.r1.weight must be > 0"),
+    (("regularizer=r1", "+regularizer.r1.gamma=1"), "unknown key regularizer.r1.gamma"),
+])
+def test_bad_regularizer_settings_give_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load(compose(*overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_setups_a_stabilizer_does_not_apply_to_are_refused(monkeypatch):
+    config = load(compose("model=mlp", "regularizer=[diffaugment,pacgan]"))
+    with pytest.raises(ConfigError, match="needs image data"):
+        check_for_data(config, (2,), False)
+    monkeypatch.setitem(ARCHS, "mlp", Arch(ARCHS["mlp"].build, ARCHS["mlp"].check, frozenset()))
+    with pytest.raises(ConfigError, match="model=mlp does not support pack"):
+        check_for_data(config, (28, 28, 1), True)
+
+
+def test_loss_wgan_gp_is_the_wgan_gp_regularizer():
+    a = load(compose("loss=wgan_gp")).regularizer
+    b = load(compose("loss=wgan", "loss.clip=0", "regularizer=wgan_gp")).regularizer
+    assert a == b and a.penalties[0][1].weight == 10.0
+
+
+def test_lazy_r1_and_d_pretraining_in_the_compiled_step(tiny):
+    config = load(tiny("model=mlp", "data=ring", "data.batch_size=16", "model.g_width=16",
+                       "model.d_width=16", "regularizer=[r1,d_pretrain]", "regularizer.r1.every=2",
+                       "regularizer.d_pretrain.steps=2"))
+    run, batches, _, state, _ = prepare(config)
+    key = jax.random.key(0)
+    traces = TRACES["train_step"]
+    step_fn, _ = compile_step(run, state, next(batches), key)
+    g0 = jax.device_get(state.g_params)
+    rows = []
+    for _ in range(4):
+        before = jax.device_get(state.g_params)
+        state, m = step_fn(state, next(batches), key)
+        moved = any(not np.array_equal(a, b) for a, b in
+                    zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.g_params))))
+        rows.append((float(m["train/r1"]), float(m["train/g_active"]), moved))
+    assert [r[0] > 0 for r in rows] == [True, False, True, False]  # D steps 0, 2: applied
+    assert [(r[1], r[2]) for r in rows] == [(0, False), (0, False), (1, True), (1, True)]
+    assert TRACES["train_step"] - traces == 1
+    assert jax.tree.leaves(g0)[0].shape == jax.tree.leaves(state.g_params)[0].shape
