@@ -224,7 +224,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     if args.reliability:
         peak = 0.0
-        rows = [bench_reliability(m, b, args) for m in args.models for b in args.batch]
+        rows = []
+        for m in args.models:
+            for b in args.batch:
+                rows.append(bench_reliability(m, b, args))
+                print(json.dumps(rows[-1]), flush=True)
     else:
         peak = matmul_peak()
         rows = [bench_one(m, b, args, peak) for m in args.models for b in args.batch]
