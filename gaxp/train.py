@@ -170,7 +170,8 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):
     return compiled, time.perf_counter() - t0
 
 
-def _loop(run: Run, state, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict) -> dict:
+def _loop(run: Run, state, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict,
+          evaluator=None) -> dict:
     t = run.config.trainer
     key = jax.random.fold_in(jax.random.key(t.seed), 1)
     start = int(jax.device_get(state.step))
@@ -195,6 +196,9 @@ def _loop(run: Run, state, batches: Batches, out: Outputs, ckpt: Checkpointer, m
             out.progress.update(step - out.progress.bar.n, metrics)
         if step % t.sample_every == 0 or step == t.steps:
             out.samples_png(step, state)
+        if evaluator is not None and evaluator.due(step, t.steps):
+            echo = out.progress.bar.write if run.is_main else None
+            out.log(step, evaluator(step, state.g_ema, state.g_stats, echo))
     wall = time.perf_counter() - t_run
     steps_run = t.steps - start
     return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
@@ -220,20 +224,35 @@ def prepare(config: Config) -> tuple[Run, Batches, Checkpointer, GANState, dict]
     return run, batches, ckpt, state, meta
 
 
+def make_evaluator(run: Run):
+    """The run's in-loop evaluator (``gaxp.metrics``), or None when no metrics are configured."""
+    if not run.config.metrics.names:
+        return None
+    from gaxp.metrics.evaluator import Evaluator
+
+    sample = lambda p, s, z: generate(run.spec, p, s, z, train=False)[0]  # noqa: E731
+    return Evaluator(run.config, run.dataset, run.mesh, sample, run.config.model.z_dim)
+
+
 def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)
     run, batches, ckpt, state, meta = prepare(config)
+    evaluator = make_evaluator(run)
+    protocol = evaluator.protocol if evaluator else None
     start = int(jax.device_get(state.step))
     meta = {"config_key": run_dir.config_key(config), **meta}
     out = Outputs(run, start, meta.get("wandb_id") or _prior_wandb_id(run.dir))
     meta["wandb_id"] = out.wandb_id
     if run.is_main:
-        run_dir.write_json_atomic(run.dir / "run.json", {"config_key": meta["config_key"],
-                                                         "wandb_id": out.wandb_id})
+        run_dir.write_json_atomic(run.dir / "run.json", {
+            "config_key": meta["config_key"], "wandb_id": out.wandb_id,
+            "config": asdict(config), "eval_protocol": protocol})
+        if out.wandb and protocol:
+            out.wandb.run.config.update({"eval_protocol": protocol}, allow_val_change=True)
     traces_before = TRACES["train_step"]
     try:
-        result = _loop(run, state, batches, out, ckpt, meta)
+        result = _loop(run, state, batches, out, ckpt, meta, evaluator)
     finally:
         ckpt.close()
         out.close()
@@ -246,6 +265,8 @@ def train(cfg) -> dict:
         "step_traces": TRACES["train_step"] - traces_before, "resumed_from": start,
         "digest": param_digest(state), "final": result["final"], "run_dir": str(run.dir),
     }
+    if evaluator is not None:
+        summary["eval"] = {"protocol": protocol, **evaluator.last}
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "summary.json", summary)
     return summary
