@@ -156,3 +156,7 @@ def main(argv: list[str]) -> None:
     out.write_text(json.dumps(report, indent=2, default=str))
     print(table(report, report["weights"]))
     print(f"gaxp-eval: wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

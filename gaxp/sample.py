@@ -108,3 +108,7 @@ def write_samples(loaded, o: dict) -> Path:
     np.savez(path.with_suffix(".npz"), samples=x, z=np.asarray(z), step=loaded.step,
              truncation=np.nan if o["truncation"] is None else o["truncation"], **extra)
     return path
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Train the domain classifier used by the small-image metrics (fd_<name>, is_<name>, ...).
 
-    python scripts/train_classifier.py data=mnist [steps=3000 batch_size=128 lr=1e-3 seed=0
+    python scripts/train_classifier.py data=mnist [steps=2000 batch_size=128 lr=1e-3 seed=0
         name=<name> cache_dir=<dir> data.image_size=32 data.data_dir=<dir>]
 
 Saves ``<cache>/classifiers/<name>/`` (Orbax parameters + meta.json with test accuracy and SHA-256);

@@ -103,6 +103,8 @@ class Evaluator:
             if net is not None and net not in self.nets:
                 self.nets[net] = (features.FEATURES["inception"](spec, info) if net == "inception"
                                   else features.FEATURES["classifier"](spec, info, net))
+        replicated = sharding.replicated(mesh)
+        self._vars = {k: jax.device_put(n.variables, replicated) for k, n in self.nets.items()}
         self._check_counts()
         self._z_key = jax.random.fold_in(jax.random.key(spec.seed), 0xE7A1)
         z_sharding = sharding.batch_sharding(mesh)
@@ -158,8 +160,7 @@ class Evaluator:
             yield jax.make_array_from_callback(chunk.shape, sh, lambda idx, c=chunk: c[idx])
 
     def _embed_all(self, net: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = self.nets[net]
-        outs = [self._embed[net](n.variables, b) for b in self._batches(images)]
+        outs = [self._embed[net](self._vars[net], b) for b in self._batches(images)]
         f = np.concatenate([_to_host(o[0]) for o in outs])[: len(images)]
         logits = np.concatenate([_to_host(o[1]) for o in outs])[: len(images)]
         return f.astype(np.float32), logits
