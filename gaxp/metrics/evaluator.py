@@ -32,7 +32,7 @@ from gaxp.metrics.fid import frechet_distance, moments
 from gaxp.metrics.inception_score import inception_score
 from gaxp.metrics.kid import kid
 from gaxp.metrics.modes import mode_coverage
-from gaxp.metrics.prdc import prdc
+from gaxp.metrics.prdc import knn_sq_radii, prdc
 
 log = logging.getLogger("gaxp.metrics")
 MAX_REAL = 10_000
@@ -117,6 +117,7 @@ class Evaluator:
         self._embed = {k: jax.jit(n.fn, out_shardings=(z_sharding, z_sharding))
                        for k, n in self.nets.items()}
         self._warned: set[str] = set()
+        self._ref: dict = {}  # reference statistics per network, loaded once
         self.protocol = self._protocol()
 
     def _check_counts(self) -> None:
@@ -205,8 +206,10 @@ class Evaluator:
             out = mode_coverage(samples, self.data.modes, self.data.sigma,
                                 min_count=s.mode_min_count)
             return {f"eval/{k}": float(v) for k, v in out.items() if k != "counts"}
+        if net not in self._ref:
+            self._ref[net] = self.reference_stats(net)
         if net not in cache:
-            cache[net] = (self.reference_stats(net), self._embed_all(net, samples))
+            cache[net] = (self._ref[net], self._embed_all(net, samples))
         real, (fake, logits) = cache[net]
         sfx = "" if net == "inception" else f"_{net}"
         if kind == "fd":
@@ -219,7 +222,13 @@ class Evaluator:
             m, sd = kid(real["features"], fake, num_subsets=s.kid_subsets,
                         subset_size=s.kid_subset_size, seed=s.seed)
             return {f"eval/{name}": m, f"eval/{name}_std": sd}
-        pr, dc = prdc(real["features"], fake, s.pr_k), prdc(real["features"], fake, s.dc_k)
+        ks = (s.pr_k, s.dc_k)
+        if "radii" not in real:  # one top_k pass per set serves both k; real ones kept
+            real["radii"] = knn_sq_radii(real["features"], ks)
+        if f"radii_{net}" not in cache:
+            cache[f"radii_{net}"] = knn_sq_radii(fake, ks)
+        rr, rf = real["radii"], cache[f"radii_{net}"]
+        pr, dc = (prdc(real["features"], fake, k, real_radii=rr[k], fake_radii=rf[k]) for k in ks)
         return {f"eval/precision{sfx}": pr["precision"], f"eval/recall{sfx}": pr["recall"],
                 f"eval/density{sfx}": dc["density"], f"eval/coverage{sfx}": dc["coverage"]}
 

@@ -34,13 +34,20 @@ def _blocks(x, block: int):
     return jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, block, x.shape[1]), pad
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block"))
-def knn_sq_radii(x, k: int, block: int = _BLOCK):
-    """Squared distance from each row of x to its k-th nearest other row (self excluded)."""
+@functools.partial(jax.jit, static_argnames=("k",))
+def _nearest(b, x, x2, k: int):
+    return -jax.lax.top_k(-_sqdist(b, x, x2), k + 1)[0]  # [block, k+1]; self (0) first
+
+
+def knn_sq_radii(x, ks, block: int = _BLOCK) -> dict:
+    """{k: squared distance from each row of x to its k-th nearest other row} for every k in
+    ``ks``, from one top_k pass. The columns are taken outside the jitted top_k: slicing its
+    output inside the same program makes XLA:CPU compute it by a full sort, ~10x slower."""
+    x = jnp.asarray(x)
     x2 = (x * x).sum(1)
     blocks, _ = _blocks(x, block)
-    kth = lambda b: -jax.lax.top_k(-_sqdist(b, x, x2), k + 1)[0][:, k]  # noqa: E731 (self is 0)
-    return jax.lax.map(kth, blocks).reshape(-1)[: x.shape[0]]
+    nearest = jnp.concatenate([_nearest(b, x, x2, max(ks)) for b in blocks])[: x.shape[0]]
+    return {k: nearest[:, k] for k in ks}
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
@@ -63,15 +70,17 @@ def _cross(real, fake, r_real, r_fake, block: int = _BLOCK):
     return counts, recalled.reshape(-1)[:n], covered.reshape(-1)[:n]
 
 
-def prdc(real, fake, nearest_k: int = 5) -> dict:
-    """Precision, recall, density and coverage of ``fake`` [M, D] against ``real`` [N, D]."""
+def prdc(real, fake, nearest_k: int = 5, *, real_radii=None, fake_radii=None) -> dict:
+    """Precision, recall, density and coverage of ``fake`` [M, D] against ``real`` [N, D].
+    ``real_radii``/``fake_radii``: precomputed ``knn_sq_radii(...)[nearest_k]`` (optional)."""
     real, fake = jnp.asarray(real), jnp.asarray(fake)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise ConfigError(f"prdc needs features [N, D] of equal D; got {real.shape} and {fake.shape}")
     if nearest_k < 1 or min(real.shape[0], fake.shape[0]) <= nearest_k:
         raise ConfigError(f"prdc with k={nearest_k} needs more than {nearest_k} samples of each set "
                           f"(got {real.shape[0]} real, {fake.shape[0]} fake)")
-    r_real, r_fake = knn_sq_radii(real, nearest_k), knn_sq_radii(fake, nearest_k)
+    r_real = knn_sq_radii(real, (nearest_k,))[nearest_k] if real_radii is None else real_radii
+    r_fake = knn_sq_radii(fake, (nearest_k,))[nearest_k] if fake_radii is None else fake_radii
     counts, recalled, covered = jax.device_get(_cross(real, fake, r_real, r_fake))
     return {"precision": float(np.mean(counts > 0)), "recall": float(np.mean(recalled)),
             "density": float(np.sum(counts) / (nearest_k * fake.shape[0])),
