@@ -74,7 +74,7 @@ def write_samples(loaded, o: dict) -> Path:
     import jax
     import jax.numpy as jnp
 
-    from gaxp.logging.grids import image_grid, save_image_grid, save_scatter
+    from gaxp.logging.grids import save_image_grid, save_scatter, to_uint8
     from gaxp.step import generate
 
     key = jax.random.fold_in(jax.random.key(o["seed"]), 0x5A)
@@ -95,16 +95,10 @@ def write_samples(loaded, o: dict) -> Path:
     extra = {}
     if loaded.dataset.kind == "points":
         save_scatter(x, path, loaded.dataset.modes, title=f"step {loaded.step}")
-    elif o["interpolate"]:
-        strip = image_grid(x, cols=o["steps"])
-        from PIL import Image
-
-        Image.fromarray(strip[..., 0] if strip.shape[-1] == 1 else strip).resize(
-            (strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(path)
     else:
-        save_image_grid(x, path)
+        save_image_grid(x, path, cols=o["steps"] if o["interpolate"] else None)
     if loaded.dataset.kind == "image":
-        extra["images"] = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        extra["images"] = to_uint8(x)
     np.savez(path.with_suffix(".npz"), samples=x, z=np.asarray(z), step=loaded.step,
              truncation=np.nan if o["truncation"] is None else o["truncation"], **extra)
     return path

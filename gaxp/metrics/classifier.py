@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from gaxp.errors import ConfigError
+from gaxp.step import to_float
 
 ARCH = "lenet-32-64-128"
 FEATURE_DIM = 128
@@ -60,10 +61,6 @@ def params_sha256(params) -> str:
     return h.hexdigest()
 
 
-def _to_float(x):
-    return x.astype(jnp.float32) / 127.5 - 1.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-
-
 def _shift(key, x, pad: int = 2):
     """Random translations by up to ``pad`` pixels (zero = background after padding with -1)."""
     n, h, w, _ = x.shape
@@ -77,7 +74,7 @@ def _train_step(model, tx):
     @jax.jit
     def step(params, opt, x, y, key):
         def loss_fn(p):
-            logits = model.apply({"params": p}, _shift(key, _to_float(x)))[1]
+            logits = model.apply({"params": p}, _shift(key, to_float(x)))[1]
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -88,7 +85,7 @@ def _train_step(model, tx):
 
 
 def accuracy(model, params, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
-    fn = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, _to_float(xb))[1], -1))
+    fn = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, to_float(xb))[1], -1))
     hits = sum(int((np.asarray(fn(params, x[i:i + batch])) == y[i:i + batch]).sum())
                for i in range(0, len(x), batch))
     return hits / len(x)

@@ -33,6 +33,7 @@ from gaxp.metrics.inception_score import inception_score
 from gaxp.metrics.kid import kid
 from gaxp.metrics.modes import mode_coverage
 from gaxp.metrics.prdc import knn_sq_radii, prdc
+from gaxp.step import to_float
 
 log = logging.getLogger("gaxp.metrics")
 MAX_REAL = 10_000
@@ -68,10 +69,6 @@ def _to_host(x) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
-
-
-def _uint8_to_float(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
 class Evaluator:
@@ -114,7 +111,8 @@ class Evaluator:
             return sample_fn(params, stats, jax.lax.with_sharding_constraint(z, z_sharding))
 
         self._gen = jax.jit(gen, out_shardings=z_sharding)
-        self._embed = {k: jax.jit(n.fn, out_shardings=(z_sharding, z_sharding))
+        self._embed = {k: jax.jit(lambda v, x, fn=n.fn: fn(v, to_float(x)),  # uint8 real images
+                                  out_shardings=(z_sharding, z_sharding))
                        for k, n in self.nets.items()}
         self._warned: set[str] = set()
         self._ref: dict = {}  # reference statistics per network, loaded once
@@ -179,7 +177,7 @@ class Evaluator:
             with np.load(path) as z:
                 return dict(z)
         idx = np.arange(self.n_real)
-        images = _uint8_to_float(self.reference.gather(idx)["x"])
+        images = self.reference.gather(idx)["x"]
         f, logits = self._embed_all(net, images)
         mu, sigma = moments(f)
         stats = {"features": f, "logits": logits, "mu": mu, "sigma": sigma}
