@@ -5,9 +5,10 @@ Srivastava et al. 2017).
 Each generated sample is registered to its nearest mode by Mahalanobis distance (isotropic: the
 Euclidean distance over sigma). It is *high quality* when that distance is below 3 (3 standard
 deviations). A mode is *covered* when at least ``min_count`` high-quality samples are registered
-to it; PacGAN counts a mode as lost when fewer than 20 of its 2,500 samples land there, so
-``min_count=20`` with 2,500 samples is the paper's setting (``min_count=1`` gives the
-any-sample rule of PacGAN's public code). *Reverse KL* is KL(q || p) between the histogram q of
+to it. The default ``min_count=20`` (of 2,500 samples) follows our reading of PacGAN's text, which
+counts a mode as lost when fewer than 20 generated samples are registered to it; the authors'
+public code (``MetricLogger`` in fjxmlzn/PacGAN) counts a mode with at least one high-quality
+sample, which ``min_count=1`` reproduces. The paper's text could not be re-read offline here. *Reverse KL* is KL(q || p) between the histogram q of
 high-quality samples over modes and the uniform target p (0 for a perfect sampler, log K when
 everything falls on one of K modes).
 
