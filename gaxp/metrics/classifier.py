@@ -174,6 +174,8 @@ def train_and_save(data_spec, *, name: str | None = None, steps: int = 2000,
     d = data_spec
     dataset = make_dataset(d.source, d.name, split="train", image_size=d.image_size,
                            data_dir=d.data_dir, seed=seed)
+    if dataset.kind != "image" or not dataset.num_classes:
+        raise ConfigError(f"a domain classifier needs labeled images; {dataset.name} is not")
     try:
         records = dataset.open_split("test")
         test = records.gather(np.arange(len(records)))
