@@ -132,6 +132,12 @@ class Checkpointer:
         self.manager.reload()
         return target
 
+    def restore_state(self, step: int, abstract_state: Any) -> Any:
+        """Only the train state of ``step`` (for evaluation and sampling; no data iterator)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+        return out.state
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

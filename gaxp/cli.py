@@ -157,6 +157,80 @@ def check_overrides(args: list[str]) -> str | None:
     return _check_search_space(cfg)
 
 
+def fail(prog: str, message: str) -> None:
+    """Print ``prog: error: message`` on stderr and exit with code 2 (a user mistake)."""
+    _fail(prog, message)
+
+
+def parse_options(argv: list[str], options: dict, passthrough: tuple = ()) -> tuple[dict, list]:
+    """``key=value`` arguments -> (typed options, config overrides). Overrides are the arguments
+    whose key is a group in ``passthrough`` (``metrics=default``) or below one (``metrics.n_fake=1000``)."""
+    from gaxp.errors import ConfigError
+
+    parsed, overrides = {}, []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq:
+            raise ConfigError(f"expected key=value, got {arg!r}")
+        if key.split(".")[0] in passthrough:
+            overrides.append(arg)
+            continue
+        if key not in options:
+            valid = sorted([*options, *(f"{g}..." for g in passthrough)])
+            raise ConfigError(f"unknown option {key!r}; valid: {', '.join(valid)}")
+        typ = options[key]
+        if typ is bool:
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"{key} must be true or false (got {value!r})")
+            parsed[key] = value.lower() == "true"
+            continue
+        if value.lower() in ("null", "none") and typ is not str:
+            parsed[key] = None
+            continue
+        try:
+            parsed[key] = typ(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be {'an integer' if typ is int else 'a number'} "
+                              f"(got {value!r})") from None
+    return parsed, overrides
+
+
+def compose_node(overrides: list[str]) -> dict:
+    """The train config composed with ``overrides``, as a plain dict (ConfigError on mistakes)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from gaxp.errors import ConfigError
+
+    problem = check_overrides(overrides)
+    if problem:
+        raise ConfigError(problem)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "out_dir=unused"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_config(overrides: list[str]):
+    """A validated Config from train.yaml and ``overrides`` (for scripts that need data specs)."""
+    from gaxp.config import load
+
+    return load(compose_node(overrides))
+
+
+def eval_main() -> None:
+    """``gaxp-eval <run dir or checkpoint> [metrics=...] [key=value ...]``."""
+    from gaxp.evaluate import main
+
+    main(sys.argv[1:])
+
+
+def sample_main() -> None:
+    """``gaxp-sample <run dir or checkpoint> [n=64 truncation=... interpolate=true ...]``."""
+    from gaxp.sample import main
+
+    main(sys.argv[1:])
+
+
 def _record_failure(error: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 

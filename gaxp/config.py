@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -210,6 +210,28 @@ class LoggerSpec:
 
 
 @dataclass(frozen=True)
+class MetricsSpec:
+    """In-loop and on-demand evaluation (``gaxp.metrics``); empty ``names`` = no evaluation."""
+
+    names: tuple = ()  # e.g. [auto] | [fd_mnist, is_mnist, kid_mnist, prdc_mnist] | [fid, kid]
+    every: int = 1000  # steps between evaluations (and one at the last step)
+    n_fake: Optional[int] = None  # generated samples; None: 2,500 points or 10,000 images
+    n_real: Optional[int] = None  # reference examples; None: the split, at most 10,000
+    split: str = "test"  # reference split of the training dataset
+    batch_size: int = 100  # images per generate-and-embed batch (rounded up to the devices)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
+    pr_k: int = 3  # k of improved precision and recall
+    dc_k: int = 5  # k of density and coverage
+    mode_min_count: int = 20  # high-quality samples for a toy mode to count as covered (PacGAN)
+    seed: int = 0  # noise of the evaluated samples (the same at every evaluation)
+    inception_weights: Optional[str] = None  # the .pth file; None: <cache>/inception/<file>
+    download: bool = False  # fetch the Inception weights into the cache when missing
+    cache_dir: Optional[str] = None  # None: $GAXP_CACHE, else ~/.cache/gaxp
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelSpec
     loss: LossSpec
@@ -219,7 +241,7 @@ class Config:
     logger: LoggerSpec
     out_dir: str
     runs_root: str = "outputs"
-    metrics: tuple = field(default=())  # (name, value) pairs kept for later evaluation issues
+    metrics: MetricsSpec = MetricsSpec()
     regularizer: RegSpec = RegSpec()
     objective: Optional[ObjectiveSpec] = None  # what train returns to a sweeper (Optuna)
 
@@ -373,6 +395,25 @@ def _check_sizes(cfg: Config) -> None:
                 raise ConfigError(f"optim.{net}.{k} must be in [0, 1) (got {getattr(o, k)})")
 
 
+def _check_metrics(m: MetricsSpec) -> None:
+    from gaxp.metrics.features import parse_metric
+
+    if m.names == ("auto",):
+        pass
+    elif "auto" in m.names:
+        raise ConfigError(f"metrics.names: auto must stand alone (got {list(m.names)})")
+    else:
+        for name in m.names:
+            parse_metric(str(name))
+        if len(set(m.names)) != len(m.names):
+            raise ConfigError(f"metrics.names lists a metric twice: {list(m.names)}")
+    for key in ("every", "n_fake", "n_real", "batch_size", "kid_subsets", "is_splits", "pr_k",
+                "dc_k", "mode_min_count"):
+        _positive(f"metrics.{key}", getattr(m, key))
+    if m.kid_subset_size < 2:
+        raise ConfigError(f"metrics.kid_subset_size must be >= 2 (got {m.kid_subset_size})")
+
+
 def load(cfg: DictConfig | dict) -> Config:
     """Validate and freeze a composed Hydra config. Raises ConfigError on any bad input."""
     if isinstance(cfg, DictConfig):
@@ -384,9 +425,8 @@ def load(cfg: DictConfig | dict) -> Config:
         node = dict(cfg)
     node.pop("hydra", None)
     logger = node.get("logger") or {}
-    metrics = node.pop("metrics", None) or {}
     node["logger"] = {"wandb": logger.get("wandb"), "jsonl": logger.get("jsonl", True)}
-    node["metrics"] = tuple(sorted((str(k), str(v)) for k, v in metrics.items()))
+    node["metrics"] = node.get("metrics") or {}
     for key in ("model", "loss", "data", "optim", "trainer"):
         if key not in node:
             raise ConfigError(f"config group {key} is missing; add {key}=<name> to the command")
@@ -396,6 +436,7 @@ def load(cfg: DictConfig | dict) -> Config:
     config = _build(Config, node, "")
     _check_names(config)
     _check_sizes(config)
+    _check_metrics(config.metrics)
     return _with_regularizers(config, regularizer)
 
 

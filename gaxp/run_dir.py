@@ -19,8 +19,9 @@ from pathlib import Path
 from gaxp.config import Config
 from gaxp.errors import ConfigError
 
-# Keys that may differ between a run and its resumption: where and how it logs, and for how long.
-_NOT_EXPERIMENT = ("out_dir", "runs_root", "logger")
+# Keys that may differ between a run and its resumption: where and how it logs and is evaluated,
+# and for how long.
+_NOT_EXPERIMENT = ("out_dir", "runs_root", "logger", "metrics")
 _NOT_EXPERIMENT_TRAINER = ("resume", "steps", "progress", "log_every", "sample_every",
                            "ckpt_every", "keep")
 

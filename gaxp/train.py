@@ -185,8 +185,10 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):
 class Loop:
     """The step loop: steps, logs, samples, checkpoints, preemption and the divergence guard."""
 
-    def __init__(self, run: Run, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict):
+    def __init__(self, run: Run, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict,
+                 evaluator=None):
         self.run, self.batches, self.out, self.ckpt, self.meta = run, batches, out, ckpt, meta
+        self.evaluator = evaluator
         self.t = run.config.trainer
         self.key = jax.random.fold_in(jax.random.key(self.t.seed), 1)
         self.images_per_step = run.config.data.batch_size * run.config.loss.n_critic
@@ -241,6 +243,11 @@ class Loop:
                     continue
             if step % t.sample_every == 0 or step == t.steps:
                 self.out.samples_png(step, state)
+            if self.evaluator is not None and self.evaluator.due(step, t.steps):
+                echo = self.out.progress.bar.write if self.run.is_main else None
+                evals = self.evaluator(step, state.g_ema, state.g_stats, echo)
+                self.out.log(step, evals)
+                metrics = metrics | evals if step == t.steps else metrics
         wall = time.perf_counter() - self.t_run
         steps_run = t.steps - start
         return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
@@ -314,21 +321,36 @@ def prepare(config: Config) -> tuple[Run, Batches, Checkpointer, GANState, dict]
     return run, batches, ckpt, state, meta
 
 
+def make_evaluator(run: Run):
+    """The run's in-loop evaluator (``gaxp.metrics``), or None when no metrics are configured."""
+    if not run.config.metrics.names:
+        return None
+    from gaxp.metrics.evaluator import Evaluator
+
+    sample = lambda p, s, z: generate(run.spec, p, s, z, train=False)[0]  # noqa: E731
+    return Evaluator(run.config, run.dataset, run.mesh, sample, run.config.model.z_dim)
+
+
 def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)
     run, batches, ckpt, state, meta = prepare(config)
+    evaluator = make_evaluator(run)
+    protocol = evaluator.protocol if evaluator else None
     start = int(jax.device_get(state.step))
     meta = {"config_key": run_dir.config_key(config), **meta}
     out = Outputs(run, start, meta.get("wandb_id") or _prior_wandb_id(run.dir))
     meta["wandb_id"] = out.wandb_id
     if run.is_main:
-        run_dir.write_json_atomic(run.dir / "run.json", {"config_key": meta["config_key"],
-                                                         "wandb_id": out.wandb_id})
+        run_dir.write_json_atomic(run.dir / "run.json", {
+            "config_key": meta["config_key"], "wandb_id": out.wandb_id,
+            "config": asdict(config), "eval_protocol": protocol})
+        if out.wandb and protocol:
+            out.wandb.update_config({"eval_protocol": protocol})
     traces_before = TRACES["train_step"]
     try:
         with StopRequests() as stop:
-            result = Loop(run, batches, out, ckpt, meta).run_steps(state, stop)
+            result = Loop(run, batches, out, ckpt, meta, evaluator).run_steps(state, stop)
     finally:
         ckpt.close()
         out.close()
@@ -342,6 +364,8 @@ def train(cfg) -> dict:
         "digest": param_digest(state), "final": result["final"], "run_dir": str(run.dir),
         "rollbacks": int(jax.device_get(state.rollbacks)),
     }
+    if evaluator is not None:
+        summary["eval"] = {"protocol": protocol, **evaluator.last}
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "summary.json", summary)
     return summary

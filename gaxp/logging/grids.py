@@ -9,12 +9,17 @@ import numpy as np
 from PIL import Image
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Floats in [-1, 1] -> uint8 pixels in [0, 255] (rounded, clipped)."""
+    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
     """[N, H, W, C] floats in [-1, 1] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] grid."""
     n, h, w, c = images.shape
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    pixels = np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pixels = to_uint8(images)
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
@@ -22,8 +27,8 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.
     return grid
 
 
-def save_image_grid(images: np.ndarray, path: Path, scale: int = 2) -> Path:
-    grid = image_grid(images)
+def save_image_grid(images: np.ndarray, path: Path, scale: int = 2, cols: int | None = None) -> Path:
+    grid = image_grid(images, cols)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)

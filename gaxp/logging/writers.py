@@ -135,6 +135,9 @@ class WandbWriter:
     def log(self, step: int, metrics: dict) -> None:
         self._call(lambda: self.run.log({"step": step, **metrics}))
 
+    def update_config(self, values: dict) -> None:
+        self._call(lambda: self.run.config.update(values, allow_val_change=True))
+
     def log_image(self, step: int, key: str, path: Path) -> None:
         self._call(lambda: self.run.log({"step": step, key: self.wandb.Image(str(path))}))
 

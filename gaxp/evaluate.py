@@ -1,0 +1,162 @@
+"""``gaxp-eval <run dir or checkpoint> [metrics=...] [key=value ...]``: evaluate a trained
+generator (EMA weights by default) against a dataset split; prints a table and writes JSON.
+
+Options: ``step=<N>`` (checkpoint; default the latest, or the one named by the path),
+``ema=false`` (the raw generator weights), ``json=<path>`` (default ``<run>/eval/step_<N>.json``),
+``metrics=<group option>`` (default: the run's own metrics, else ``default``), ``metrics.<key>=``
+and ``data.<key>=`` overrides (e.g. ``metrics.n_fake=1000``, ``data.data_dir=<mnist test dir>``).
+
+``load_generator`` (shared with ``gaxp-sample``) reads the run's config from ``run.json`` (or
+Hydra's ``.hydra/config.yaml``) and restores only the train state from its Orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gaxp.errors import ConfigError
+
+OPTIONS = {"step": int, "ema": bool, "json": str}
+
+
+@dataclass
+class Loaded:
+    config: Any
+    run_dir: Path
+    step: int
+    params: Any  # generator parameters (EMA unless ema=false)
+    stats: Any
+    spec: Any  # StepSpec
+    dataset: Any
+    mesh: Any
+
+
+def locate(path: str) -> tuple[Path, int | None]:
+    """A run dir, its checkpoints/ folder or one checkpoint -> (run dir, step or None)."""
+    p = Path(path).expanduser()
+    if p.name.isdigit() and p.parent.name == "checkpoints":
+        return p.parent.parent, int(p.name)
+    if p.name == "checkpoints":
+        return p.parent, None
+    if not (p / "checkpoints").is_dir():
+        raise ConfigError(f"{path} is not a gaxp run directory or checkpoint (no checkpoints/ in it)")
+    return p, None
+
+
+def run_node(run_dir: Path) -> dict:
+    """The run's composed config as a plain dict."""
+    try:
+        node = json.loads((run_dir / "run.json").read_text()).get("config")
+    except (OSError, ValueError):
+        node = None
+    if node is None and (run_dir / ".hydra" / "config.yaml").exists():
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
+                                      resolve=False)
+        node["out_dir"] = str(run_dir)
+    if node is None:
+        raise ConfigError(f"{run_dir} has no config (run.json or .hydra/config.yaml)")
+    return node
+
+
+def with_overrides(node: dict, overrides: list[str]) -> Any:
+    """Apply ``metrics=``/``metrics.*``/``data.*`` overrides to a run's config; validate it."""
+    from omegaconf import OmegaConf
+
+    from gaxp.cli import compose_node
+    from gaxp.config import load
+
+    group = [o for o in overrides if o.startswith("metrics=")]
+    dotted = [o for o in overrides if not o.startswith("metrics=")]
+    if group or not (node.get("metrics") or {}).get("names"):
+        node["metrics"] = compose_node(group or ["metrics=default"])["metrics"]
+    merged = OmegaConf.merge(OmegaConf.create(node), OmegaConf.from_dotlist(dotted))
+    node = OmegaConf.to_container(merged, resolve=True)
+    node["trainer"]["devices"] = None  # evaluate on this machine's devices
+    return load(node)
+
+
+def load_generator(path: str, overrides: list[str], *, step: int | None = None,
+                   ema: bool = True) -> Loaded:
+    import jax
+
+    from gaxp import sharding
+    from gaxp.checkpoint import Checkpointer, abstract_like
+    from gaxp.data import make_dataset
+    from gaxp.state import init_state, make_nets
+    from gaxp.step import StepSpec
+
+    run_dir, named = locate(path)
+    config = with_overrides(run_node(run_dir), overrides)
+    d = config.data
+    dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
+                           data_dir=d.data_dir, seed=config.trainer.seed)
+    shape, image = tuple(dataset.shape), dataset.kind == "image"
+    mesh = sharding.make_mesh(None)
+    nets = make_nets(config, shape, image)
+    ckpt = Checkpointer(run_dir / "checkpoints", config.trainer.keep, async_save=False)
+    try:
+        step = step if step is not None else named if named is not None else ckpt.latest_step()
+        if step is None or step not in ckpt.manager.all_steps():
+            raise ConfigError(f"no checkpoint {step if step is not None else ''} in "
+                              f"{run_dir / 'checkpoints'}; steps: {list(ckpt.manager.all_steps())}")
+        make = functools.partial(init_state, config, nets, shape, image)
+        abstract = abstract_like(jax.eval_shape(make, jax.random.key(0)), sharding.replicated(mesh))
+        state = ckpt.restore_state(step, abstract)
+    finally:
+        ckpt.close()
+    spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
+                    batch=config.data.batch_size)
+    params = state.g_ema if ema else state.g_params
+    return Loaded(config, run_dir, step, params, state.g_stats, spec, dataset, mesh)
+
+
+def evaluate(loaded: Loaded) -> dict:
+    """Every configured metric of the loaded generator -> the JSON report."""
+    from gaxp.metrics.evaluator import Evaluator
+    from gaxp.step import generate
+
+    sample = lambda p, s, z: generate(loaded.spec, p, s, z, train=False)[0]  # noqa: E731
+    ev = Evaluator(loaded.config, loaded.dataset, loaded.mesh, sample, loaded.config.model.z_dim)
+    metrics = ev(loaded.step, loaded.params, loaded.stats)
+    return {"run_dir": str(loaded.run_dir), "step": loaded.step, "protocol": ev.protocol,
+            "metrics": metrics}
+
+
+def table(report: dict, weights: str) -> str:
+    p = report["protocol"]
+    ref = f" vs {p['reference']} ({p['n_real']} real)" if "reference" in p else ""
+    lines = [f"{report['run_dir']} step {report['step']} ({weights} generator): "
+             f"{p['n_fake']} samples{ref}", f"{'metric':<24} value"]
+    lines += [f"{k:<24} {v:.6g}" for k, v in report["metrics"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    from gaxp.cli import fail, parse_options
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        options, overrides = parse_options(argv[1:], OPTIONS, passthrough=("metrics", "data"))
+        ema = options.get("ema", True)
+        loaded = load_generator(argv[0], overrides, step=options.get("step"), ema=ema)
+        report = evaluate(loaded) | {"weights": "ema" if ema else "raw"}
+    except ConfigError as e:
+        fail("gaxp-eval", str(e))
+    out = Path(options.get("json") or loaded.run_dir / "eval" / f"step_{loaded.step:07d}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(table(report, report["weights"]))
+    print(f"gaxp-eval: wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

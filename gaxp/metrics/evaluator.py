@@ -1,0 +1,267 @@
+"""In-loop and on-demand evaluation: ``Evaluator(config, dataset, mesh, sample_fn)``.
+
+Construction checks everything that can fail on user input (metric names for the data kind,
+feature networks present and matching, enough real and generated samples) and records the
+protocol. Each call generates ``n_fake`` samples from the given generator parameters with the same
+noise every time (batches sharded over the mesh's ``data`` axis, generated and embedded on device
+under ``jax.jit``), embeds them with each feature network, and computes the metrics on the host
+(float64 moments). Reference features of the real split are computed once and cached on disk,
+keyed by dataset, split, size, feature network, weights checksum and n_real.
+
+A metric that raises is reported as ``eval/<name>_failed = 1`` with one warning, never raised:
+training goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaxp import sharding
+from gaxp.errors import ConfigError
+from gaxp.metrics import classifier, features
+from gaxp.metrics.fid import frechet_distance, moments
+from gaxp.metrics.inception_score import inception_score
+from gaxp.metrics.kid import kid
+from gaxp.metrics.modes import mode_coverage
+from gaxp.metrics.prdc import knn_sq_radii, prdc
+from gaxp.step import to_float
+
+log = logging.getLogger("gaxp.metrics")
+MAX_REAL = 10_000
+
+
+def resolve_names(spec, dataset) -> tuple[str, ...]:
+    """``auto`` -> metrics for the data kind; checks that each metric fits the data."""
+    points = dataset.kind == "points"
+    if spec.names == ("auto",):
+        if points:
+            return ("modes",)
+        names = tuple(f"{p}{dataset.name}" for p in features.CLASSIFIER_PREFIXES
+                      if features.classifier_available(spec, dataset.name))
+        if features.inception_available(spec):
+            names += features.INCEPTION_METRICS
+        if not names:
+            raise ConfigError(f"metrics=default found no feature network for {dataset.name}: train "
+                              f"its classifier (python scripts/train_classifier.py "
+                              f"data={dataset.name}) or put the Inception weights in the cache "
+                              "(metrics.download=true when online), or use metrics=none")
+        return names
+    for name in spec.names:
+        kind = features.parse_metric(name)[0]
+        if (kind == "modes") != points:
+            need = "2D toy data" if kind == "modes" else "image data"
+            raise ConfigError(f"metric {name} needs {need}; {dataset.name} is {dataset.kind}")
+    return tuple(spec.names)
+
+
+def _to_host(x) -> np.ndarray:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+class Evaluator:
+    def __init__(self, config, dataset, mesh, sample_fn: Callable, z_dim: int):
+        """``sample_fn(params, stats, z) -> samples`` in the data's range ([-1, 1] for images)."""
+        self.spec, self.data, self.mesh = config.metrics, dataset, mesh
+        spec = self.spec
+        self.names = resolve_names(spec, dataset)
+        self.points = dataset.kind == "points"
+        self.n_fake = spec.n_fake or (2500 if self.points else 10_000)
+        self.batch = -(-spec.batch_size // mesh.devices.size) * mesh.devices.size
+        self.every, self.last = spec.every, {}
+        d = config.data
+        self.ref_key = dict(source=d.source, dataset=d.name, split=spec.split,
+                            image_size=d.image_size, data_dir=d.data_dir)
+        self.n_real, self.reference = 0, None
+        if not self.points:
+            self.reference = dataset.open_split(spec.split) if spec.split != dataset.split \
+                else dataset.records
+            available = len(self.reference)
+            self.n_real = spec.n_real or min(MAX_REAL, available)
+            if self.n_real > available:
+                raise ConfigError(f"metrics.n_real={self.n_real} but {d.name}/{spec.split} has "
+                                  f"{available} examples; lower metrics.n_real")
+        info = {"name": dataset.name, "shape": tuple(dataset.shape)}
+        self.nets = {}
+        for name in self.names:
+            net = features.parse_metric(name)[1]
+            if net is not None and net not in self.nets:
+                self.nets[net] = (features.FEATURES["inception"](spec, info) if net == "inception"
+                                  else features.FEATURES["classifier"](spec, info, net))
+        replicated = sharding.replicated(mesh)
+        self._vars = {k: jax.device_put(n.variables, replicated) for k, n in self.nets.items()}
+        self._check_counts()
+        self._z_key = jax.random.fold_in(jax.random.key(spec.seed), 0xE7A1)
+        z_sharding = sharding.batch_sharding(mesh)
+
+        def gen(params, stats, key):
+            z = jax.random.normal(key, (self.batch, z_dim), jnp.float32)
+            return sample_fn(params, stats, jax.lax.with_sharding_constraint(z, z_sharding))
+
+        self._gen = jax.jit(gen, out_shardings=z_sharding)
+        self._embed = {k: jax.jit(lambda v, x, fn=n.fn: fn(v, to_float(x)),  # uint8 real images
+                                  out_shardings=(z_sharding, z_sharding))
+                       for k, n in self.nets.items()}
+        self._warned: set[str] = set()
+        self._ref: dict = {}  # reference statistics per network, loaded once
+        self.protocol = self._protocol()
+
+    def _check_counts(self) -> None:
+        s, n = self.spec, min(self.n_fake, self.n_real) if not self.points else self.n_fake
+        for name in self.names:
+            kind = features.parse_metric(name)[0]
+            need = {"kid": s.kid_subset_size, "is": s.is_splits,
+                    "prdc": max(s.pr_k, s.dc_k) + 1, "fd": 2}.get(kind, 1)
+            have = self.n_fake if kind in ("is", "modes") else n
+            if have < need:
+                raise ConfigError(f"metric {name} needs at least {need} samples (n_fake="
+                                  f"{self.n_fake}, n_real={self.n_real}); raise metrics.n_fake/"
+                                  "n_real or lower its subset size")
+
+    def _protocol(self) -> dict:
+        s = self.spec
+        p = {"metrics": list(self.names), "n_fake": self.n_fake, "every": s.every,
+             "generator": "EMA weights, fixed noise", "seed": s.seed}
+        if not self.points:
+            p |= {"n_real": self.n_real, "reference": f"{self.data.name}/{s.split}",
+                  "kid": f"cubic kernel, {s.kid_subsets} subsets of {s.kid_subset_size}, unbiased",
+                  "is_splits": s.is_splits, "pr_k": s.pr_k, "dc_k": s.dc_k,
+                  "networks": {k: n.protocol for k, n in self.nets.items()}}
+        else:
+            p |= {"high_quality": "within 3 sigma (Mahalanobis) of the nearest mode",
+                  "mode_min_count": s.mode_min_count}
+        return p
+
+    def due(self, step: int, final_step: int) -> bool:
+        return step % self.every == 0 or step == final_step
+
+    # ------------------------------------------------------------------ features
+
+    def _batches(self, images: np.ndarray):
+        sh = sharding.batch_sharding(self.mesh)
+        for start in range(0, len(images), self.batch):
+            chunk = images[start:start + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+            yield jax.make_array_from_callback(chunk.shape, sh, lambda idx, c=chunk: c[idx])
+
+    def _embed_all(self, net: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outs = [self._embed[net](self._vars[net], b) for b in self._batches(images)]
+        f = np.concatenate([_to_host(o[0]) for o in outs])[: len(images)]
+        logits = np.concatenate([_to_host(o[1]) for o in outs])[: len(images)]
+        return f.astype(np.float32), logits
+
+    def _cache_path(self, net: str) -> Path:
+        key = dict(self.ref_key, net=net, checksum=self.nets[net].checksum, n_real=self.n_real)
+        digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
+        name = f"{self.data.name}-{self.spec.split}-{net}-n{self.n_real}-{digest}.npz"
+        return classifier.cache_root(self.spec.cache_dir) / "stats" / name
+
+    def reference_stats(self, net: str) -> dict:
+        """Real features, their float64 moments and logits, from the disk cache or computed."""
+        path = self._cache_path(net)
+        if path.exists():
+            with np.load(path) as z:
+                return dict(z)
+        idx = np.arange(self.n_real)
+        images = self.reference.gather(idx)["x"]
+        f, logits = self._embed_all(net, images)
+        mu, sigma = moments(f)
+        stats = {"features": f, "logits": logits, "mu": mu, "sigma": sigma}
+        if jax.process_index() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
+            np.savez(tmp, **stats)
+            os.replace(tmp, path)
+        return stats
+
+    def generate(self, params, stats) -> np.ndarray:
+        """``n_fake`` samples from ``params`` with the evaluator's fixed noise (host array)."""
+        n_batches = -(-self.n_fake // self.batch)
+        outs = [self._gen(params, stats, jax.random.fold_in(self._z_key, i))
+                for i in range(n_batches)]
+        return np.concatenate([_to_host(o) for o in outs])[: self.n_fake]
+
+    # ------------------------------------------------------------------ metrics
+
+    def _metric(self, name: str, samples: np.ndarray, cache: dict) -> dict:
+        kind, net = features.parse_metric(name)
+        s = self.spec
+        if kind == "modes":
+            out = mode_coverage(samples, self.data.modes, self.data.sigma,
+                                min_count=s.mode_min_count)
+            return {f"eval/{k}": float(v) for k, v in out.items() if k != "counts"}
+        if net not in self._ref:
+            self._ref[net] = self.reference_stats(net)
+        if net not in cache:
+            cache[net] = (self._ref[net], self._embed_all(net, samples))
+        real, (fake, logits) = cache[net]
+        sfx = "" if net == "inception" else f"_{net}"
+        if kind == "fd":
+            fd = frechet_distance(real["mu"], real["sigma"], *moments(fake))
+            return {f"eval/{name}": fd}
+        if kind == "is":
+            m, sd = inception_score(logits, s.is_splits)
+            return {f"eval/{name}": m, f"eval/{name}_std": sd}
+        if kind == "kid":
+            m, sd = kid(real["features"], fake, num_subsets=s.kid_subsets,
+                        subset_size=s.kid_subset_size, seed=s.seed)
+            return {f"eval/{name}": m, f"eval/{name}_std": sd}
+        ks = (s.pr_k, s.dc_k)
+        if "radii" not in real:  # one top_k pass per set serves both k; real ones kept
+            real["radii"] = knn_sq_radii(real["features"], ks)
+        if f"radii_{net}" not in cache:
+            cache[f"radii_{net}"] = knn_sq_radii(fake, ks)
+        rr, rf = real["radii"], cache[f"radii_{net}"]
+        pr, dc = (prdc(real["features"], fake, k, real_radii=rr[k], fake_radii=rf[k]) for k in ks)
+        return {f"eval/precision{sfx}": pr["precision"], f"eval/recall{sfx}": pr["recall"],
+                f"eval/density{sfx}": dc["density"], f"eval/coverage{sfx}": dc["coverage"]}
+
+    def _failed(self, name: str, error: Exception) -> dict:
+        if name not in self._warned:
+            self._warned.add(name)
+            first = (str(error).strip().splitlines() or [""])[0]
+            log.warning("evaluation of %s failed (%s: %s); logged as eval/%s_failed, training "
+                        "goes on", name, type(error).__name__, first, name)
+        return {f"eval/{name}_failed": 1.0}
+
+    def evaluate(self, params, stats) -> dict:
+        """Every configured metric of the generator ``params``/``stats`` -> ``{eval/...: float}``."""
+        t0, out, cache = time.perf_counter(), {}, {}
+        try:
+            samples = self.generate(params, stats)
+            if not np.all(np.isfinite(samples)):
+                raise FloatingPointError("the generator produced non-finite samples")
+        except Exception as e:  # noqa: BLE001 - a failing evaluation must not stop training
+            for name in self.names:
+                out |= self._failed(name, e)
+            return out
+        for name in self.names:
+            try:
+                out |= self._metric(name, samples, cache)
+            except Exception as e:  # noqa: BLE001
+                out |= self._failed(name, e)
+        out["perf/eval_s"] = time.perf_counter() - t0
+        return out
+
+    def __call__(self, step: int, params, stats, echo: Callable | None = None) -> dict:
+        """Evaluate, remember the result as ``last``, print one console line with ``echo``."""
+        self.last = {"step": step, **self.evaluate(params, stats)}
+        if echo is not None:
+            shown = " ".join(f"{k[5:]}={v:.4g}" for k, v in self.last.items()
+                             if k.startswith("eval/"))
+            echo(f"step {step} eval: {shown}")
+        return {k: v for k, v in self.last.items() if k != "step"}

@@ -1,0 +1,90 @@
+"""Feature networks: what each metric embeds images with, and the protocol it records.
+
+``FEATURES`` maps a network kind to a loader ``(spec, data) -> FeatureNet``:
+- ``inception``: the FID InceptionV3 (2048-d pool features, 1008 logits) from the standard weight
+  file (SHA-256 checked), images resized to 299 px bilinearly (``gaxp.metrics.inception``);
+- ``classifier``: a domain classifier trained by ``scripts/train_classifier.py`` (128-d features,
+  class logits), found by name in the cache (``gaxp.metrics.classifier``).
+
+A metric name picks its network: ``fid``/``is``/``kid``/``prdc`` use Inception; ``fd_<c>``,
+``is_<c>``, ``kid_<c>``, ``prdc_<c>`` use classifier ``<c>``; ``modes`` uses none (2D points).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+
+from gaxp.errors import ConfigError
+from gaxp.metrics import classifier, inception
+
+INCEPTION_METRICS = ("fid", "is", "kid", "prdc")
+CLASSIFIER_PREFIXES = ("fd_", "is_", "kid_", "prdc_")
+POINT_METRICS = ("modes",)
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureNet:
+    name: str  # "inception" or the classifier's name
+    variables: Any
+    fn: Callable  # (variables, images in [-1, 1]) -> (features, logits); jittable
+    checksum: str  # SHA-256 of the weights
+    protocol: dict = field(default_factory=dict)
+
+
+def parse_metric(name: str) -> tuple[str, str | None]:
+    """Metric name -> (kind, network): ('fid', 'inception'), ('fd', 'mnist'), ('modes', None)."""
+    if name in INCEPTION_METRICS:
+        return ("fd" if name == "fid" else name), "inception"
+    for prefix in CLASSIFIER_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return prefix[:-1], name[len(prefix):]
+    if name in POINT_METRICS:
+        return name, None
+    raise ConfigError(f"unknown metric {name!r}; valid: auto, {', '.join(INCEPTION_METRICS)}, "
+                      f"{', '.join(p + '<classifier>' for p in CLASSIFIER_PREFIXES)}, modes")
+
+
+def load_inception(spec, data: dict) -> FeatureNet:
+    path = inception.weights_path(spec.inception_weights, classifier.cache_root(spec.cache_dir),
+                                  download=spec.download)
+    variables = inception.load_weights(path)
+    protocol = {"network": "InceptionV3 (TF 2015-12-05, pytorch-fid port)",
+                "weights": inception.WEIGHTS_FILE, "weights_sha256": inception.WEIGHTS_SHA256,
+                "resize": f"{inception.SIZE} px, {inception.RESIZE}", "features": "pool3 2048-d",
+                "logits": "fc 1008-way"}
+    return FeatureNet("inception", variables, inception.apply, inception.WEIGHTS_SHA256, protocol)
+
+
+def load_classifier(spec, data: dict, name: str) -> FeatureNet:
+    params, meta = classifier.load(name, spec.cache_dir)
+    classifier.check_matches(meta, data["name"], tuple(data["shape"]))
+    model = classifier.LeNet(meta["num_classes"])
+    fn = lambda v, x: model.apply(v, x.astype(jax.numpy.float32))  # noqa: E731
+    protocol = {"network": f"classifier {name} ({meta['arch']})", "weights_sha256": meta["sha256"],
+                "trained_on": meta["dataset"], "accuracy": meta["accuracy"],
+                "accuracy_split": meta["accuracy_split"], "resize": "none (native size)",
+                "features": f"penultimate {meta['feature_dim']}-d",
+                "logits": f"{meta['num_classes']}-way"}
+    return FeatureNet(name, {"params": params}, fn, meta["sha256"], protocol)
+
+
+def inception_available(spec) -> bool:
+    """Whether the Inception weights are where ``load_inception`` would look (no download)."""
+    try:
+        inception.weights_path(spec.inception_weights, classifier.cache_root(spec.cache_dir))
+        return True
+    except ConfigError:
+        return False
+
+
+def classifier_available(spec, name: str) -> bool:
+    return (classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json").exists()
+
+
+FEATURES = {
+    "inception": load_inception,
+    "classifier": load_classifier,
+}

@@ -1,0 +1,34 @@
+"""Train the domain classifier used by the small-image metrics (fd_<name>, is_<name>, ...).
+
+    python scripts/train_classifier.py data=mnist [steps=2000 batch_size=128 lr=1e-3 seed=0
+        name=<name> cache_dir=<dir> data.image_size=32 data.data_dir=<dir>]
+
+Saves ``<cache>/classifiers/<name>/`` (Orbax parameters + meta.json with test accuracy and SHA-256);
+``<cache>`` is cache_dir, else $GAXP_CACHE, else ~/.cache/gaxp. gaxp finds it by name afterwards.
+"""
+
+from __future__ import annotations
+
+import sys
+
+OPTIONS = {"steps": int, "batch_size": int, "lr": float, "seed": int, "name": str, "cache_dir": str}
+
+
+def main(argv: list[str]) -> None:
+    from gaxp.cli import fail, parse_options, run_config
+    from gaxp.errors import ConfigError
+    from gaxp.metrics.classifier import train_and_save
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
+    try:
+        options, overrides = parse_options(argv, OPTIONS, passthrough=("data",))
+        config = run_config(overrides)
+        train_and_save(config.data, **options)
+    except ConfigError as e:
+        fail("train_classifier", str(e))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

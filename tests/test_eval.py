@@ -1,0 +1,209 @@
+"""Evaluation in the loop and on demand: metrics=default on toy and MNIST runs (a tiny classifier
+trained here), the protocol in the run's config, failing metrics that do not stop training,
+gaxp-eval and gaxp-sample in subprocesses, and bad input."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose
+
+from gaxp.config import load
+from gaxp.errors import ConfigError
+from gaxp.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ("trainer.progress=false", "logger=none")
+DCGAN = ("model.g_width=8", "model.d_width=8", "data.batch_size=16")
+# Small sample budgets so a whole evaluation takes about a second here.
+SMALL = ("metrics.n_fake=200", "metrics.n_real=300", "metrics.split=train", "metrics.batch_size=50",
+         "metrics.kid_subsets=5", "metrics.kid_subset_size=100")
+MNIST_KEYS = {"eval/fd_mnist", "eval/is_mnist", "eval/is_mnist_std", "eval/kid_mnist",
+              "eval/kid_mnist_std", "eval/precision_mnist", "eval/recall_mnist",
+              "eval/density_mnist", "eval/coverage_mnist"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache with a tiny MNIST classifier (a few steps: enough for the plumbing)."""
+    from gaxp.config import DataSpec
+    from gaxp.metrics.classifier import train_and_save
+
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GAXP_CACHE", str(root))
+        mp.delenv("GAXP_MNIST_TEST_DIR", raising=False)
+        train_and_save(DataSpec(), steps=20, batch_size=32, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture
+def env(cache, monkeypatch):
+    monkeypatch.setenv("GAXP_CACHE", str(cache))
+    monkeypatch.delenv("GAXP_MNIST_TEST_DIR", raising=False)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def mnist_run(cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("mnist") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GAXP_CACHE", str(cache))
+        summary = train(compose(*FAST, *DCGAN, "metrics=default", *SMALL, "metrics.every=2",
+                                "trainer.steps=4", "trainer.log_every=2",
+                                f"runs_root={run.parent}", out_dir=run))
+    return run, summary
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_toy_run_logs_mode_metrics_and_protocol(tiny, tmp_path, env):
+    summary = train(tiny("model=mlp", "data=ring", "data.batch_size=32", "metrics=default",
+                         "metrics.every=3", "trainer.steps=6", "trainer.log_every=3"))
+    rows = [r for r in _rows(tmp_path / "run") if "eval/modes" in r]
+    assert [r["step"] for r in rows] == [3, 6]
+    assert {"eval/hq_frac", "eval/reverse_kl", "perf/eval_s"} <= set(rows[-1])
+    protocol = json.loads((tmp_path / "run" / "run.json").read_text())["eval_protocol"]
+    assert protocol["metrics"] == ["modes"] and protocol["n_fake"] == 2500
+    assert summary["eval"]["step"] == 6 and "eval/modes" in summary["eval"]
+
+
+def test_mnist_run_logs_classifier_metrics_and_protocol(mnist_run, env):
+    run, summary = mnist_run
+    rows = [r for r in _rows(run) if any(k.startswith("eval/") for k in r)]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert MNIST_KEYS <= set(rows[-1]), set(rows[-1])
+    assert all(np.isfinite(rows[-1][k]) for k in MNIST_KEYS)
+    assert 0 <= rows[-1]["eval/precision_mnist"] <= 1 and rows[-1]["eval/fd_mnist"] > 0
+    p = json.loads((run / "run.json").read_text())["eval_protocol"]
+    net = p["networks"]["mnist"]
+    assert (p["n_fake"], p["n_real"], p["reference"]) == (200, 300, "mnist/train")
+    assert len(net["weights_sha256"]) == 64 and net["trained_on"] == "mnist"
+    assert summary["eval"]["protocol"] == p
+    assert len(list((env / "stats").glob("mnist-train-mnist-*.npz"))) == 1
+
+
+def test_wandb_config_gets_the_protocol(tiny, tmp_path, env):
+    train(tiny("model=mlp", "data=ring", "data.batch_size=32", "metrics=default",
+               "trainer.steps=2", "logger=wandb", "logger.wandb.mode=offline"))
+    run_id = json.loads((tmp_path / "run" / "run.json").read_text())["wandb_id"]
+    [log] = (tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    records = log.read_bytes()  # offline runs keep the config update in the run's record log
+    assert b"eval_protocol" in records and b"mode_min_count" in records
+
+
+def test_a_failing_metric_is_logged_and_training_continues(tiny, tmp_path, env, monkeypatch,
+                                                           caplog):
+    import gaxp.metrics.evaluator as evaluator
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(evaluator, "kid", broken)
+    with caplog.at_level(logging.WARNING, logger="gaxp.metrics"):
+        summary = train(tiny(*DCGAN, "metrics=mnist", *SMALL, "metrics.every=1", "trainer.steps=2",
+                             "trainer.log_every=1"))
+    assert summary["steps"] == 2
+    rows = [r for r in _rows(tmp_path / "run") if "eval/kid_mnist_failed" in r]
+    assert len(rows) == 2 and all("eval/fd_mnist" in r for r in rows)
+    warnings = [r for r in caplog.records if "kid_mnist failed" in r.getMessage()]
+    assert len(warnings) == 1 and "boom" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("metrics=mnist", "metrics.n_fake=50", "metrics.split=train"),
+     "metric kid_mnist needs at least 1000 samples"),
+    (("metrics=mnist", "metrics.n_real=6000", "metrics.split=train"),
+     "metrics.n_real=6000 but mnist/train has 5000 examples"),
+    (("metrics=inception", "metrics.split=train"), "pt_inception-2015-12-05-6726825d.pth (SHA-256 "),
+    (("metrics=default", "metrics.split=test", "metrics.names=[fd_mnist]"), "GAXP_MNIST_TEST_DIR"),
+    (("metrics=default", "metrics.names=[modes]", "metrics.split=train"), "needs 2D toy data"),
+    (("metrics=default", "metrics.names=[fd_cifar10]", "metrics.split=train"), "no classifier 'cifar10'"),
+])
+def test_bad_metric_setups_fail_before_training(tiny, env, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        train(tiny(*DCGAN, *overrides))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_uses_the_classifier_when_inception_is_missing(tiny, env):
+    from gaxp.metrics.evaluator import resolve_names
+    from gaxp.data import make_dataset
+
+    spec = load(tiny("metrics=default")).metrics
+    assert resolve_names(spec, make_dataset("mnist", "mnist")) == (
+        "fd_mnist", "is_mnist", "kid_mnist", "prdc_mnist")
+
+
+def test_metric_names_are_validated():
+    with pytest.raises(ConfigError, match="unknown metric 'fidd'"):
+        load(compose("metrics=default", "metrics.names=[fidd]"))
+    with pytest.raises(ConfigError, match="auto must stand alone"):
+        load(compose("metrics=default", "metrics.names=[auto,fid]"))
+
+
+def test_classifier_from_another_dataset_is_refused(env):
+    from gaxp.metrics import features
+
+    spec = load(compose("metrics=mnist")).metrics
+    with pytest.raises(ConfigError, match="trained on mnist, not fashion_mnist"):
+        features.load_classifier(spec, {"name": "fashion_mnist", "shape": (28, 28, 1)}, "mnist")
+    with pytest.raises(ConfigError, match=r"takes images of shape \(28, 28, 1\)"):
+        features.load_classifier(spec, {"name": "mnist", "shape": (32, 32, 1)}, "mnist")
+
+
+def _cli(module, *args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_gaxp_eval_prints_a_table_and_writes_json(mnist_run, env, tmp_path):
+    run, _ = mnist_run
+    out = tmp_path / "report.json"
+    r = _cli("gaxp.evaluate", str(run / "checkpoints" / "4"), "metrics=mnist", *SMALL,
+             f"json={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval/fd_mnist" in r.stdout and "step 4 (ema generator)" in r.stdout
+    report = json.loads(out.read_text())
+    assert report["step"] == 4 and report["weights"] == "ema"
+    assert MNIST_KEYS <= set(report["metrics"]) and report["protocol"]["n_fake"] == 200
+
+
+def test_gaxp_sample_writes_grid_npz_and_interpolation(mnist_run, env, tmp_path):
+    run, _ = mnist_run
+    r = _cli("gaxp.sample", str(run), "n=16", "truncation=1.0", f"out={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    z = np.load(tmp_path / "samples_step0000004.npz")
+    assert z["images"].shape == (16, 28, 28, 1) and z["images"].dtype == np.uint8
+    assert np.abs(z["z"]).max() <= 1.0 and (tmp_path / "samples_step0000004.png").stat().st_size
+    from gaxp.sample import main
+
+    main([str(run), "interpolate=true", "rows=2", "steps=5", f"out={tmp_path}"])
+    assert np.load(tmp_path / "interp_step0000004.npz")["samples"].shape == (10, 28, 28, 1)
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("evaluate", ["/nonexistent/run"], "is not a gaxp run directory"),
+    ("evaluate", ["RUN", "metrics=bogus"], "unknown metrics 'bogus'"),
+    ("evaluate", ["RUN", "step=3"], "no checkpoint 3"),
+    ("evaluate", ["RUN", "metrics=mnist", "metrics.split=train", "metrics.n_fake=10"], "needs at least"),
+    ("sample", ["RUN", "n=0"], "n must be >= 1"),
+    ("sample", ["RUN", "colour=red"], "unknown option 'colour'"),
+])
+def test_cli_bad_input_exits_2_with_one_line(mnist_run, env, capsys, module, args, message):
+    import importlib
+
+    run, _ = mnist_run
+    main = importlib.import_module(f"gaxp.{module}").main
+    with pytest.raises(SystemExit) as e:
+        main([str(run) if a == "RUN" else a for a in args])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and message in lines[0], lines
