@@ -414,8 +414,9 @@ def _check_metrics(m: MetricsSpec) -> None:
         raise ConfigError(f"metrics.kid_subset_size must be >= 2 (got {m.kid_subset_size})")
 
 
-def load(cfg: DictConfig | dict) -> Config:
-    """Validate and freeze a composed Hydra config. Raises ConfigError on any bad input."""
+def plain(cfg: DictConfig | dict) -> dict:
+    """The composed config as plain, resolved data: what ``load`` accepts (and what run.json keeps,
+    so tools such as gaxp-eval can load a run's config again)."""
     if isinstance(cfg, DictConfig):
         try:
             node = OmegaConf.to_container(cfg, resolve=True)
@@ -424,6 +425,12 @@ def load(cfg: DictConfig | dict) -> Config:
     else:
         node = dict(cfg)
     node.pop("hydra", None)
+    return node
+
+
+def load(cfg: DictConfig | dict) -> Config:
+    """Validate and freeze a composed Hydra config. Raises ConfigError on any bad input."""
+    node = plain(cfg)
     logger = node.get("logger") or {}
     node["logger"] = {"wandb": logger.get("wandb"), "jsonl": logger.get("jsonl", True)}
     node["metrics"] = node.get("metrics") or {}

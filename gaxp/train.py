@@ -21,7 +21,7 @@ import numpy as np
 
 from gaxp import run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
-from gaxp.config import Config, check_for_data, load
+from gaxp.config import Config, check_for_data, load, plain
 from gaxp.errors import Diverged, Preempted
 from gaxp.preempt import StopRequests
 from gaxp.data import make_dataset
@@ -334,6 +334,7 @@ def make_evaluator(run: Run):
 def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)
+    source = asdict(config) if isinstance(cfg, Config) else plain(cfg)  # load()-able when composed
     run, batches, ckpt, state, meta = prepare(config)
     evaluator = make_evaluator(run)
     protocol = evaluator.protocol if evaluator else None
@@ -344,7 +345,7 @@ def train(cfg) -> dict:
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "run.json", {
             "config_key": meta["config_key"], "wandb_id": out.wandb_id,
-            "config": asdict(config), "eval_protocol": protocol})
+            "config": source, "eval_protocol": protocol})
         if out.wandb and protocol:
             out.wandb.update_config({"eval_protocol": protocol})
     traces_before = TRACES["train_step"]
