@@ -199,8 +199,10 @@ def mnist_test_dir(data_dir: str | None) -> Path:
     """The folder with the official MNIST test IDX files: `data_dir`, else $GAXP_MNIST_TEST_DIR."""
     folder = data_dir or os.environ.get(MNIST_TEST_ENV)
     if not folder or not all((Path(folder).expanduser() / f).exists() for f in MNIST_TEST_FILES):
+        where = f"looked in {folder}" if folder else f"data_dir and ${MNIST_TEST_ENV} are unset"
         raise ConfigError(f"the MNIST test split needs {' and '.join(MNIST_TEST_FILES)} (official "
-                          f"IDX files) in data_dir or ${MNIST_TEST_ENV}; looked in {folder!r}")
+                          f"IDX files) in data_dir or ${MNIST_TEST_ENV}; {where} (metrics can use "
+                          "the embedded training images instead: metrics.split=train)")
     return Path(folder).expanduser()
 
 
