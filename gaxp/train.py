@@ -82,7 +82,8 @@ def setup(config: Config) -> Run:
     nets = make_nets(config, tuple(dataset.shape), image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
-                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer)
+                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
+                    precision=config.trainer.precision)
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 
