@@ -78,10 +78,13 @@ def initialize(trainer) -> bool:
     if xla_bridge.backends_are_initialized():
         raise ConfigError("jax.distributed must start before JAX uses a device; call "
                           "gaxp.train.train(cfg) (or gaxp.distributed.initialize) first")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):  # e.g. mpi, set by the user
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     timeout = max(1, int(round(trainer.init_timeout)))
     if kwargs.get("process_id"):
+        start = time.monotonic()
         _wait_for_coordinator(kwargs["coordinator_address"], timeout, where)
+        timeout = max(1, timeout - int(time.monotonic() - start))
     try:
         jax.distributed.initialize(initialization_timeout=timeout, **kwargs)
     except Exception as e:  # noqa: BLE001 - XLA raises its own runtime error types

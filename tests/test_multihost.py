@@ -90,3 +90,35 @@ def test_unreachable_coordinator_is_a_one_line_error(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("gaxp-train: error: cannot reach the coordinator at localhost:")
     assert "within 2 s (trainer.init_timeout)" in last and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),  # one task: a single-process run
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM"),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, "Cloud TPU"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     "JAX_COORDINATOR_ADDRESS"),
+], ids=["none", "slurm-1", "slurm-4", "tpu", "env"])
+def test_auto_detects_clusters(monkeypatch, env, expected):
+    from gaxp import distributed
+
+    for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES",
+              "MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    found = distributed.detect()
+    assert (found and found[0]) == expected
+    if expected == "JAX_COORDINATOR_ADDRESS":
+        assert found[1] == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+
+
+def test_coordinator_address_without_process_count_is_an_error(monkeypatch):
+    from gaxp import distributed
+    from gaxp.errors import ConfigError
+
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:1")
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID are not"):
+        distributed.detect()
