@@ -133,9 +133,10 @@ class Checkpointer:
         mine = data / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if mine.exists() or not data.is_dir():
             return False
-        saved = sorted(data.glob("process_0-of-*.json"))
+        saved = [p for p in data.glob("process_0-of-*.json")
+                 if p.stem.rpartition("-of-")[2] != str(jax.process_count())]
         if not saved:
-            return False  # let the normal restore report the missing file
+            return False  # same layout, file missing: the normal restore reports it
         data_iter.set_state(json.loads(saved[0].read_text()))
         if hasattr(data_iter, "start_prefetch"):
             data_iter.start_prefetch()
