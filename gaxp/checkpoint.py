@@ -16,6 +16,7 @@ check of its own, hence this one.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gaxp import distributed
 from gaxp.errors import ConfigError
 
 log = logging.getLogger("gaxp")
@@ -98,11 +100,10 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.
         Raises ``DamagedCheckpoint`` when the restored bits do not match those saved."""
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iter),
-            meta=ocp.args.JsonRestore(),
-        ))
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if not self._other_layout(step, data_iter):
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
         meta = dict(out.meta)
         finite, checksum = integrity(out.state)
         if not finite or meta.get("integrity") != checksum:
@@ -124,11 +125,32 @@ class Checkpointer:
         raise ConfigError(f"no intact checkpoint left in {self.directory} (damaged ones are in "
                           f"{self.directory.parent / 'checkpoints-damaged'}); start a new run")
 
+    def _other_layout(self, step: int, data_iter: Any) -> bool:
+        """True when ``step`` was saved by a different number of processes: then the data
+        position (batches taken, the same on every process) is carried over from process 0's
+        file, and this layout's data stream continues from there."""
+        data = self.directory / str(step) / "data"
+        mine = data / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if mine.exists() or not data.is_dir():
+            return False
+        saved = [p for p in data.glob("process_0-of-*.json")
+                 if p.stem.rpartition("-of-")[2] != str(jax.process_count())]
+        if not saved:
+            return False  # same layout, file missing: the normal restore reports it
+        data_iter.set_state(json.loads(saved[0].read_text()))
+        if hasattr(data_iter, "start_prefetch"):
+            data_iter.start_prefetch()
+        log.warning("gaxp: checkpoint %d was written by %s processes, this run has %d; the data "
+                    "position carries over, the batches come from this layout's stream", step,
+                    saved[0].stem.rpartition("-of-")[2], jax.process_count())
+        return True
+
     def _move_aside(self, step: int) -> Path:
         target = self.directory.parent / "checkpoints-damaged" / f"{step}-{int(time.time())}"
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(target))
+        distributed.barrier(f"gaxp-move-aside-{step}")  # moved before any process reloads
         self.manager.reload()
         return target
 

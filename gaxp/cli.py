@@ -26,6 +26,18 @@ def _fail(prog: str, message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+PLUGIN_LAUNCHERS = ("slurm",)  # conf/hydra/launcher entries that extend a plugin's launcher
+
+
+def _has_submitit() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _groups() -> dict[str, list[str]]:
     return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
             for d in CONF_DIR.iterdir() if d.is_dir()}
@@ -133,6 +145,9 @@ def check_overrides(args: list[str]) -> str | None:
                 valid = groups.get(key) or (loader.get_group_options(key)
                                             if key.startswith("hydra/") else None)
                 for v in _options(o) if valid and not o.is_delete() else []:
+                    if key == "hydra/launcher" and v in PLUGIN_LAUNCHERS and not _has_submitit():
+                        return (f"hydra/launcher={v} needs the hydra-submitit-launcher plugin: "
+                                "pip install -e '.[slurm]' (or pip install hydra-submitit-launcher)")
                     if v not in valid and not (v == "null" and key in nullable):
                         hint = ("; other launchers come from plugins, e.g. pip install "
                                 "hydra-submitit-launcher" if key == "hydra/launcher" else "")

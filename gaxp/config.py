@@ -191,6 +191,12 @@ class TrainerSpec:
     n_samples: int = 64  # images in the fixed-noise sample grid
     progress: bool = True
     guard: GuardSpec = GuardSpec()
+    precision: str = "fp32"  # fp32 | bf16 (bfloat16 compute, float32 parameters and losses)
+    distributed: str = "auto"  # auto (cluster detected) | manual | off: jax.distributed
+    coordinator: Optional[str] = None  # manual: host:port of process 0
+    num_processes: Optional[int] = None  # manual
+    process_id: Optional[int] = None  # manual
+    init_timeout: float = 300.0  # seconds to wait for every process to join
 
 
 @dataclass(frozen=True)
@@ -444,7 +450,36 @@ def load(cfg: DictConfig | dict) -> Config:
     _check_names(config)
     _check_sizes(config)
     _check_metrics(config.metrics)
+    _check_scale(config.trainer)
     return _with_regularizers(config, regularizer)
+
+
+def _check_scale(t: TrainerSpec) -> None:
+    """Precision and multi-process settings."""
+    for key, valid in (("precision", ("fp32", "bf16")), ("distributed", ("auto", "manual", "off"))):
+        if getattr(t, key) not in valid:
+            raise ConfigError(f"trainer.{key} must be one of: {', '.join(valid)} "
+                              f"(got {getattr(t, key)!r})")
+    _positive("trainer.init_timeout", t.init_timeout)
+    manual = {"coordinator": t.coordinator, "num_processes": t.num_processes,
+              "process_id": t.process_id}
+    if t.distributed != "manual":
+        extra = [k for k, v in manual.items() if v is not None]
+        if extra:
+            raise ConfigError(f"trainer.{extra[0]} is only used with trainer.distributed=manual "
+                              f"(got trainer.distributed={t.distributed})")
+        return
+    missing = [k for k, v in manual.items() if v is None]
+    if missing:
+        raise ConfigError(f"trainer.distributed=manual needs trainer.{missing[0]} (all of: "
+                          "trainer.coordinator=host:port trainer.num_processes=N trainer.process_id=I)")
+    host, _, port = t.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"trainer.coordinator must be host:port (got {t.coordinator!r})")
+    _positive("trainer.num_processes", t.num_processes)
+    if not 0 <= t.process_id < t.num_processes:
+        raise ConfigError(f"trainer.process_id must be in [0, {t.num_processes}) "
+                          f"(got {t.process_id})")
 
 
 def _regularizer_entries(node: Any, loss: LossSpec) -> dict:

@@ -23,7 +23,8 @@ from gaxp.errors import ConfigError
 # and for how long.
 _NOT_EXPERIMENT = ("out_dir", "runs_root", "logger", "metrics")
 _NOT_EXPERIMENT_TRAINER = ("resume", "steps", "progress", "log_every", "sample_every",
-                           "ckpt_every", "keep")
+                           "ckpt_every", "keep", "distributed", "coordinator", "num_processes",
+                           "process_id", "init_timeout")
 
 
 def config_key(config: Config) -> str:
@@ -106,3 +107,31 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+def resolve_everywhere(config: Config) -> tuple[Path, bool]:
+    """``resolve`` decided once, by process 0, and the same answer on every process (Hydra's
+    timestamped run directories differ between processes started a second apart). The directory
+    must be on a filesystem that every process sees: checkpoints are written there together."""
+    import jax
+
+    from gaxp import distributed
+
+    if jax.process_count() == 1:
+        return resolve(config)
+    answer = ""
+    if jax.process_index() == 0:
+        try:
+            directory, restore = resolve(config)
+            answer = json.dumps({"dir": str(directory.absolute()), "restore": restore})
+        except ConfigError as e:
+            answer = json.dumps({"error": str(e)})
+    got = json.loads(distributed.broadcast_text(answer))
+    if "error" in got:
+        raise ConfigError(got["error"])
+    directory = Path(got["dir"])
+    if not distributed.all_ok(directory.is_dir()):
+        raise ConfigError(f"the run directory {directory} chosen by process 0 is not visible to "
+                          "every process; multi-process runs write one checkpoint together, so "
+                          "set hydra.run.dir to a shared filesystem path")
+    return directory, bool(got["restore"])

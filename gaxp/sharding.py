@@ -36,12 +36,18 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 
 
 def check_batch(global_batch: int, mesh: Mesh) -> int:
-    """Per-process batch for a global batch; a clear error when it does not divide."""
+    """Per-process batch for a global batch; a clear error when the devices cannot share it
+    evenly (a per-device batch of zero, or a remainder)."""
     n = mesh.devices.size
+    if global_batch < n:
+        raise ConfigError(
+            f"data.batch_size={global_batch} over {n} devices is a per-device batch of 0; use "
+            f"data.batch_size >= {n} (a multiple of {n}) or fewer devices (trainer.devices)"
+        )
     if global_batch % n:
         raise ConfigError(
-            f"data.batch_size={global_batch} is not divisible by the {n} devices; "
-            f"use a multiple of {n} (e.g. {n * max(1, global_batch // n)})"
+            f"data.batch_size={global_batch} is not divisible by the {n} devices (a per-device "
+            f"batch of {global_batch / n:.3g}); use a multiple of {n} (e.g. {n * (global_batch // n)})"
         )
     return global_batch // jax.process_count()
 

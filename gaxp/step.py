@@ -40,14 +40,17 @@ class StepSpec:
     z_sharding: Optional[NamedSharding] = None
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
+    precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
 
 
 def generate(spec: StepSpec, params, stats, z, *, train: bool):
-    return adapter.apply(spec.nets.g_def, params, stats, z, train=train)
+    return adapter.apply(spec.nets.g_def, params, stats, z, train=train,
+                         compute_dtype=adapter.PRECISIONS[spec.precision])
 
 
 def discriminate(spec: StepSpec, params, stats, x, *, train: bool):
-    return adapter.apply(spec.nets.d_def, params, stats, x, train=train)
+    return adapter.apply(spec.nets.d_def, params, stats, x, train=train,
+                         compute_dtype=adapter.PRECISIONS[spec.precision])
 
 
 def sample_z(spec: StepSpec, key: jax.Array, n: Optional[int] = None) -> jax.Array:

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gaxp import run_dir, sharding
+from gaxp import distributed, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, check_for_data, load, plain
 from gaxp.errors import Diverged, Preempted
@@ -69,6 +69,7 @@ def _quiet_libraries() -> None:
 def setup(config: Config) -> Run:
     """Everything that can fail on user input, before any compilation."""
     _quiet_libraries()
+    distributed.initialize(config.trainer)
     mesh = sharding.make_mesh(config.trainer.devices)
     local_batch = sharding.check_batch(config.data.batch_size, mesh)
     d = config.data
@@ -77,11 +78,12 @@ def setup(config: Config) -> Run:
                            process_index=jax.process_index(), process_count=jax.process_count())
     image = dataset.kind == "image"
     check_for_data(config, tuple(dataset.shape), image)
-    directory, restore = run_dir.resolve(config)
+    directory, restore = run_dir.resolve_everywhere(config)
     nets = make_nets(config, tuple(dataset.shape), image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
-                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer)
+                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
+                    precision=config.trainer.precision)
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 

@@ -9,6 +9,7 @@ same process, interleaved with the JAX rounds, and prints the ratio.
 
     python scripts/bench.py                       # dcgan + mlp at batch 64 and 256, markdown
     python scripts/bench.py --models dcgan --batch 64 --json out.json
+    python scripts/bench.py --precision bf16 --no-torch   # bfloat16 step vs float32, interleaved
 """
 
 from __future__ import annotations
@@ -123,8 +124,13 @@ def time_torch(step, steps: int) -> float:
 def bench_one(model: str, batch: int, args, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         compiled, state, device_batch, key, batches, compile_s, gflop = gaxp_step(
-            model, batch, tmp, args.host_devices)
+            model, batch, tmp, args.host_devices, (f"trainer.precision={args.precision}",))
         state = time_jax(compiled, state, device_batch, key, 2)[1]  # warm-up
+        fp32 = None  # with --precision bf16: the float32 step, timed in the same rounds
+        if args.precision != "fp32":
+            fp32 = list(gaxp_step(model, batch, f"{tmp}/fp32", args.host_devices)[:4])
+            fp32[1] = time_jax(*fp32, 2)[1]
+        fp32_ms = []
         torch_step = None
         if model == "dcgan" and not args.no_torch:
             try:
@@ -138,6 +144,9 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
             jax_ms.append(ms)
             ms, state = time_jax(compiled, state, None, key, args.steps, batches)
             real_ms.append(ms)
+            if fp32 is not None:
+                ms, fp32[1] = time_jax(*fp32, args.steps)
+                fp32_ms.append(ms)
             if torch_step is not None:
                 torch_ms.append(time_torch(torch_step, args.steps))
     ms = statistics.median(jax_ms)
@@ -145,6 +154,10 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
            "compile_s": compile_s, "gflop_per_step": gflop, "gflop_per_s": gflop / ms * 1000,
            "peak_fraction": gflop / ms * 1000 / peak, "real_data_ms": statistics.median(real_ms)}
     row["pipeline_rate"] = ms / row["real_data_ms"]
+    row["precision"] = args.precision
+    if fp32_ms:
+        row["fp32_ms"] = statistics.median(fp32_ms)
+        row["speedup_vs_fp32"] = row["fp32_ms"] / ms
     if torch_ms:
         row["torch_ms"] = statistics.median(torch_ms)
         row["speedup_vs_torch"] = row["torch_ms"] / ms
@@ -195,7 +208,7 @@ def bench_reliability(model: str, batch: int, args) -> dict:
 def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
-            "speedup_vs_torch"]
+            "speedup_vs_torch", "precision", "fp32_ms", "speedup_vs_fp32"]
     if rows and "guard_cost" in rows[0]:
         cols = list(rows[0])
     lines = [f"matmul peak: {peak:.0f} GFLOP/s" if peak else "", "", "| " + " | ".join(cols) + " |",
@@ -217,6 +230,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--host-devices", type=int, default=1,
                    help="on CPU: split the host into N XLA devices and shard the batch over them")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="trainer.precision of the step; bf16 also times the fp32 step in the same "
+                        "interleaved rounds and reports the speed-up")
     p.add_argument("--reliability", action="store_true",
                    help="instead: cost of the non-finite guard, checkpoint save/restore times")
     args = p.parse_args(argv)

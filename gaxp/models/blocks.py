@@ -36,14 +36,15 @@ class SpectralNorm(nnx.Module):
         self.u = nnx.BatchStat(_l2n(jax.random.normal(rngs.params(), (out_features,))))
 
     def __call__(self, kernel: jax.Array, *, update: bool) -> jax.Array:
-        w = kernel.reshape(-1, kernel.shape[-1])  # [fan_in, out] = W^T
+        # The power iteration runs in float32 whatever the compute type (u is a float32 stat).
+        w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)  # [fan_in, out] = W^T
         v = _l2n(w @ self.u[...])
         u = jax.lax.stop_gradient(_l2n(w.T @ v))
         v = jax.lax.stop_gradient(_l2n(w @ u))
         sigma = v @ w @ u
         if update:
             self.u[...] = u
-        return kernel / sigma
+        return (w / sigma).reshape(kernel.shape).astype(kernel.dtype)
 
 
 class _Kernel(nnx.Module):
@@ -122,7 +123,8 @@ class Norm(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.kind == "batch":
-            return self.norm(x, use_running_average=not train)
+            # With float32 moments Flax normalizes in float32; the output keeps x's compute type.
+            return self.norm(x, use_running_average=not train).astype(x.dtype)
         if self.kind == "layer":
             return self.norm(x)
         return x
