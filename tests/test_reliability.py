@@ -156,3 +156,27 @@ def test_unreachable_wandb_server_never_stops_training(tiny, tmp_path, monkeypat
     assert "W&B online failed" in caplog.text
     run_id = json.loads((run / "run.json").read_text())["wandb_id"]
     assert run_id and list((run / "wandb").glob(f"offline-run-*-{run_id}"))  # syncable later
+
+
+def test_a_state_with_nan_is_never_checkpointed(tiny, tmp_path):
+    """The integrity pass refuses a non-finite state: nothing is written, the previous checkpoint
+    stays the latest, and a finite state saves and restores bit for bit."""
+    import jax
+    import jax.numpy as jnp
+
+    from gaxp.checkpoint import integrity
+    from gaxp.config import load
+    from gaxp.train import prepare
+
+    run, batches, ckpt, state, _ = prepare(load(tiny(*TOY)))
+    assert ckpt.save(1, state, batches.iterator, {})
+    ckpt.wait()
+    bad = state.replace(g_ema=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.g_ema))
+    assert integrity(bad)[0] is False and integrity(state)[0] is True
+    assert not ckpt.save(2, bad, batches.iterator, {})
+    ckpt.wait()
+    assert ckpt.latest_step() == 1 and _steps(tmp_path / "run") == [1]
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored, meta = ckpt.restore_latest_good(abstract, batches.iterator)
+    assert integrity(restored)[1] == integrity(state)[1] == meta["integrity"]
+    ckpt.close()
