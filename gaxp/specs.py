@@ -1,0 +1,239 @@
+"""The frozen, hashable dataclasses a validated config is made of (built and checked by
+``gaxp.config.load``; the parts the step needs are static arguments of ``jax.jit``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "dcgan"
+    z_dim: int = 100
+    g_width: int = 64
+    d_width: int = 64
+    g_depth: int = 2
+    d_depth: int = 2
+    g_norm: str = "batch"  # batch | none
+    d_norm: str = "batch"  # batch | layer | none
+    maxout: int = 0  # pieces of a maxout D (MLP); 0 = LeakyReLU units
+    spectral_norm: bool = False  # spectral norm on every D layer (Miyato et al. 2018)
+    g_spectral_norm: bool = False  # spectral norm on every G layer too (Zhang et al. 2019, SAGAN)
+    d_pack: int = 1  # PacGAN: D scores packs of this many samples (Lin et al. 2018); 1 = off
+    d_mbstd: int = 0  # minibatch-stddev group size before D's head (Karras et al. 2018); 0 = off
+    init: str = "default"  # default (lecun normal) | dcgan (N(0, 0.02), Radford et al. 2016)
+    bn_momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str = "ns"
+    n_critic: int = 1  # discriminator updates per generator update
+    clip: float = 0.0  # WGAN weight clipping of D parameters to [-clip, clip]; 0 = off
+    penalty: Optional[str] = None  # a gaxp.regularizers entry, e.g. wgan_gp
+    penalty_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class PenaltyParams:
+    """A gradient penalty (``gaxp.regularizers``): ``weight * penalty`` is added to D's loss,
+    every ``every`` D updates with the weight multiplied by ``every`` (lazy regularization)."""
+
+    weight: float = 10.0
+    every: int = 1
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    policy: tuple = ("color", "translation", "cutout")  # DiffAugment ops (gaxp.augment.POLICIES)
+
+
+@dataclass(frozen=True)
+class BcrParams:
+    real_weight: float = 10.0  # lambda_real of bCR (Zhao et al. 2021)
+    fake_weight: float = 10.0  # lambda_fake
+    policy: tuple = ("translation",)  # augmentation T (gaxp.augment.POLICIES)
+
+
+@dataclass(frozen=True)
+class SmoothingParams:
+    real_target: float = 0.9  # one-sided: only D's real target moves (Salimans et al. 2016)
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    sigma: float = 0.1  # instance noise std on every D input (Sonderby et al. 2017)
+    anneal_steps: int = 0  # linear decay of sigma to 0 over this many steps; 0 = constant
+
+
+@dataclass(frozen=True)
+class SpectralNormParams:
+    d: bool = True
+    g: bool = False
+
+
+@dataclass(frozen=True)
+class PackParams:
+    pack: int = 2
+
+
+@dataclass(frozen=True)
+class MbstdParams:
+    group: int = 4
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    steps: int = 100  # the first `steps` train steps update D only
+
+
+@dataclass(frozen=True)
+class RegSpec:
+    """The stabilizers of a run: ``entries`` is ((name, params), ...) sorted by name."""
+
+    entries: tuple = ()
+
+    def get(self, name: str):
+        return dict(self.entries).get(name)
+
+    @property
+    def names(self) -> tuple:
+        return tuple(n for n, _ in self.entries)
+
+    @property
+    def penalties(self) -> tuple:
+        return tuple((n, p) for n, p in self.entries if isinstance(p, PenaltyParams))
+
+    @property
+    def lazy_interval(self) -> int:
+        """The D-step interval of the lazy penalties (1 when none is lazy)."""
+        return max([p.every for _, p in self.penalties] + [1])
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    key: str = "train/d_loss"  # a key of the final metrics, returned to a sweeper
+    direction: str = "minimize"  # minimize | maximize
+
+
+@dataclass(frozen=True)
+class OptSpec:
+    name: str = "adam"
+    lr: float = 2e-4
+    b1: float = 0.5
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # global-norm clipping; 0 = off
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    g: OptSpec = OptSpec()
+    d: OptSpec = OptSpec()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "mnist"
+    name: str = "mnist"
+    batch_size: int = 64  # global batch, over all devices and hosts
+    image_size: Optional[int] = None  # None = the dataset's own size
+    split: str = "train"
+    data_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EmaSpec:
+    halflife_kimg: float = 10.0  # EMA of G by half-life in thousands of images (Karras et al.)
+    rampup: Optional[float] = 0.05  # half-life <= rampup * images seen so far; None = off
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    """Non-finite gradients: skip the update (optax ``apply_if_finite``) and count it; after
+    ``patience`` consecutive skipped steps (checked at log and checkpoint steps) roll back to the
+    last checkpoint with the learning rates times ``lr_factor``, or stop."""
+
+    enabled: bool = True
+    patience: int = 20  # consecutive skipped steps before acting
+    action: str = "rollback"  # rollback | stop
+    lr_factor: float = 0.5  # learning-rate multiplier applied at each rollback (1 = unchanged)
+    max_rollbacks: int = 3  # then stop
+    inject_nan: tuple = ()  # debug: steps whose G and D gradients are NaN (first attempt only)
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    steps: int = 3000
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 500
+    keep: int = 3
+    resume: Any = False  # false | true (latest matching run / this run dir) | a run directory
+    devices: Optional[int] = None  # None = every device of every process
+    ema: EmaSpec = EmaSpec()
+    n_samples: int = 64  # images in the fixed-noise sample grid
+    progress: bool = True
+    guard: GuardSpec = GuardSpec()
+    precision: str = "fp32"  # fp32 | bf16 (bfloat16 compute, float32 parameters and losses)
+    distributed: str = "auto"  # auto (cluster detected) | manual | off: jax.distributed
+    coordinator: Optional[str] = None  # manual: host:port of process 0
+    num_processes: Optional[int] = None  # manual
+    process_id: Optional[int] = None  # manual
+    init_timeout: float = 300.0  # seconds to wait for every process to join
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
+    project: str = "gaxp"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: tuple = ()
+    init_timeout: float = 60.0  # seconds before an unreachable W&B server falls back to offline
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    wandb: Optional[WandbSpec] = None  # None: W&B off (logger=none)
+    jsonl: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """In-loop and on-demand evaluation (``gaxp.metrics``); empty ``names`` = no evaluation."""
+
+    names: tuple = ()  # e.g. [auto] | [fd_mnist, is_mnist, kid_mnist, prdc_mnist] | [fid, kid]
+    every: int = 1000  # steps between evaluations (and one at the last step)
+    n_fake: Optional[int] = None  # generated samples; None: 2,500 points or 10,000 images
+    n_real: Optional[int] = None  # reference examples; None: the split, at most 10,000
+    split: str = "test"  # reference split of the training dataset
+    batch_size: int = 100  # images per generate-and-embed batch (rounded up to the devices)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
+    pr_k: int = 3  # k of improved precision and recall
+    dc_k: int = 5  # k of density and coverage
+    mode_min_count: int = 20  # high-quality samples for a toy mode to count as covered (PacGAN)
+    seed: int = 0  # noise of the evaluated samples (the same at every evaluation)
+    inception_weights: Optional[str] = None  # the .pth file; None: <cache>/inception/<file>
+    download: bool = False  # fetch the Inception weights into the cache when missing
+    cache_dir: Optional[str] = None  # None: $GAXP_CACHE, else ~/.cache/gaxp
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelSpec
+    loss: LossSpec
+    data: DataSpec
+    optim: OptimSpec
+    trainer: TrainerSpec
+    logger: LoggerSpec
+    out_dir: str
+    runs_root: str = "outputs"
+    metrics: MetricsSpec = MetricsSpec()
+    regularizer: RegSpec = RegSpec()
+    objective: Optional[ObjectiveSpec] = None  # what train returns to a sweeper (Optuna)
