@@ -3,6 +3,8 @@ Heusel et al. 2017, is just ``optim.d.lr`` != ``optim.g.lr``)."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from gaxp.config import OptSpec
@@ -24,25 +26,44 @@ def _sgd(o: OptSpec) -> optax.GradientTransformation:
     return optax.sgd(o.lr, momentum=o.b1 or None)
 
 
-# apply_if_finite would apply a non-finite update after this many in a row; gaxp never wants that
-# (the loop rolls back or stops long before), so the bound is effectively infinite.
-_NEVER = 2**30
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """optax's ``apply_if_finite`` semantics (same state type, ``ApplyIfFiniteState``; never applies
+    a non-finite update): when any gradient holds a NaN or Inf, the update is zero and the inner
+    state is kept. optax selects with ``lax.cond``, which on XLA:CPU cost ~6 ms per update of the
+    DCGAN's 1.9M parameters (the Adam update itself: ~10-15 ms); computing both and selecting with
+    ``jnp.where`` fuses into the update and measured no extra time."""
+
+    def init(params):
+        zero = jnp.zeros((), jnp.int32)
+        return optax.ApplyIfFiniteState(notfinite_count=zero, last_finite=jnp.array(True),
+                                        total_notfinite=zero, inner_state=inner.init(params))
+
+    def update(grads, state, params=None):
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, inner_state = inner.update(grads, state.inner_state, params)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        return jax.tree.map(lambda u: jnp.where(ok, u, 0), updates), optax.ApplyIfFiniteState(
+            notfinite_count=jnp.where(ok, 0, state.notfinite_count + 1),
+            last_finite=ok, total_notfinite=state.total_notfinite + (~ok).astype(jnp.int32),
+            inner_state=jax.tree.map(keep, inner_state, state.inner_state))
+
+    return optax.GradientTransformation(init, update)
 
 
 def build(o: OptSpec, *, guard: bool = True) -> optax.GradientTransformation:
     """The optimizer named by ``o.name``, after optional global-norm gradient clipping. With
-    ``guard``, updates whose gradients hold a NaN or Inf are skipped (optax ``apply_if_finite``;
-    its state counts them) and the inner optimizer state is left untouched."""
+    ``guard``, updates whose gradients hold a NaN or Inf are skipped (``skip_nonfinite``; its
+    state counts them) and the inner optimizer state is left untouched."""
     opt = OPTIMIZERS[o.name](o)
     if o.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
     if guard:
-        opt = optax.apply_if_finite(opt, max_consecutive_errors=_NEVER)
+        opt = skip_nonfinite(opt)
     return opt
 
 
 def guard_counts(opt_state) -> tuple | None:
-    """(consecutive, total) skipped updates of an ``apply_if_finite`` state, else None."""
+    """(consecutive, total) skipped updates of a guarded optimizer's state, else None."""
     if isinstance(opt_state, optax.ApplyIfFiniteState):
         return opt_state.notfinite_count, opt_state.total_notfinite
     return None

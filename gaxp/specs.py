@@ -152,7 +152,8 @@ class EmaSpec:
 
 @dataclass(frozen=True)
 class GuardSpec:
-    """Non-finite gradients: skip the update (optax ``apply_if_finite``) and count it; after
+    """Non-finite gradients: skip the update (``optim.skip_nonfinite``, optax's
+    ``apply_if_finite`` semantics) and count it; after
     ``patience`` consecutive skipped steps (checked at log and checkpoint steps) roll back to the
     last checkpoint with the learning rates times ``lr_factor``, or stop."""
 
