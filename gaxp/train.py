@@ -225,18 +225,20 @@ class Loop:
                     state, step, batch = self.rollback(state, step, "the state holds NaN/Inf")
                     t_log, step_log = time.perf_counter(), step
                     continue
+            log_step = step % t.log_every == 0 or step == t.steps
             if stopping:
+                # The resumed run starts after this step: its log row and sample grid are written
+                # now (an evaluation due here is left out: preemption grace periods are short).
+                if log_step:
+                    self._log(step, m, step_log, t_log)
+                if step % t.sample_every == 0:
+                    self.out.samples_png(step, state)
                 raise self.preempted(step, stop)
             if step < t.steps:
                 batch = next(self.batches)  # host work overlaps the asynchronously running step
-            if step % t.log_every == 0 or step == t.steps:
-                metrics = {k: float(v) for k, v in jax.device_get(m).items()}
-                now = time.perf_counter()
-                metrics["perf/images_per_s"] = (step - step_log) * self.images_per_step / (now - t_log)
-                metrics["progress/kimg"] = step * self.images_per_step / 1000
-                t_log, step_log = now, step
-                self.out.log(step, metrics)
-                self.out.progress.update(step - self.out.progress.bar.n, metrics)
+            if log_step:
+                metrics = self._log(step, m, step_log, t_log)
+                t_log, step_log = time.perf_counter(), step
                 if not self._guard_ok(m, self.t.guard.patience):
                     why = (f"{self.t.guard.patience} consecutive steps with non-finite gradients "
                            "(trainer.guard.patience)")
@@ -254,6 +256,15 @@ class Loop:
         steps_run = t.steps - start
         return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
                 "images_per_s": steps_run * self.images_per_step / wall if steps_run else 0.0}
+
+    def _log(self, step: int, m: dict, step_log: int, t_log: float) -> dict:
+        """Writes one log row (console, metrics.jsonl, W&B) for the step's device metrics ``m``."""
+        metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+        metrics["perf/images_per_s"] = (step - step_log) * self.images_per_step / (time.perf_counter() - t_log)
+        metrics["progress/kimg"] = step * self.images_per_step / 1000
+        self.out.log(step, metrics)
+        self.out.progress.update(step - self.out.progress.bar.n, metrics)
+        return metrics
 
     def _guard_ok(self, m: dict, patience: int) -> bool:
         """False when the last ``patience`` steps (or more) all had non-finite gradients."""

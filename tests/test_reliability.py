@@ -34,9 +34,10 @@ def _cli(args, cwd, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_checkpoints_and_resume_matches_uninterrupted_run(tmp_path, sig):
-    args = [*TOY, "trainer.steps=2500", "trainer.log_every=10", "trainer.ckpt_every=100000",
+@pytest.mark.parametrize("sig,log_every", [(signal.SIGTERM, 1), (signal.SIGINT, 10)], ids=["SIGTERM", "SIGINT"])
+def test_signal_checkpoints_and_resume_matches_uninterrupted_run(tmp_path, sig, log_every):
+    # log_every=1 makes the stop step a log step every time: its row must be written before exiting
+    args = [*TOY, "trainer.steps=2500", f"trainer.log_every={log_every}", "trainer.ckpt_every=100000",
             "trainer.sample_every=100000", "logger=none", "trainer.progress=false"]
     run = tmp_path / "run"
     proc = _cli([*args, f"hydra.run.dir={run}"], tmp_path)
@@ -52,6 +53,7 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted_run(tmp_path, sig):
     stopped_at = int(last.split(" at step ")[1].split(";")[0])
     assert 0 < stopped_at < 2500 and _steps(run) == [stopped_at]
     assert f"trainer.resume={run}" in last
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == list(range(log_every, stopped_at + 1, log_every))
     if sig == signal.SIGINT:
         return  # same path; the resume comparison below runs once
     resume = last.split("resume with: ")[1].split()
@@ -63,7 +65,7 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted_run(tmp_path, sig):
     a = json.loads((run / "summary.json").read_text())
     b = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert a["resumed_from"] == stopped_at and a["digest"] == b["digest"]
-    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == list(range(10, 2510, 10))
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == list(range(1, 2501))
     np.testing.assert_array_equal([r["train/g_loss"] for r in _rows(run / "metrics.jsonl")],
                                   [r["train/g_loss"] for r in _rows(tmp_path / "straight" / "metrics.jsonl")])
 
