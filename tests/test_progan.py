@@ -71,7 +71,8 @@ def test_sampling_draws_the_last_trained_stage_at_full_size():
     _, g, _ = _nets()
     z = jax.random.normal(jax.random.key(3), (4, 16))
     assert int(g.stage[...]) == 0  # a fresh G samples its 4 px image, upsampled
-    np.testing.assert_allclose(g(z, train=False), upsample(g(z, train=False, stage=0), 4), atol=1e-6)
+    np.testing.assert_allclose(g(z, train=False), upsample(g(z, train=False, stage=0), 4),
+                               atol=1e-6)
     g(z, train=True, stage=1, alpha=jnp.float32(0.4))  # a training call records stage and alpha
     assert int(g.stage[...]) == 1 and float(g.alpha[...]) == pytest.approx(0.4)
     np.testing.assert_allclose(g(z, train=False),
@@ -158,7 +159,7 @@ def test_each_stage_compiles_once_and_resume_mid_fade_is_exact(tiny, tmp_path):
                               "(model.grow.resolutions=[4, 8, 16, 32]"),
     (("model.grow.resolutions=[4,12,24]", "data.image_size=24"), "must start at 4 and double"),
     (("model.grow.g_widths=[8,8]",), "model.grow.g_widths needs one positive width per resolution"),
-    (("model.grow.fade_kimg=[1,2]",), "model.grow.fade_kimg must be one number or one per resolution"),
+    (("model.grow.fade_kimg=[1,2]",), "model.grow.fade_kimg must be one number or one per"),
     (("regularizer=[spectral_norm]",), "model=progan uses an equalized learning rate"),
 ])
 def test_schedules_that_do_not_fit_give_one_line(overrides, message):

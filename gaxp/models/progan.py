@@ -229,6 +229,20 @@ def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
     if not res or res[0] != 4 or any(b != 2 * a for a, b in zip(res, res[1:])):
         raise ConfigError(f"model.grow.resolutions must start at 4 and double at every stage "
                           f"(got {res}); e.g. [4, 8, 16, 32]")
+    size = shape[0]
+    if shape[0] == shape[1] and size == res[-1]:
+        pass
+    elif shape[0] != shape[1] or size < 4 or size & (size - 1):
+        raise ConfigError(f"model=progan cannot grow to {shape[0]}x{shape[1]} px images: it grows "
+                          f"from 4 px by doubling, so square sizes 4*2^n fit (8, 16, 32, 64, ...); "
+                          f"with model.grow.resolutions={res} set data.image_size={res[-1]}")
+    else:
+        upto = [4 * 2 ** i for i in range(int(math.log2(size // 4)) + 1)]
+        raise ConfigError(f"model.grow.resolutions={res} ends at {res[-1]} px but the images are "
+                          f"{size}x{size} px; end the schedule at the data size "
+                          f"(model.grow.resolutions=[{_fitting_sizes(upto)}], one width per "
+                          f"resolution) "
+                          f"or set data.image_size to one of {_fitting_sizes(res)}")
     for key in ("g_widths", "d_widths"):
         widths = list(getattr(g, key))
         if len(widths) != len(res) or any(not isinstance(v, int) or v < 1 for v in widths):
@@ -239,18 +253,6 @@ def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
     if spec.spectral_norm:
         raise ConfigError("model=progan uses an equalized learning rate, not spectral norm; "
                           "drop spectral_norm from regularizer/model.spectral_norm")
-    size = shape[0]
-    if shape[0] == shape[1] and size == res[-1]:
-        return
-    if shape[0] != shape[1] or size < 4 or size & (size - 1):
-        raise ConfigError(f"model=progan cannot grow to {shape[0]}x{shape[1]} px images: it grows "
-                          f"from 4 px by doubling, so square sizes 4*2^n fit (8, 16, 32, 64, ...); "
-                          f"with model.grow.resolutions={res} set data.image_size={res[-1]}")
-    upto = [4 * 2 ** i for i in range(int(math.log2(size // 4)) + 1)]
-    raise ConfigError(f"model.grow.resolutions={res} ends at {res[-1]} px but the images are "
-                      f"{size}x{size} px; end the schedule at the data size "
-                      f"(model.grow.resolutions=[{_fitting_sizes(upto)}], one width per resolution) "
-                      f"or set data.image_size to one of {_fitting_sizes(res)}")
 
 
 def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):
