@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gaxp.errors import ConfigError, unknown
 from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where callers find them
+    GrowSpec,
     ModelSpec,
     LossSpec,
     PenaltyParams,
@@ -30,6 +31,7 @@ from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where calle
     PackParams,
     MbstdParams,
     PretrainParams,
+    DriftParams,
     RegSpec,
     ObjectiveSpec,
     OptSpec,
@@ -353,6 +355,8 @@ def _check_entry(path: str, p: Any, loss: str) -> None:
                               f"must be >= 2 (got {value})")
     elif isinstance(p, PretrainParams):
         _positive(f"{path}.steps", p.steps)
+    elif isinstance(p, DriftParams):
+        _positive(f"{path}.weight", p.weight)
 
 
 def _check_batch_groups(m: ModelSpec, batch: int) -> None:

@@ -392,9 +392,9 @@ def train(config: Config, source: dict) -> dict:
                 "population": {"dir": str(run.dir), "member": i}})
     traces_before = T.TRACES["train_step"]
 
-    def compile_fn(state, batch, key):
+    def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
         t0 = time.perf_counter()
-        step = jax.vmap(functools.partial(T.train_step, spec=run.spec),
+        step = jax.vmap(functools.partial(T.train_step, spec=spec),
                         spmd_axis_name="data" if mode == "members" else None)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
         compiled = fn.lower(state, batch, key, hp).compile()

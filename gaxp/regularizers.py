@@ -138,6 +138,13 @@ def noise_sigma(p: C.NoiseParams, step: Array) -> Array:
     return p.sigma * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / p.anneal_steps)
 
 
+def drift(r: Array) -> Array:
+    """ProGAN's drift term (Karras et al. 2018, appendix A.1): ``E[D(x)^2]`` over real data, added
+    to D's loss times epsilon_drift (0.001) so the critic's output does not drift far from 0 (WGAN-GP
+    fixes only its slope). Works with any loss."""
+    return jnp.mean(jnp.square(r.astype(jnp.float32)))
+
+
 def d_inputs(regs: C.RegSpec, xs: tuple, key: Array, step: Array) -> tuple[tuple, dict]:
     """What D sees of each batch in ``xs``: DiffAugment, then instance noise (fresh draws per
     batch). Used for real and fake in the D step and for D's inputs in the G step."""
@@ -173,6 +180,9 @@ def d_terms(regs: C.RegSpec, loss: str, d_fn: DFn, real: Array, fake: Array, r: 
         total, metrics = total + term, metrics | m
     if (ls := regs.get("label_smoothing")) is not None:
         total = total + label_smoothing(loss, r, ls.real_target)
+    if (dr := regs.get("drift")) is not None:
+        value = drift(r)
+        total, metrics = total + dr.weight * value, metrics | {"train/drift": value}
     return total, metrics
 
 
@@ -195,4 +205,5 @@ REGULARIZERS: dict[str, Regularizer] = {
     "pacgan": Regularizer(C.PackParams),
     "mbstd": Regularizer(C.MbstdParams),
     "d_pretrain": Regularizer(C.PretrainParams),
+    "drift": Regularizer(C.DriftParams),
 }

@@ -8,6 +8,26 @@ from typing import Any, Optional
 
 
 @dataclass(frozen=True)
+class GrowSpec:
+    """Progressive growing (Karras et al. 2018), ``model=progan``: the stages' resolutions (from 4
+    px, doubling, ending at the data size), the channels per resolution, and the schedule in kimg
+    of real images shown to D. ``fade_kimg``/``stable_kimg`` are one number for every stage or a
+    list with one per resolution (the first stage has no fade-in; the last trains on until
+    ``trainer.steps``). Checked against the data by ``gaxp.models.progan.check``."""
+
+    resolutions: tuple = (4, 8, 16, 32)
+    g_widths: tuple = (128, 128, 64, 32)  # G channels per resolution
+    d_widths: tuple = (128, 128, 64, 32)  # D channels per resolution
+    fade_kimg: Any = 10.0  # a number or a list per resolution
+    stable_kimg: Any = 10.0
+
+    def __post_init__(self):  # YAML lists -> tuples, so the spec stays hashable
+        for key in ("fade_kimg", "stable_kimg"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str = "dcgan"
     z_dim: int = 100
@@ -24,6 +44,7 @@ class ModelSpec:
     d_mbstd: int = 0  # minibatch-stddev group size before D's head (Karras et al. 2018); 0 = off
     init: str = "default"  # default (lecun normal) | dcgan (N(0, 0.02), Radford et al. 2016)
     bn_momentum: float = 0.9
+    grow: Optional[GrowSpec] = None  # progressive growing schedule (model=progan only)
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,11 @@ class PackParams:
 @dataclass(frozen=True)
 class MbstdParams:
     group: int = 4
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    weight: float = 0.001  # epsilon_drift of ProGAN's drift term (Karras et al. 2018, A.1)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ about devices beyond an optional sharding constraint on the latent batch. The st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +41,25 @@ class StepSpec:
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
+    grow: Optional[Any] = None  # progressive growing (gaxp.grow.Growth): the stage this program runs
 
 
-def generate(spec: StepSpec, params, stats, z, *, train: bool):
+def _grow_kwargs(spec: StepSpec, step) -> dict:
+    """Progressive growing: the static stage and the fade-in alpha at ``step`` for G and D; none
+    without growth, or for sampling (``step=None``: G draws at its last trained stage, full size)."""
+    return {} if spec.grow is None or step is None else spec.grow.model_kwargs(step)
+
+
+def generate(spec: StepSpec, params, stats, z, *, train: bool, step=None):
     return adapter.apply(spec.nets.g_def, params, stats, z, train=train,
-                         compute_dtype=adapter.PRECISIONS[spec.precision])
+                         compute_dtype=adapter.PRECISIONS[spec.precision],
+                         **_grow_kwargs(spec, step))
 
 
-def discriminate(spec: StepSpec, params, stats, x, *, train: bool):
+def discriminate(spec: StepSpec, params, stats, x, *, train: bool, step=None):
     return adapter.apply(spec.nets.d_def, params, stats, x, train=train,
-                         compute_dtype=adapter.PRECISIONS[spec.precision])
+                         compute_dtype=adapter.PRECISIONS[spec.precision],
+                         **_grow_kwargs(spec, step))
 
 
 def sample_z(spec: StepSpec, key: jax.Array, n: Optional[int] = None) -> jax.Array:
@@ -89,18 +98,19 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_i
     hyperparameters (``gaxp.population.VARY``)."""
     hp = hp or {}
     k_z, k_pen = jax.random.split(key)
-    fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), train=True)
+    t = state.step
+    fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), train=True, step=t)
     fake = jax.lax.stop_gradient(fake)
     (real, fake), view_metrics = regularizers.d_inputs(
         spec.regs, (real, fake), jax.random.fold_in(key, 2), state.step)
     loss, cfg = LOSSES[spec.loss.name], spec.loss
 
     def loss_fn(d_params):
-        r, stats = discriminate(spec, d_params, state.d_stats, real, train=True)
-        f, stats = discriminate(spec, d_params, stats, fake, train=True)
+        r, stats = discriminate(spec, d_params, state.d_stats, real, train=True, step=t)
+        f, stats = discriminate(spec, d_params, stats, fake, train=True, step=t)
         d_loss = loss.d(r, f)
         metrics = {"train/d_loss": d_loss, "train/d_real": jnp.mean(r), "train/d_fake": jnp.mean(f)}
-        d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True)[0]  # noqa: E731
+        d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True, step=t)[0]  # noqa: E731
         extra, reg_metrics = regularizers.d_terms(spec.regs, cfg.name, d_fn, real, fake, r, f,
                                                   k_pen, d_index, hp.get("gp_weight"))
         return d_loss + extra, (stats, metrics | reg_metrics | view_metrics)
@@ -123,14 +133,14 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=
     if loss.g_needs_real:
         (real,), _ = regularizers.d_inputs(spec.regs, (real,), jax.random.fold_in(k_view, 1),
                                            state.step)
-        r, _ = discriminate(spec, state.d_params, state.d_stats, real, train=True)
+        r, _ = discriminate(spec, state.d_params, state.d_stats, real, train=True, step=state.step)
     else:
         r = jnp.zeros((real.shape[0],), jnp.float32)  # unused by these losses
 
     def loss_fn(g_params):
-        fake, g_stats = generate(spec, g_params, state.g_stats, z, train=True)
+        fake, g_stats = generate(spec, g_params, state.g_stats, z, train=True, step=state.step)
         (fake,), _ = regularizers.d_inputs(spec.regs, (fake,), k_view, state.step)
-        f, _ = discriminate(spec, state.d_params, state.d_stats, fake, train=True)
+        f, _ = discriminate(spec, state.d_params, state.d_stats, fake, train=True, step=state.step)
         g_loss = loss.g(r, f)
         return g_loss, (g_stats, {"train/g_loss": g_loss})
 
@@ -175,6 +185,8 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: S
     key = jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
     k_d, k_g = jax.random.split(key)
     x = to_float(batch["x"])  # [n_critic, batch, ...]
+    if spec.grow is not None:  # progressive growing: reals at the stage's size, faded in like G's
+        x = spec.grow.real(x, state.step)
 
     # A Python loop, unrolled at trace time: the same D step inside lax.scan ran 5x slower on
     # XLA:CPU (DCGAN-28, batch 64: 1277 vs 235 ms, even for one iteration). n_critic is small.
@@ -188,6 +200,8 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: S
     beta = ema_beta(spec.ema, spec.batch, state.step, hp.get("ema_kimg"))
     g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
     metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]} | g_metrics
+    if spec.grow is not None:
+        metrics |= spec.grow.metrics(state.step)
     return state.replace(step=state.step + 1, g_ema=g_ema), metrics | guard_metrics(state, len(d_metrics))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gaxp import distributed, run_dir, sharding
+from gaxp import distributed, grow, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, check_for_data, load, plain
 from gaxp.errors import Diverged, Preempted
@@ -87,7 +87,9 @@ def setup(config: Config) -> Run:
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
-                    precision=config.trainer.precision)
+                    precision=config.trainer.precision, grow=grow.growth(config))
+    if spec.grow is not None and jax.process_index() == 0:
+        log.info("gaxp: %s", grow.describe(spec.grow, config.trainer.steps))
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 
@@ -188,11 +190,14 @@ class Outputs:
                 w.close()
 
 
-def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):
-    """The train step lowered and compiled once for these shapes and shardings (donates state)."""
+def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: StepSpec | None = None):
+    """The train step lowered and compiled once for these shapes and shardings (donates state).
+    With progressive growing, for one stage: ``spec`` bound by ``grow.bind``, else the stage of
+    ``state.step``."""
     t0 = time.perf_counter()
+    spec = spec or grow.bind(run.spec, int(jax.device_get(state.step)))
     replicated = sharding.replicated(run.mesh)
-    fn = jax.jit(functools.partial(train_step, spec=run.spec), donate_argnums=0,
+    fn = jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0,
                  out_shardings=(replicated, replicated))
     compiled = fn.lower(state, batch, key).compile()
     return compiled, time.perf_counter() - t0
@@ -204,7 +209,8 @@ class Loop:
     def __init__(self, run: Run, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict,
                  evaluator=None, *, key=None, compile_fn=None):
         """``key`` and ``compile_fn`` are a population's (``gaxp.population``): one key per
-        member and the vmapped step; the outputs, checkpointer and batches are then its too."""
+        member and the vmapped step (``compile_fn(state, batch, key, spec)``); the outputs,
+        checkpointer and batches are then its too."""
         self.run, self.batches, self.out, self.ckpt, self.meta = run, batches, out, ckpt, meta
         self.evaluator = evaluator
         self.t = run.config.trainer
@@ -213,6 +219,25 @@ class Loop:
         self.images_per_step = run.config.data.batch_size * run.config.loss.n_critic
         self.saved = -1  # the last step checkpointed
         self.t_run = time.perf_counter()
+        self.programs, self.compile_s, self.stages = {}, 0.0, []  # compiled steps per growth stage
+
+    def program(self, step: int, state: GANState, batch: dict):
+        """The compiled step for the growth stage of ``step`` (``state.step``), compiled on first
+        use: one program per stage with progressive growing (``gaxp.grow``), else one in all."""
+        spec = grow.bind(self.run.spec, step)
+        stage = None if spec.grow is None else spec.grow.stage
+        if stage not in self.programs:
+            t0 = time.perf_counter()
+            self.programs[stage], seconds = self.compile(state, batch, self.key, spec)
+            self.compile_s += seconds
+            if stage is not None:
+                res = spec.grow.resolutions[stage]
+                self.stages.append({"stage": stage, "resolution": res, "step": step, "t": t0,
+                                    "compile_s": seconds})
+                if self.run.is_main:
+                    self.out.progress.bar.write(f"step {step}: stage {stage} ({res} px), "
+                                                f"compiled in {seconds:.1f} s")
+        return self.programs[stage]
 
     def _wall(self) -> float:
         return self.meta.get("wall_time_s", 0.0) + time.perf_counter() - self.t_run
@@ -229,9 +254,9 @@ class Loop:
         start = step = step_of(state)
         self.rollbacks = int(np.max(jax.device_get(state.rollbacks)))
         batch = next(self.batches) if start < t.steps else None
-        step_fn, compile_s = self.compile(state, batch, self.key) if batch is not None else (None, 0.0)
         metrics, t_log, step_log = {}, time.perf_counter(), start
         while step < t.steps:
+            step_fn = self.program(step, state, batch)  # compiles at the start and at stage switches
             step += 1
             state, m = step_fn(state, batch, self.key)
             stopping = stop.requested(step)
@@ -271,8 +296,10 @@ class Loop:
                 metrics = metrics | evals if step == t.steps else metrics
         wall = time.perf_counter() - self.t_run
         steps_run = t.steps - start
-        return {"compile_s": compile_s, "run_s": wall, "state": state, "final": metrics,
-                "images_per_s": steps_run * self.images_per_step / wall if steps_run else 0.0}
+        stages = grow.stage_figures(self.stages, t.steps, time.perf_counter(), self.images_per_step)
+        return {"compile_s": self.compile_s, "run_s": wall, "state": state, "final": metrics,
+                "images_per_s": steps_run * self.images_per_step / wall if steps_run else 0.0,
+                **({"stages": stages} if stages else {})}
 
     def _log(self, step: int, m: dict, step_log: int, t_log: float) -> dict:
         """Writes one log row (console, metrics.jsonl, W&B) for the step's device metrics ``m``."""
@@ -403,6 +430,7 @@ def train(cfg) -> dict:
         "step_traces": TRACES["train_step"] - traces_before, "resumed_from": start,
         "digest": param_digest(state), "final": result["final"], "run_dir": str(run.dir),
         "rollbacks": int(jax.device_get(state.rollbacks)),
+        **({"stages": result["stages"]} if "stages" in result else {}),  # progressive growing
     }
     if evaluator is not None:
         summary["eval"] = {"protocol": protocol, **evaluator.last}

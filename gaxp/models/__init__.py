@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from gaxp.models import dcgan, mlp, resnet
+from gaxp.models import dcgan, mlp, progan, resnet
 
 
 class Arch(NamedTuple):
@@ -22,4 +22,6 @@ ARCHS: dict[str, Arch] = {
     "mlp": Arch(mlp.build, mlp.check),
     "dcgan": Arch(dcgan.build, dcgan.check),
     "resnet": Arch(resnet.build, resnet.check),
+    # Progressive growing (gaxp.grow compiles one program per stage); equalized lr, no spectral norm.
+    "progan": Arch(progan.build, progan.check, frozenset({"pack", "mbstd"})),
 }

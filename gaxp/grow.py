@@ -1,0 +1,129 @@
+"""Progressive growing (Karras et al. 2018): the schedule of stages in steps, bound to one stage per
+compiled program, with the fade-in alpha traced from the step.
+
+``model.grow`` gives the resolutions and, in kimg of real images shown to D (``data.batch_size *
+loss.n_critic`` per step), the length of each stage's fade-in and stable phase. Stage 0 (4x4) has
+no fade-in; stage k > 0 fades its resolution in over ``fade_kimg`` (alpha rising linearly from 0
+to 1, one value per train step) and then trains it for ``stable_kimg``; the last stage trains on
+until ``trainer.steps``.
+
+The stage is static: the train loop compiles one program per stage (``bind(spec, step)``, and
+``summary.json``'s ``step_traces`` counts them), each exactly once, switching at stage boundaries.
+Alpha is a traced function of ``state.step``, so a run resumed mid-stage recovers its stage and
+fade-in from the step alone and matches an uninterrupted one bit for bit. Real images are
+downsampled on device to the stage's resolution by 2x2 average pooling and, during a fade-in,
+faded like G's output: ``(1 - alpha) * up(pool(x)) + alpha * x`` (the paper's appendix A.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import jax.numpy as jnp
+
+from gaxp.config import Config
+from gaxp.errors import ConfigError
+from gaxp.models.progan import downsample, lerp, upsample
+
+
+@dataclass(frozen=True)
+class Growth:
+    """The schedule in steps; ``stage`` is the stage a compiled program runs (None: not bound)."""
+
+    resolutions: tuple  # (4, 8, 16, 32)
+    starts: tuple  # first train step (0-based ``state.step``) of each stage
+    fades: tuple  # fade-in steps of each stage (0 for the first)
+    stage: Optional[int] = None
+
+    def stage_at(self, step: int) -> int:
+        return max(i for i, s in enumerate(self.starts) if s <= step)
+
+    def alpha(self, step):
+        """The fade-in of the bound stage at ``step`` (traced): 0 -> 1 over the fade-in, then 1."""
+        s = self._bound()
+        if self.fades[s] == 0:
+            return jnp.float32(1.0)
+        t = (step - self.starts[s]).astype(jnp.float32) / self.fades[s]
+        return jnp.clip(t, 0.0, 1.0)
+
+    def model_kwargs(self, step) -> dict:
+        """What G and D take on top of their inputs: the static stage and the traced alpha."""
+        return {"stage": self._bound(), "alpha": self.alpha(step)}
+
+    def real(self, x, step):
+        """Real images [..., H, W, C] at the data size -> the bound stage's resolution, faded."""
+        s = self._bound()
+        x = downsample(x, x.shape[-2] // self.resolutions[s])
+        if s == 0:
+            return x
+        return lerp(upsample(downsample(x, 2), 2), x, self.alpha(step))
+
+    def metrics(self, step) -> dict:
+        return {"grow/resolution": jnp.float32(self.resolutions[self._bound()]),
+                "grow/alpha": self.alpha(step)}
+
+    def _bound(self) -> int:
+        if self.stage is None:
+            raise ValueError("progressive growing: the step spec has no stage; "
+                             "use gaxp.grow.bind(spec, step) before compiling")
+        return self.stage
+
+
+def _per_stage(value, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def growth(config: Config) -> Optional[Growth]:
+    """The run's schedule in steps, or None when the model does not grow."""
+    g = config.model.grow
+    if g is None:
+        return None
+    if config.model.name != "progan":
+        raise ConfigError(f"model.grow is the progressive-growing schedule of model=progan "
+                          f"(got model={config.model.name}); drop it or use model=progan")
+    per_step = config.data.batch_size * config.loss.n_critic / 1000.0  # kimg per train step
+    n = len(g.resolutions)
+    steps = lambda kimg: int(round(kimg / per_step)) if kimg > 0 else 0  # noqa: E731
+    fades = [0] + [max(1, steps(k)) if k > 0 else 0 for k in _per_stage(g.fade_kimg, n)[1:]]
+    stables = [steps(k) for k in _per_stage(g.stable_kimg, n)]
+    starts = [0]
+    for k in range(1, n):
+        starts.append(starts[-1] + fades[k - 1] + stables[k - 1])
+    return Growth(tuple(g.resolutions), tuple(starts), tuple(fades))
+
+
+def bind(spec, step: int):
+    """``spec`` (a ``gaxp.step.StepSpec``) bound to the growth stage of ``step``; unchanged when the
+    model does not grow. Specs of different stages compile to different programs."""
+    if spec.grow is None:
+        return spec
+    return dataclasses.replace(spec, grow=dataclasses.replace(spec.grow,
+                                                              stage=spec.grow.stage_at(step)))
+
+
+def describe(g: Growth, total_steps: int) -> str:
+    """One line: the stages, their first steps, and where the run ends."""
+    parts = [f"{r} px from step {s}" + (f" (fade-in {f} steps)" if f else "")
+             for r, s, f in zip(g.resolutions, g.starts, g.fades) if s < total_steps]
+    end = g.resolutions[g.stage_at(max(total_steps - 1, 0))]
+    note = "" if end == g.resolutions[-1] else \
+        f"; trainer.steps={total_steps} ends at {end} px, before the last stage"
+    return "progressive growing: " + ", ".join(parts) + note
+
+
+def stage_figures(records: list, end_step: int, end_time: float, images_per_step: int) -> list:
+    """Per stage of this run: steps, wall seconds (compilation included), compile seconds and
+    images/s (without compilation). ``records``: dicts with stage, resolution, step, t, compile_s
+    in the order the stages started."""
+    out = []
+    for i, r in enumerate(records):
+        nxt = records[i + 1] if i + 1 < len(records) else {"step": end_step, "t": end_time}
+        steps, wall = nxt["step"] - r["step"], nxt["t"] - r["t"]
+        run = max(wall - r["compile_s"], 1e-9)
+        out.append({"stage": r["stage"], "resolution": r["resolution"], "from_step": r["step"],
+                    "steps": steps, "wall_s": round(wall, 2), "compile_s": round(r["compile_s"], 2),
+                    "images_per_s": round(steps * images_per_step / run, 1) if steps else 0.0})
+    return out
+
