@@ -24,6 +24,11 @@ class ModelSpec:
     d_mbstd: int = 0  # minibatch-stddev group size before D's head (Karras et al. 2018); 0 = off
     init: str = "default"  # default (lecun normal) | dcgan (N(0, 0.02), Radford et al. 2016)
     bn_momentum: float = 0.9
+    # Class conditioning (gaxp.models.conditional): none | projection | acgan. num_classes comes
+    # from the dataset (set by the train loop; leave null); ac_weight scales AC-GAN's class loss.
+    cond: str = "none"
+    num_classes: Optional[int] = None
+    ac_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class DataSpec:
     image_size: Optional[int] = None  # None = the dataset's own size
     split: str = "train"
     data_dir: Optional[str] = None
+    labeled: bool = False  # toy2d: label each point with its mode's index (image sets: their labels)
 
 
 @dataclass(frozen=True)
