@@ -54,7 +54,7 @@ def save_scatter(points: np.ndarray, path: Path, modes: np.ndarray | None = None
         ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, c=labels % cmap.N, cmap=cmap,
                    vmin=0, vmax=cmap.N - 1)
     if modes is not None:
-        ax.scatter(modes[:, 0], modes[:, 1], s=40, marker="x", c="tab:red")
+        ax.scatter(modes[:, 0], modes[:, 1], s=40, marker="x", c="tab:red" if labels is None else "black")
         for k, (mx, my) in enumerate(modes if labels is not None else []):
             ax.annotate(str(k), (mx, my), textcoords="offset points", xytext=(6, 6), fontsize=7)
         lim = float(np.abs(modes).max()) * 1.5 + 0.5
