@@ -55,6 +55,25 @@ def test_projection_embedding_is_spectrally_normalized_with_d():
     np.testing.assert_allclose(np.linalg.svd(v, compute_uv=False)[0], 1.0, rtol=1e-3)
 
 
+@pytest.mark.parametrize("arch,shape,g_norm", [("mlp", (2,), "none"), ("mlp", (2,), "batch"),
+                                              ("dcgan", (28, 28, 1), "batch"),
+                                              ("resnet", (8, 8, 1), "batch")])
+def test_every_generator_takes_the_label(arch, shape, g_norm):
+    spec = ModelSpec(name=arch, z_dim=4, g_width=8, d_width=8, g_depth=2, g_norm=g_norm,
+                     cond="projection", num_classes=3)
+    g, d = ARCHS[arch].build(spec, shape, arch != "mlp", nnx.Rngs(params=jax.random.key(0)))
+    z = jax.random.normal(jax.random.key(1), (4, 4))
+    # mixed labels in a batch (a one-class batch would have BatchNorm remove the class shift)
+    a, b = (g(z, jnp.array(y), train=True) for y in ([0, 1, 2, 0], [1, 2, 0, 2]))
+    assert a.shape == b.shape == (4, *shape)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3  # same z, another class: another sample
+    names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        nnx.state(g, nnx.Param))[0]}
+    assert any("gamma" in n for n in names) == (g_norm == "batch")  # conditional BatchNorm
+    x = jnp.zeros((4, *shape))
+    assert d(x, jnp.arange(4) % 3, train=False).shape == (4,)
+
+
 def test_acgan_terms_are_class_cross_entropies():
     d = _mlp_d("acgan")
     x = jax.random.normal(jax.random.key(3), (6, 3))
