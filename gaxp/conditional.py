@@ -112,3 +112,12 @@ def grid_inputs(key: jax.Array, num_classes: int, cols: int, z_dim: int):
 def balanced_labels(start, n: int, num_classes: int) -> jax.Array:
     """Labels ``(start + i) % K`` for i < n: sample i of an evaluation asks for class i mod K."""
     return ((start + jnp.arange(n, dtype=jnp.int32)) % num_classes).astype(jnp.int32)
+
+
+def sample_inputs(key: jax.Array, num_classes: int, n: int, z_dim: int, kind: str):
+    """(z, y, columns) of a conditional run's sample picture: images, one row per class with the
+    same noise in each column (n // K columns); points, n samples asking for class i mod K."""
+    if kind == "points":
+        return jax.random.normal(key, (n, z_dim)), balanced_labels(0, n, num_classes), None
+    cols = max(1, n // num_classes)
+    return (*grid_inputs(key, num_classes, cols, z_dim), cols)

@@ -142,7 +142,7 @@ class Outputs:
         n = 2500 if run.dataset.kind == "points" else t.n_samples
         self.z, self.y, self.cols = jax.random.normal(z_key, (n, run.config.model.z_dim)), None, None
         if run.spec.cond is not None:  # one row per class, the same noise down each column
-            self.z, self.y, self.cols = fixed_class_inputs(z_key, run.spec.cond.num_classes, n,
+            self.z, self.y, self.cols = conditional.sample_inputs(z_key, run.spec.cond.num_classes, n,
                                                            run.config.model.z_dim, run.dataset.kind)
         self._sample = jax.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
 
@@ -184,15 +184,6 @@ class Outputs:
         for w in (self.jsonl, self.wandb):
             if w is not None:
                 w.close()
-
-
-def fixed_class_inputs(key, num_classes: int, n: int, z_dim: int, kind: str):
-    """(z, y, columns) of a conditional run's sample picture: images, one row per class with the
-    same noise in each column (n // K columns); points, n samples asking for class i mod K."""
-    if kind == "points":
-        return jax.random.normal(key, (n, z_dim)), conditional.balanced_labels(0, n, num_classes), None
-    cols = max(1, n // num_classes)
-    return (*conditional.grid_inputs(key, num_classes, cols, z_dim), cols)
 
 
 def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):

@@ -24,7 +24,8 @@ class DCGANGenerator(nnx.Module):
         widths = [spec.g_width * 2 ** (n - i) for i in range(n)]  # e.g. 256, 128 for 28 px
         self.top = widths[0]
         sn = spec.g_spectral_norm
-        self.fc = Dense(conditional.z_features(spec), self.base * self.base * widths[0], sn=sn, init=spec.init, rngs=rngs)
+        self.fc = Dense(conditional.z_features(spec), self.base * self.base * widths[0], sn=sn,
+                        init=spec.init, rngs=rngs)
         self.fc_norm = conditional.g_norm(spec, widths[0], rngs=rngs)
         self.ups = nnx.List([
             Up2x(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])

@@ -12,7 +12,7 @@ from flax import nnx
 from gaxp.config import ModelSpec
 from gaxp.models import conditional
 from gaxp.models.blocks import (
-    Conv, Dense, Norm, check_square_image, minibatch_std, pack, up_levels,
+    Conv, Dense, check_square_image, minibatch_std, pack, up_levels,
 )
 
 
@@ -68,7 +68,8 @@ class ResNetGenerator(nnx.Module):
         (self.base, n), w = up_levels(shape[0]), spec.g_width
         self.width = w
         sn = spec.g_spectral_norm
-        self.fc = Dense(conditional.z_features(spec), self.base * self.base * w, sn=sn, init=spec.init, rngs=rngs)
+        self.fc = Dense(conditional.z_features(spec), self.base * self.base * w, sn=sn,
+                        init=spec.init, rngs=rngs)
         self.blocks = nnx.List([GBlock(w, w, spec, rngs=rngs) for _ in range(n)])
         self.norm = conditional.g_norm(spec, w, rngs=rngs)
         self.out = Conv(w, shape[-1], 3, sn=sn, init=spec.init, rngs=rngs)
