@@ -142,8 +142,8 @@ class Outputs:
         n = 2500 if run.dataset.kind == "points" else t.n_samples
         self.z, self.y, self.cols = jax.random.normal(z_key, (n, run.config.model.z_dim)), None, None
         if run.spec.cond is not None:  # one row per class, the same noise down each column
-            self.z, self.y, self.cols = conditional.sample_inputs(z_key, run.spec.cond.num_classes, n,
-                                                           run.config.model.z_dim, run.dataset.kind)
+            self.z, self.y, self.cols = conditional.sample_inputs(
+                z_key, run.spec.cond.num_classes, n, run.config.model.z_dim, run.dataset.kind)
         self._sample = jax.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
 
     @property
