@@ -56,7 +56,7 @@ def test_projection_embedding_is_spectrally_normalized_with_d():
 
 
 @pytest.mark.parametrize("arch,shape,g_norm", [("mlp", (2,), "none"), ("mlp", (2,), "batch"),
-                                              ("dcgan", (28, 28, 1), "batch"),
+                                              ("dcgan", (8, 8, 1), "batch"),
                                               ("resnet", (8, 8, 1), "batch")])
 def test_every_generator_takes_the_label(arch, shape, g_norm):
     spec = ModelSpec(name=arch, z_dim=4, g_width=8, d_width=8, g_depth=2, g_norm=g_norm,
