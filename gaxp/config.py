@@ -137,6 +137,10 @@ def _check_names(cfg: Config) -> None:
         raise ConfigError(
             f"model.d_norm must be one of: batch, layer, none (got {cfg.model.d_norm!r})"
         )
+    from gaxp.models.conditional import CONDS  # class conditioning (conditional GANs)
+
+    if cfg.model.cond not in CONDS:
+        raise ConfigError(f"model.cond must be one of: {', '.join(CONDS)} (got {cfg.model.cond!r})")
     if cfg.model.init not in ("default", "dcgan"):
         raise ConfigError(f"model.init must be one of: dcgan, default (got {cfg.model.init!r})")
     if cfg.trainer.guard.action not in ("rollback", "stop"):
@@ -168,7 +172,7 @@ def _check_sizes(cfg: Config) -> None:
     ]:
         _positive(path, value)
     for path, value in [
-        ("model.maxout", m.maxout), ("loss.clip", cfg.loss.clip),
+        ("model.maxout", m.maxout), ("loss.clip", cfg.loss.clip), ("model.ac_weight", m.ac_weight),
         ("loss.penalty_weight", cfg.loss.penalty_weight), ("trainer.ema.rampup", t.ema.rampup),
     ]:
         _positive(path, value, allow_zero=True)

@@ -90,7 +90,7 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
     checkpoint (the latest, or ``step``, or the one ``path`` names)."""
     import jax
 
-    from gaxp import sharding
+    from gaxp import conditional, sharding
     from gaxp.checkpoint import Checkpointer, abstract_like
     from gaxp.data import make_dataset
     from gaxp.state import init_state, make_nets
@@ -99,7 +99,9 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
     config = with_overrides(run_node(run_dir), list(overrides))
     d = config.data
     dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
-                           data_dir=d.data_dir, seed=config.trainer.seed)
+                           data_dir=d.data_dir, seed=config.trainer.seed,
+                           labeled=d.labeled)
+    config = conditional.with_classes(config, dataset)
     shape, image = tuple(dataset.shape), dataset.kind == "image"
     mesh = sharding.make_mesh(None)
     nets = make_nets(config, shape, image)
@@ -119,11 +121,12 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
 
 def load_generator(path: str, overrides: list[str], *, step: int | None = None,
                    ema: bool = True) -> Loaded:
+    from gaxp import conditional
     from gaxp.step import StepSpec
 
     config, run_dir, step, state, nets, dataset, mesh = load_state(path, overrides, step=step)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size)
+                    batch=config.data.batch_size, cond=conditional.cond_spec(config.model))
     params = state.g_ema if ema else state.g_params
     return Loaded(config, run_dir, step, params, state.g_stats, spec, dataset, mesh)
 
@@ -133,8 +136,10 @@ def evaluate(loaded: Loaded) -> dict:
     from gaxp.metrics.evaluator import Evaluator
     from gaxp.step import generate
 
-    sample = lambda p, s, z: generate(loaded.spec, p, s, z, train=False)[0]  # noqa: E731
-    ev = Evaluator(loaded.config, loaded.dataset, loaded.mesh, sample, loaded.config.model.z_dim)
+    sample = lambda p, s, z, y=None: generate(loaded.spec, p, s, z, y, train=False)[0]  # noqa: E731
+    cond = loaded.spec.cond
+    ev = Evaluator(loaded.config, loaded.dataset, loaded.mesh, sample, loaded.config.model.z_dim,
+                   num_classes=cond and cond.num_classes)
     metrics = ev(loaded.step, loaded.params, loaded.stats)
     return {"run_dir": str(loaded.run_dir), "step": loaded.step, "protocol": ev.protocol,
             "metrics": metrics}

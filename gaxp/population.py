@@ -221,8 +221,9 @@ class PopBatches:
             self.sharding, self.axis, self.glob = NamedSharding(mesh, P(None, None, "data")), 2, batch
 
     def __next__(self) -> dict:
-        x = np.stack([b.host() for b in self.members])
-        return sharding.to_global({"x": x}, self.sharding, self.glob, batch_axis=self.axis)
+        hosts = [b.host() for b in self.members]
+        local = {k: np.stack([h[k] for h in hosts]) for k in hosts[0]}
+        return sharding.to_global(local, self.sharding, self.glob, batch_axis=self.axis)
 
 
 class PopCheckpointer:

@@ -7,6 +7,11 @@ along great circles between random latents, spherical interpolation as White 201
 ``seed``, ``step``, ``ema=false``, ``out`` (folder; default ``<run>/samples_cli``). The ``.npz``
 holds ``samples`` (float, the data's range), ``z``, ``step``, ``truncation``; image runs also
 ``images`` (uint8).
+
+Conditional runs (``model.cond``): ``class=all`` (the default) draws one row per class with the
+same noise in each column (``n // classes`` columns); ``class=<k>`` draws ``n`` samples of class k.
+Interpolation strips ask for class k, or row r for class ``r % classes``. The ``.npz`` also holds
+``labels``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 from gaxp.errors import ConfigError
 
 OPTIONS = {"n": int, "truncation": float, "interpolate": bool, "rows": int, "steps": int,
-           "seed": int, "step": int, "ema": bool, "out": str}
+           "seed": int, "step": int, "ema": bool, "out": str, "class": str}
 
 
 def latents(key, n: int, z_dim: int, truncation: float | None):
@@ -49,6 +54,31 @@ def _check(o: dict) -> None:
         raise ConfigError(f"truncation must be > 0 (got {o['truncation']})")
 
 
+def requested_class(value: str | None, cond) -> int | str | None:
+    """``class=`` -> None (unconditional run), ``"all"`` or a class index; ConfigError if invalid."""
+    if cond is None:
+        if value is not None:
+            raise ConfigError(f"class={value} needs a conditional run (model.cond=projection or "
+                              "acgan); this run is unconditional")
+        return None
+    if value is None or value == "all":
+        return "all"
+    if not value.lstrip("-").isdigit() or not 0 <= int(value) < cond.num_classes:
+        raise ConfigError(f"class must be 'all' or an integer in [0, {cond.num_classes}) "
+                          f"(got {value!r})")
+    return int(value)
+
+
+def _labels(o: dict, n: int, num_classes: int, rows: int | None = None):
+    """The requested class of each of ``n`` latents (``rows`` strips for interpolation)."""
+    import jax.numpy as jnp
+
+    if o["class"] != "all":
+        return jnp.full((n,), o["class"], jnp.int32)
+    per_row = n // rows
+    return jnp.repeat(jnp.arange(rows, dtype=jnp.int32) % num_classes, per_row)
+
+
 def main(argv: list[str]) -> None:
     from gaxp.cli import fail, parse_options
 
@@ -58,12 +88,13 @@ def main(argv: list[str]) -> None:
     try:
         given, overrides = parse_options(argv[1:], OPTIONS, passthrough=("data",))
         o = {"n": 64, "truncation": None, "interpolate": False, "rows": 4, "steps": 10, "seed": 0,
-             "step": None, "ema": True, "out": None} | given
+             "step": None, "ema": True, "out": None, "class": None} | given
         _check(o)
         from gaxp.evaluate import load_generator
 
         loaded = load_generator(argv[0], overrides + ["metrics=none"], step=o["step"],
                                 ema=o["ema"])
+        o["class"] = requested_class(o["class"], loaded.spec.cond)
     except ConfigError as e:
         fail("gaxp-sample", str(e))
     path = write_samples(loaded, o)
@@ -79,26 +110,39 @@ def write_samples(loaded, o: dict) -> Path:
 
     key = jax.random.fold_in(jax.random.key(o["seed"]), 0x5A)
     z_dim = loaded.config.model.z_dim
+    cond, y, cols = loaded.spec.cond, None, None
     if o["interpolate"]:
         ka, kb = jax.random.split(key)
         ends = [latents(k, o["rows"], z_dim, o["truncation"]) for k in (ka, kb)]
         z = slerp(*ends, jnp.linspace(0.0, 1.0, o["steps"])).reshape(-1, z_dim)
+        y = None if cond is None else _labels(o, len(z), cond.num_classes, o["rows"])
+    elif cond is not None and o["class"] == "all" and loaded.dataset.kind == "image":
+        cols = max(1, o["n"] // cond.num_classes)  # one row per class, shared noise per column
+        z = jnp.tile(latents(key, cols, z_dim, o["truncation"]), (cond.num_classes, 1))
+        y = jnp.repeat(jnp.arange(cond.num_classes, dtype=jnp.int32), cols)
     else:
         z = latents(key, o["n"], z_dim, o["truncation"])
-    fn = jax.jit(lambda p, s, zb: generate(loaded.spec, p, s, zb, train=False)[0])
-    x = np.concatenate([np.asarray(fn(loaded.params, loaded.stats, z[i:i + 500]))
+        if cond is not None:
+            y = (jnp.arange(o["n"], dtype=jnp.int32) % cond.num_classes if o["class"] == "all"
+                 else _labels(o, o["n"], cond.num_classes))
+    fn = jax.jit(lambda p, s, zb, yb: generate(loaded.spec, p, s, zb, yb, train=False)[0])
+    x = np.concatenate([np.asarray(fn(loaded.params, loaded.stats, z[i:i + 500],
+                                      None if y is None else y[i:i + 500]))
                         for i in range(0, len(z), 500)])
     out = Path(o["out"] or loaded.run_dir / "samples_cli")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{'interp' if o['interpolate'] else 'samples'}_step{loaded.step:07d}"
     path = out / f"{stem}.png"
     extra = {}
+    labels = None if y is None else np.asarray(y)
     if loaded.dataset.kind == "points":
-        save_scatter(x, path, loaded.dataset.modes, title=f"step {loaded.step}")
+        save_scatter(x, path, loaded.dataset.modes, title=f"step {loaded.step}", labels=labels)
     else:
-        save_image_grid(x, path, cols=o["steps"] if o["interpolate"] else None)
+        save_image_grid(x, path, cols=o["steps"] if o["interpolate"] else cols)
     if loaded.dataset.kind == "image":
         extra["images"] = to_uint8(x)
+    if labels is not None:
+        extra["labels"] = labels
     np.savez(path.with_suffix(".npz"), samples=x, z=np.asarray(z), step=loaded.step,
              truncation=np.nan if o["truncation"] is None else o["truncation"], **extra)
     return path

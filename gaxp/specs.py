@@ -45,6 +45,11 @@ class ModelSpec:
     init: str = "default"  # default (lecun normal) | dcgan (N(0, 0.02), Radford et al. 2016)
     bn_momentum: float = 0.9
     grow: Optional[GrowSpec] = None  # progressive growing schedule (model=progan only)
+    # Class conditioning (gaxp.models.conditional): none | projection | acgan. num_classes comes
+    # from the dataset (set by the train loop; leave null); ac_weight scales AC-GAN's class loss.
+    cond: str = "none"
+    num_classes: Optional[int] = None
+    ac_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class DataSpec:
     image_size: Optional[int] = None  # None = the dataset's own size
     split: str = "train"
     data_dir: Optional[str] = None
+    labeled: bool = False  # toy2d: label each point with its mode's index (image sets: their labels)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
-from gaxp import regularizers
+from gaxp import conditional, regularizers
 from gaxp.config import EmaSpec, LossSpec, RegSpec
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
@@ -42,6 +42,7 @@ class StepSpec:
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
     grow: Optional[Any] = None  # progressive growing (gaxp.grow.Growth): the stage this program runs
+    cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
 
 
 def _grow_kwargs(spec: StepSpec, step) -> dict:
@@ -50,14 +51,18 @@ def _grow_kwargs(spec: StepSpec, step) -> dict:
     return {} if spec.grow is None or step is None else spec.grow.model_kwargs(step)
 
 
-def generate(spec: StepSpec, params, stats, z, *, train: bool, step=None):
-    return adapter.apply(spec.nets.g_def, params, stats, z, train=train,
+def generate(spec: StepSpec, params, stats, z, y=None, *, train: bool, step=None):
+    """G(z) -> (samples, stats); a conditional G also takes the requested labels ``y`` [B]."""
+    args = (z,) if y is None else (z, y)
+    return adapter.apply(spec.nets.g_def, params, stats, *args, train=train,
                          compute_dtype=adapter.PRECISIONS[spec.precision],
                          **_grow_kwargs(spec, step))
 
 
-def discriminate(spec: StepSpec, params, stats, x, *, train: bool, step=None):
-    return adapter.apply(spec.nets.d_def, params, stats, x, train=train,
+def discriminate(spec: StepSpec, params, stats, x, y=None, *, train: bool, step=None):
+    """D(x) -> (logits, stats); conditional: D(x, y), AC-GAN's as (logits, class logits)."""
+    args = (x,) if y is None else (x, y)
+    return adapter.apply(spec.nets.d_def, params, stats, *args, train=train,
                          compute_dtype=adapter.PRECISIONS[spec.precision],
                          **_grow_kwargs(spec, step))
 
@@ -92,28 +97,36 @@ def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_st
     return optax.apply_updates(params, updates), opt_state, stats
 
 
-def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index=0, hp=None):
+def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index=0, hp=None,
+           y=None):
     """One discriminator update on ``real`` and fresh fakes; G is held fixed. ``d_index`` counts
     D updates since the start (the clock of lazy penalties); ``hp``: a population member's traced
-    hyperparameters (``gaxp.population.VARY``)."""
+    hyperparameters (``gaxp.population.VARY``). Conditional: ``y`` labels ``real``, and the fakes
+    are requested with the same labels (``gaxp.conditional``)."""
     hp = hp or {}
     k_z, k_pen = jax.random.split(key)
     t = state.step
-    fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), train=True, step=t)
+    fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), y, train=True, step=t)
     fake = jax.lax.stop_gradient(fake)
     (real, fake), view_metrics = regularizers.d_inputs(
         spec.regs, (real, fake), jax.random.fold_in(key, 2), state.step)
     loss, cfg = LOSSES[spec.loss.name], spec.loss
 
     def loss_fn(d_params):
-        r, stats = discriminate(spec, d_params, state.d_stats, real, train=True, step=t)
-        f, stats = discriminate(spec, d_params, stats, fake, train=True, step=t)
+        r, stats = discriminate(spec, d_params, state.d_stats, real, y, train=True, step=t)
+        f, stats = discriminate(spec, d_params, stats, fake, y, train=True, step=t)
+        ac_loss = None
+        if spec.cond is not None:  # AC-GAN's class-head terms (projection adds none)
+            r, f, ac_loss, ac_metrics = conditional.d_split(spec.cond, r, f, y, y)
         d_loss = loss.d(r, f)
         metrics = {"train/d_loss": d_loss, "train/d_real": jnp.mean(r), "train/d_fake": jnp.mean(f)}
-        d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True, step=t)[0]  # noqa: E731
-        extra, reg_metrics = regularizers.d_terms(spec.regs, cfg.name, d_fn, real, fake, r, f,
-                                                  k_pen, d_index, hp.get("gp_weight"))
-        return d_loss + extra, (stats, metrics | reg_metrics | view_metrics)
+        d_fn = lambda x: conditional.adversarial(  # noqa: E731 - D of x, labels held fixed
+            discriminate(spec, d_params, stats, x, y, train=True, step=t)[0])
+        reg, reg_metrics = regularizers.d_terms(spec.regs, cfg.name, d_fn, real, fake, r, f,
+                                                k_pen, d_index, hp.get("gp_weight"))
+        if ac_loss is not None:
+            reg, reg_metrics = reg + ac_loss, reg_metrics | ac_metrics
+        return d_loss + reg, (stats, metrics | reg_metrics | view_metrics)
 
     grads, (d_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.d_params)
     d_params, d_opt, d_stats = _apply(spec, state, grads, spec.nets.d_opt, state.d_opt,
@@ -123,26 +136,37 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_i
     return state.replace(d_params=d_params, d_stats=d_stats, d_opt=d_opt), metrics
 
 
-def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=None):
+def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=None, y=None):
     """One generator update; D's parameters and statistics are held fixed. D sees the fakes
-    (and reals) through the same ``d_inputs`` view as in the D step (DiffAugment, noise)."""
+    (and reals) through the same ``d_inputs`` view as in the D step (DiffAugment, noise).
+    Conditional: ``y`` labels ``real``; the fakes ask for uniformly drawn labels."""
     hp = hp or {}
     z = sample_z(spec, key)
+    y_fake = None
+    if spec.cond is not None:
+        y_fake = conditional.fake_labels(spec.cond, jax.random.fold_in(key, 3), spec.batch,
+                                         spec.z_sharding)  # P("data"): shards y's only axis
     k_view = jax.random.fold_in(key, 2)
     loss = LOSSES[spec.loss.name]
     if loss.g_needs_real:
         (real,), _ = regularizers.d_inputs(spec.regs, (real,), jax.random.fold_in(k_view, 1),
                                            state.step)
-        r, _ = discriminate(spec, state.d_params, state.d_stats, real, train=True, step=state.step)
+        r, _ = discriminate(spec, state.d_params, state.d_stats, real, y, train=True, step=state.step)
+        r = conditional.adversarial(r)
     else:
         r = jnp.zeros((real.shape[0],), jnp.float32)  # unused by these losses
 
     def loss_fn(g_params):
-        fake, g_stats = generate(spec, g_params, state.g_stats, z, train=True, step=state.step)
+        fake, g_stats = generate(spec, g_params, state.g_stats, z, y_fake, train=True, step=state.step)
         (fake,), _ = regularizers.d_inputs(spec.regs, (fake,), k_view, state.step)
-        f, _ = discriminate(spec, state.d_params, state.d_stats, fake, train=True, step=state.step)
+        f, _ = discriminate(spec, state.d_params, state.d_stats, fake, y_fake, train=True,
+                            step=state.step)
+        if spec.cond is None:
+            g_loss = loss.g(r, f)
+            return g_loss, (g_stats, {"train/g_loss": g_loss})
+        f, ac, ac_metrics = conditional.g_split(spec.cond, f, y_fake)
         g_loss = loss.g(r, f)
-        return g_loss, (g_stats, {"train/g_loss": g_loss})
+        return g_loss + ac, (g_stats, {"train/g_loss": g_loss} | ac_metrics)
 
     grads, (g_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.g_params)
     g_params, g_opt, g_stats = _apply(spec, state, grads, spec.nets.g_opt, state.g_opt,
@@ -151,17 +175,17 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=
 
 
 def g_step_after_pretraining(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array,
-                             hp=None):
+                             hp=None, y=None):
     """``g_step`` once ``state.step`` reaches the D pre-training steps, before that G is left
     as is (``lax.cond``: the G update's cost is skipped too). Logs ``train/g_active``."""
     steps = spec.regs.get("d_pretrain").steps
-    shapes = jax.eval_shape(lambda s: g_step(spec, s, real, key, hp)[1], state)
+    shapes = jax.eval_shape(lambda s: g_step(spec, s, real, key, hp, y)[1], state)
 
     def skip(s):
         return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
     active = state.step >= steps
-    state, metrics = jax.lax.cond(active, lambda s: g_step(spec, s, real, key, hp), skip, state)
+    state, metrics = jax.lax.cond(active, lambda s: g_step(spec, s, real, key, hp, y), skip, state)
     return state, metrics | {"train/g_active": active.astype(jnp.float32)}
 
 
@@ -187,16 +211,18 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: S
     x = to_float(batch["x"])  # [n_critic, batch, ...]
     if spec.grow is not None:  # progressive growing: reals at the stage's size, faded in like G's
         x = spec.grow.real(x, state.step)
+    y = batch.get("y") if spec.cond is not None else None  # labels [n_critic, batch] (conditional)
 
     # A Python loop, unrolled at trace time: the same D step inside lax.scan ran 5x slower on
     # XLA:CPU (DCGAN-28, batch 64: 1277 vs 235 ms, even for one iteration). n_critic is small.
     d_metrics = []
     n = x.shape[0]
     for i in range(n):
-        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i), state.step * n + i, hp)
+        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i), state.step * n + i, hp,
+                          None if y is None else y[i])
         d_metrics.append(m)
     g_update = g_step if spec.regs.get("d_pretrain") is None else g_step_after_pretraining
-    state, g_metrics = g_update(spec, state, x[-1], k_g, hp)
+    state, g_metrics = g_update(spec, state, x[-1], k_g, hp, None if y is None else y[-1])
     beta = ema_beta(spec.ema, spec.batch, state.step, hp.get("ema_kimg"))
     g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
     metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]} | g_metrics

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gaxp import distributed, grow, run_dir, sharding
+from gaxp import conditional, distributed, grow, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, check_for_data, load, plain
 from gaxp.errors import Diverged, Preempted
@@ -79,15 +79,21 @@ def setup(config: Config) -> Run:
     d = config.data
     dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
                            data_dir=d.data_dir, seed=config.trainer.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           labeled=d.labeled)
     image = dataset.kind == "image"
     check_for_data(config, tuple(dataset.shape), image)
+    # Conditional GANs: labels present, model.num_classes from the data (the run's key and
+    # directory stay those of the config as given).
+    conditioned = conditional.with_classes(config, dataset)
     directory, restore = run_dir.resolve_everywhere(config)
+    config = conditioned
     nets = make_nets(config, tuple(dataset.shape), image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
-                    precision=config.trainer.precision, grow=grow.growth(config))
+                    precision=config.trainer.precision, grow=grow.growth(config),
+                    cond=conditional.cond_spec(config.model))
     if spec.grow is not None and jax.process_index() == 0:
         log.info("gaxp: %s", grow.describe(spec.grow, config.trainer.steps))
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
@@ -115,14 +121,17 @@ class Batches:
         self.local, self.glob = run.local_batch, run.config.data.batch_size
         self.iterator = run.dataset.iterator(self.local * self.n_critic)
         self.sharding = sharding.batch_sharding(run.mesh, batch_axis=1)
+        self.labels = run.spec.cond is not None  # labels are used by conditional models only
 
-    def host(self):
-        """The next host-local batch, [n_critic, local batch, ...]."""
-        x = next(self.iterator)["x"]  # labels are not used by unconditional models
-        return x.reshape((self.n_critic, self.local) + x.shape[1:])
+    def host(self) -> dict:
+        """The next host-local batch: ``x`` (and ``y`` for conditional models) as
+        [n_critic, local batch, ...]."""
+        batch = next(self.iterator)
+        keep = ("x", "y") if self.labels else ("x",)
+        return {k: batch[k].reshape((self.n_critic, self.local) + batch[k].shape[1:]) for k in keep}
 
     def __next__(self) -> dict:
-        return sharding.to_global({"x": self.host()}, self.sharding, self.glob, batch_axis=1)
+        return sharding.to_global(self.host(), self.sharding, self.glob, batch_axis=1)
 
 
 class Outputs:
@@ -142,8 +151,11 @@ class Outputs:
         self.progress = Progress(t.steps, start, enabled=t.progress and run.is_main)
         z_key = jax.random.fold_in(jax.random.key(t.seed), 2)
         n = 2500 if run.dataset.kind == "points" else t.n_samples
-        self.z = jax.random.normal(z_key, (n, run.config.model.z_dim))
-        self._sample = jax.jit(lambda p, s, z: generate(run.spec, p, s, z, train=False)[0])
+        self.z, self.y, self.cols = jax.random.normal(z_key, (n, run.config.model.z_dim)), None, None
+        if run.spec.cond is not None:  # one row per class, the same noise down each column
+            self.z, self.y, self.cols = conditional.sample_inputs(
+                z_key, run.spec.cond.num_classes, n, run.config.model.z_dim, run.dataset.kind)
+        self._sample = jax.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
 
     @property
     def wandb_id(self) -> str | None:
@@ -163,14 +175,16 @@ class Outputs:
             self.wandb.log(step, metrics)
 
     def samples_png(self, step: int, state: GANState) -> Path | None:
-        x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z)))
+        x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z, self.y)))
         if not self.run.is_main:
             return None
         path = self.samples / f"step_{step:07d}.png"
+        labels = None if self.y is None else np.asarray(self.y)
         if self.run.dataset.kind == "points":
-            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} (EMA G)")
+            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} (EMA G)",
+                         labels=labels)
         else:
-            save_image_grid(x, path)
+            save_image_grid(x, path, cols=self.cols)
         if self.wandb:
             self.wandb.log_image(step, "samples/ema", path)
         return path
@@ -389,8 +403,9 @@ def make_evaluator(run: Run):
         return None
     from gaxp.metrics.evaluator import Evaluator
 
-    sample = lambda p, s, z: generate(run.spec, p, s, z, train=False)[0]  # noqa: E731
-    return Evaluator(run.config, run.dataset, run.mesh, sample, run.config.model.z_dim)
+    sample = lambda p, s, z, y=None: generate(run.spec, p, s, z, y, train=False)[0]  # noqa: E731
+    return Evaluator(run.config, run.dataset, run.mesh, sample, run.config.model.z_dim,
+                     num_classes=run.spec.cond and run.spec.cond.num_classes)
 
 
 def train(cfg) -> dict:

@@ -36,8 +36,10 @@ Dataset = images.ImageDataset | toy2d.PointDataset
 
 def make_dataset(source: str, name: str, *, split: str = "train", image_size: int | None = None,
                  data_dir: str | None = None, seed: int = 0, process_index: int = 0,
-                 process_count: int = 1) -> Dataset:
-    """Build dataset `name` of `source` (a key of SOURCES); this process reads its own shard."""
+                 process_count: int = 1, labeled: bool = False) -> Dataset:
+    """Build dataset `name` of `source` (a key of SOURCES); this process reads its own shard.
+    `labeled`: toy 2D points carry their mode index as label (image sets carry their labels
+    whenever the data have them)."""
     if source not in SOURCES:
         raise unknown("data source", source, SOURCES)
     if not 0 <= seed < 2**32:
@@ -45,8 +47,9 @@ def make_dataset(source: str, name: str, *, split: str = "train", image_size: in
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ConfigError(f"need 0 <= process_index < process_count, got {process_index} "
                           f"and {process_count}")
+    extra = {"labeled": True} if labeled and source == "toy2d" else {}
     return SOURCES[source](name, split=split, image_size=image_size, data_dir=data_dir, seed=seed,
-                           process_index=process_index, process_count=process_count)
+                           process_index=process_index, process_count=process_count, **extra)
 
 
 SOURCES = {

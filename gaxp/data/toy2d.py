@@ -11,7 +11,10 @@ Every mode has equal weight. A sample is `modes[k] + sigma * N(0, I)` with k uni
 Speed: one grain element is one whole batch, drawn vectorized with
 `np.random.default_rng([seed, process_index, i])` for batch index i. The pipeline is therefore
 index-addressable: the iterator state is just the next batch index, and resuming is exact. The data
-are unlabeled (`num_classes` is None, no `y`); `num_examples` is a nominal epoch size.
+are unlabeled (`num_classes` is None, no `y`) unless built with `labeled=True` (`data.labeled=true`):
+then each point carries the index of the mode it was drawn from as `y` (int32), `num_classes` is
+the number of modes, and the points are the same as unlabeled. `num_examples` is a nominal epoch
+size.
 """
 
 from __future__ import annotations
@@ -61,10 +64,13 @@ MIXTURES = {
 }
 
 
-def sample_mixture(rng: np.random.Generator, modes: np.ndarray, sigma: float, n: int) -> np.ndarray:
-    """`n` float32 points from the equal-weight mixture, vectorized."""
+def sample_mixture(rng: np.random.Generator, modes: np.ndarray, sigma: float, n: int,
+                   with_modes: bool = False):
+    """`n` float32 points from the equal-weight mixture, vectorized (and, with `with_modes`,
+    the int32 index of each point's mode)."""
     k = rng.integers(0, len(modes), size=n)
-    return (modes[k] + sigma * rng.standard_normal((n, 2), dtype=np.float32)).astype(np.float32)
+    x = (modes[k] + sigma * rng.standard_normal((n, 2), dtype=np.float32)).astype(np.float32)
+    return (x, k.astype(np.int32)) if with_modes else x
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,12 +86,18 @@ class PointDataset:
     process_count: int = 1
     kind: str = "points"
     shape: tuple = (2,)
-    num_classes: int | None = None
+    num_classes: int | None = None  # len(modes) when labeled
     num_examples: int = NOMINAL_EPOCH
+
+    def _draw(self, rng: np.random.Generator, n: int) -> dict:
+        if not self.num_classes:
+            return {"x": sample_mixture(rng, self.modes, self.sigma, n)}
+        x, y = sample_mixture(rng, self.modes, self.sigma, n, with_modes=True)
+        return {"x": x, "y": y}
 
     def _batch(self, batch_size: int, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.process_index, index])
-        return {"x": sample_mixture(rng, self.modes, self.sigma, batch_size)}
+        return self._draw(rng, batch_size)
 
     def iterator(self, batch_size: int) -> grain.DatasetIterator:
         """Infinite, checkpointable iterator of `dict(x=float32[batch_size, 2])`."""
@@ -104,13 +116,14 @@ class PointDataset:
         if split not in SPLITS:
             raise unknown("toy2d split", split, SPLITS)
         rng = np.random.default_rng([0x70792D, self.seed, zlib.crc32(split.encode())])
-        return {"x": sample_mixture(rng, self.modes, self.sigma, n)}
+        return self._draw(rng, n)
 
 
 def build(name: str, *, split: str = "train", image_size: int | None = None,
           data_dir: str | None = None, seed: int = 0, process_index: int = 0,
-          process_count: int = 1) -> PointDataset:
-    """The `toy2d` source: `ring`, `grid` or `spiral`; no `image_size`; `data_dir` is ignored."""
+          process_count: int = 1, labeled: bool = False) -> PointDataset:
+    """The `toy2d` source: `ring`, `grid` or `spiral`; no `image_size`; `data_dir` is ignored;
+    `labeled`: `y` = mode index."""
     if name not in MIXTURES:
         raise unknown("toy2d dataset", name, MIXTURES)
     if split not in SPLITS:
@@ -118,5 +131,7 @@ def build(name: str, *, split: str = "train", image_size: int | None = None,
     if image_size is not None:
         raise ConfigError(f"toy2d data are 2D points; unset image_size (got {image_size})")
     modes_fn, sigma = MIXTURES[name]
-    return PointDataset(name=name, modes=modes_fn(), sigma=sigma, split=split, seed=seed,
-                        process_index=process_index, process_count=process_count)
+    modes = modes_fn()
+    return PointDataset(name=name, modes=modes, sigma=sigma, split=split, seed=seed,
+                        process_index=process_index, process_count=process_count,
+                        num_classes=len(modes) if labeled else None)

@@ -37,17 +37,26 @@ def save_image_grid(images: np.ndarray, path: Path, scale: int = 2, cols: int | 
 
 
 def save_scatter(points: np.ndarray, path: Path, modes: np.ndarray | None = None,
-                 title: str = "") -> Path:
-    """Generated 2D points (blue) over the target mode centres (red crosses)."""
+                 title: str = "", labels: np.ndarray | None = None) -> Path:
+    """Generated 2D points (blue) over the target mode centres (red crosses). With ``labels``
+    (a conditional G's requested classes) each point is coloured by its class, and each mode
+    centre k is numbered k."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, c="tab:blue")
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, c="tab:blue")
+    else:
+        cmap = plt.get_cmap("tab10" if int(labels.max()) < 10 else "tab20")
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, c=labels % cmap.N, cmap=cmap,
+                   vmin=0, vmax=cmap.N - 1)
     if modes is not None:
-        ax.scatter(modes[:, 0], modes[:, 1], s=40, marker="x", c="tab:red")
+        ax.scatter(modes[:, 0], modes[:, 1], s=40, marker="x", c="tab:red" if labels is None else "black")
+        for k, (mx, my) in enumerate(modes if labels is not None else []):
+            ax.annotate(str(k), (mx, my), textcoords="offset points", xytext=(6, 6), fontsize=7)
         lim = float(np.abs(modes).max()) * 1.5 + 0.5
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)

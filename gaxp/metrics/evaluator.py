@@ -28,6 +28,7 @@ import numpy as np
 from gaxp import sharding
 from gaxp.errors import ConfigError
 from gaxp.metrics import classifier, features
+from gaxp.metrics import conditional as cond_metrics
 from gaxp.metrics.fid import frechet_distance, moments
 from gaxp.metrics.inception_score import inception_score
 from gaxp.metrics.kid import kid
@@ -39,13 +40,15 @@ log = logging.getLogger("gaxp.metrics")
 MAX_REAL = 10_000
 
 
-def resolve_names(spec, dataset) -> tuple[str, ...]:
-    """``auto`` -> metrics for the data kind; checks that each metric fits the data."""
+def resolve_names(spec, dataset, conditional: bool = False) -> tuple[str, ...]:
+    """``auto`` -> metrics for the data kind (and the class-conditional ones for a conditional
+    generator); checks that each metric fits the data and the model."""
     points = dataset.kind == "points"
     if spec.names == ("auto",):
         if points:
-            return ("modes",)
-        names = tuple(f"{p}{dataset.name}" for p in features.CLASSIFIER_PREFIXES
+            return ("modes", "cond") if conditional else ("modes",)
+        prefixes = features.CLASSIFIER_PREFIXES + ((features.COND_PREFIX,) if conditional else ())
+        names = tuple(f"{p}{dataset.name}" for p in prefixes
                       if features.classifier_available(spec, dataset.name))
         if features.inception_available(spec):
             names += features.INCEPTION_METRICS
@@ -56,10 +59,13 @@ def resolve_names(spec, dataset) -> tuple[str, ...]:
                               "(metrics.download=true when online), or use metrics=none")
         return names
     for name in spec.names:
-        kind = features.parse_metric(name)[0]
-        if (kind == "modes") != points:
-            need = "2D toy data" if kind == "modes" else "image data"
+        kind, net = features.parse_metric(name)
+        if (net is None) != points:
+            need = "2D toy data" if net is None else "image data"
             raise ConfigError(f"metric {name} needs {need}; {dataset.name} is {dataset.kind}")
+        if kind == "cond" and not conditional:
+            raise ConfigError(f"metric {name} measures a class-conditional generator; set "
+                              "model.cond=projection or acgan, or drop it from metrics.names")
     return tuple(spec.names)
 
 
@@ -72,11 +78,15 @@ def _to_host(x) -> np.ndarray:
 
 
 class Evaluator:
-    def __init__(self, config, dataset, mesh, sample_fn: Callable, z_dim: int):
-        """``sample_fn(params, stats, z) -> samples`` in the data's range ([-1, 1] for images)."""
+    def __init__(self, config, dataset, mesh, sample_fn: Callable, z_dim: int,
+                 num_classes: int | None = None):
+        """``sample_fn(params, stats, z) -> samples`` in the data's range ([-1, 1] for images).
+        A conditional generator (``num_classes``) is called as ``sample_fn(params, stats, z, y)``
+        and sample i asks for class ``i % num_classes``."""
         self.spec, self.data, self.mesh = config.metrics, dataset, mesh
         spec = self.spec
-        self.names = resolve_names(spec, dataset)
+        self.num_classes = num_classes
+        self.names = resolve_names(spec, dataset, conditional=bool(num_classes))
         self.points = dataset.kind == "points"
         self.n_fake = spec.n_fake or (2500 if self.points else 10_000)
         self.batch = -(-spec.batch_size // mesh.devices.size) * mesh.devices.size
@@ -106,9 +116,13 @@ class Evaluator:
         self._z_key = jax.random.fold_in(jax.random.key(spec.seed), 0xE7A1)
         z_sharding = sharding.batch_sharding(mesh)
 
-        def gen(params, stats, key):
+        def gen(params, stats, key, start):
             z = jax.random.normal(key, (self.batch, z_dim), jnp.float32)
-            return sample_fn(params, stats, jax.lax.with_sharding_constraint(z, z_sharding))
+            z = jax.lax.with_sharding_constraint(z, z_sharding)
+            if not num_classes:
+                return sample_fn(params, stats, z)
+            y = (start + jnp.arange(self.batch, dtype=jnp.int32)) % num_classes
+            return sample_fn(params, stats, z, jax.lax.with_sharding_constraint(y, z_sharding))
 
         self._gen = jax.jit(gen, out_shardings=z_sharding)
         self._embed = {k: jax.jit(lambda v, x, fn=n.fn: fn(v, to_float(x)),  # uint8 real images
@@ -123,7 +137,8 @@ class Evaluator:
         for name in self.names:
             kind = features.parse_metric(name)[0]
             need = {"kid": s.kid_subset_size, "is": s.is_splits,
-                    "prdc": max(s.pr_k, s.dc_k) + 1, "fd": 2}.get(kind, 1)
+                    "prdc": max(s.pr_k, s.dc_k) + 1, "fd": 2,
+                    "cond": 2 * (self.num_classes or 1)}.get(kind, 1)
             have = self.n_fake if kind in ("is", "modes") else n
             if have < need:
                 raise ConfigError(f"metric {name} needs at least {need} samples (n_fake="
@@ -191,7 +206,7 @@ class Evaluator:
     def generate(self, params, stats) -> np.ndarray:
         """``n_fake`` samples from ``params`` with the evaluator's fixed noise (host array)."""
         n_batches = -(-self.n_fake // self.batch)
-        outs = [self._gen(params, stats, jax.random.fold_in(self._z_key, i))
+        outs = [self._gen(params, stats, jax.random.fold_in(self._z_key, i), np.int32(i * self.batch))
                 for i in range(n_batches)]
         return np.concatenate([_to_host(o) for o in outs])[: self.n_fake]
 
@@ -204,12 +219,23 @@ class Evaluator:
             out = mode_coverage(samples, self.data.modes, self.data.sigma,
                                 min_count=s.mode_min_count)
             return {f"eval/{k}": float(v) for k, v in out.items() if k != "counts"}
+        requested = np.arange(len(samples)) % (self.num_classes or 1)  # the labels ``gen`` asked
+        if kind == "cond" and net is None:
+            out = cond_metrics.point_metrics(samples, requested, self.data.modes, self.data.sigma)
+            return {f"eval/{k}": v for k, v in out.items()}
         if net not in self._ref:
             self._ref[net] = self.reference_stats(net)
         if net not in cache:
             cache[net] = (self._ref[net], self._embed_all(net, samples))
         real, (fake, logits) = cache[net]
         sfx = "" if net == "inception" else f"_{net}"
+        if kind == "cond":
+            if "labels" not in real:
+                real["labels"] = self.reference.gather(np.arange(self.n_real))["y"]
+            out = cond_metrics.class_accuracy(logits.argmax(-1), requested, self.num_classes)
+            out |= cond_metrics.class_fd(real["features"], real["labels"], fake, requested,
+                                         self.num_classes)
+            return {f"eval/{k}": v for k, v in out.items()}
         if kind == "fd":
             fd = frechet_distance(real["mu"], real["sigma"], *moments(fake))
             return {f"eval/{name}": fd}

@@ -8,6 +8,8 @@
 
 A metric name picks its network: ``fid``/``is``/``kid``/``prdc`` use Inception; ``fd_<c>``,
 ``is_<c>``, ``kid_<c>``, ``prdc_<c>`` use classifier ``<c>``; ``modes`` uses none (2D points).
+Conditional generators add ``cond_<c>`` (classifier ``<c>``) or ``cond`` (2D points): per-class
+accuracy and Fréchet distance (``gaxp.metrics.conditional``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from gaxp.metrics import classifier, inception
 
 INCEPTION_METRICS = ("fid", "is", "kid", "prdc")
 CLASSIFIER_PREFIXES = ("fd_", "is_", "kid_", "prdc_")
-POINT_METRICS = ("modes",)
+POINT_METRICS = ("modes", "cond")
+COND_PREFIX = "cond_"  # cond_<classifier>: conditional generators on images
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,13 +41,16 @@ def parse_metric(name: str) -> tuple[str, str | None]:
     """Metric name -> (kind, network): ('fid', 'inception'), ('fd', 'mnist'), ('modes', None)."""
     if name in INCEPTION_METRICS:
         return ("fd" if name == "fid" else name), "inception"
+    if name.startswith(COND_PREFIX) and len(name) > len(COND_PREFIX):
+        return "cond", name[len(COND_PREFIX):]
     for prefix in CLASSIFIER_PREFIXES:
         if name.startswith(prefix) and len(name) > len(prefix):
             return prefix[:-1], name[len(prefix):]
     if name in POINT_METRICS:
         return name, None
     raise ConfigError(f"unknown metric {name!r}; valid: auto, {', '.join(INCEPTION_METRICS)}, "
-                      f"{', '.join(p + '<classifier>' for p in CLASSIFIER_PREFIXES)}, modes")
+                      f"{', '.join(p + '<classifier>' for p in CLASSIFIER_PREFIXES)}, modes, "
+                      f"cond, {COND_PREFIX}<classifier>")
 
 
 def load_inception(spec, data: dict) -> FeatureNet:

@@ -121,7 +121,8 @@ class Norm(nnx.Module):
         else:
             self.norm = None
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, y=None, *, train: bool) -> jax.Array:
+        # y: the class labels, unused (the signature of conditional.CondBatchNorm)
         if self.kind == "batch":
             # With float32 moments Flax normalizes in float32; the output keeps x's compute type.
             return self.norm(x, use_running_average=not train).astype(x.dtype)

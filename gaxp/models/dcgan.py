@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
+from gaxp.models import conditional
 from gaxp.models.blocks import (
     Dense, Down2x, Norm, Up2x, check_square_image, lrelu, minibatch_std, pack, up_levels,
 )
@@ -23,21 +24,22 @@ class DCGANGenerator(nnx.Module):
         widths = [spec.g_width * 2 ** (n - i) for i in range(n)]  # e.g. 256, 128 for 28 px
         self.top = widths[0]
         sn = spec.g_spectral_norm
-        self.fc = Dense(spec.z_dim, self.base * self.base * widths[0], sn=sn, init=spec.init, rngs=rngs)
-        self.fc_norm = Norm(spec.g_norm, widths[0], momentum=spec.bn_momentum, rngs=rngs)
+        self.fc = Dense(conditional.z_features(spec), self.base * self.base * widths[0], sn=sn,
+                        init=spec.init, rngs=rngs)
+        self.fc_norm = conditional.g_norm(spec, widths[0], rngs=rngs)
         self.ups = nnx.List([
             Up2x(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(widths, widths[1:])
         ])
-        self.norms = nnx.List([
-            Norm(spec.g_norm, b, momentum=spec.bn_momentum, rngs=rngs) for b in widths[1:]
-        ])
+        self.norms = nnx.List([conditional.g_norm(spec, b, rngs=rngs) for b in widths[1:]])
         self.out = Up2x(widths[-1], channels, sn=sn, init=spec.init, rngs=rngs)
+        self.embed = conditional.g_embed(spec, rngs=rngs)
 
-    def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
-        h = self.fc(z, train=train).reshape(z.shape[0], self.base, self.base, self.top)
-        h = jax.nn.relu(self.fc_norm(h, train=train))
+    def __call__(self, z: jax.Array, y=None, *, train: bool) -> jax.Array:
+        h = self.fc(conditional.g_input(self.embed, z, y), train=train)
+        h = h.reshape(z.shape[0], self.base, self.base, self.top)
+        h = jax.nn.relu(self.fc_norm(h, y, train=train))
         for up, norm in zip(self.ups, self.norms):
-            h = jax.nn.relu(norm(up(h, train=train), train=train))
+            h = jax.nn.relu(norm(up(h, train=train), y, train=train))
         return jnp.tanh(self.out(h, train=train))
 
 
@@ -56,13 +58,14 @@ class DCGANDiscriminator(nnx.Module):
         ])
         head = base * base * (widths[-1] + (1 if spec.d_mbstd else 0))
         self.out = Dense(head, 1, sn=sn, init=spec.init, rngs=rngs)
+        self.cond = conditional.d_cond(spec, head, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, y=None, *, train: bool):
         h = pack(x, self.pack)
         for down, norm in zip(self.downs, self.norms):
             h = lrelu(norm(down(h, train=train), train=train))
         h = minibatch_std(h, self.mbstd)
-        return self.out(h.reshape(h.shape[0], -1), train=train)[:, 0]
+        return conditional.d_output(self.out, self.cond, h.reshape(h.shape[0], -1), y, train=train)
 
 
 def check(spec: ModelSpec, shape: tuple, image: bool) -> None:

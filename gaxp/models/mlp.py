@@ -11,22 +11,24 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
+from gaxp.models import conditional
 from gaxp.models.blocks import Dense, Norm, lrelu, minibatch_std, pack
 
 
 class MLPGenerator(nnx.Module):
     def __init__(self, spec: ModelSpec, shape: tuple, image: bool, *, rngs: nnx.Rngs):
         self.shape, self.image = tuple(shape), image
-        dims = [spec.z_dim] + [spec.g_width] * spec.g_depth
+        dims = [conditional.z_features(spec)] + [spec.g_width] * spec.g_depth
         sn = spec.g_spectral_norm
         self.hidden = nnx.List([Dense(a, b, sn=sn, init=spec.init, rngs=rngs) for a, b in zip(dims, dims[1:])])
-        self.norms = nnx.List([Norm(spec.g_norm, b, momentum=spec.bn_momentum, rngs=rngs) for b in dims[1:]])
+        self.norms = nnx.List([conditional.g_norm(spec, b, rngs=rngs) for b in dims[1:]])
         self.out = Dense(dims[-1], math.prod(shape), sn=sn, init=spec.init, rngs=rngs)
+        self.embed = conditional.g_embed(spec, rngs=rngs)
 
-    def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
-        h = z
+    def __call__(self, z: jax.Array, y=None, *, train: bool) -> jax.Array:
+        h = conditional.g_input(self.embed, z, y)
         for layer, norm in zip(self.hidden, self.norms):
-            h = jax.nn.relu(norm(layer(h, train=train), train=train))
+            h = jax.nn.relu(norm(layer(h, train=train), y, train=train))
         x = self.out(h, train=train)
         x = jnp.tanh(x) if self.image else x
         return x.reshape((z.shape[0],) + self.shape)
@@ -44,9 +46,11 @@ class MLPDiscriminator(nnx.Module):
         self.norms = nnx.List([
             Norm(spec.d_norm, width, momentum=spec.bn_momentum, rngs=rngs) for _ in dims[:-1]
         ])
-        self.out = Dense(dims[-1] + (1 if spec.d_mbstd else 0), 1, sn=sn, init=spec.init, rngs=rngs)
+        head = dims[-1] + (1 if spec.d_mbstd else 0)
+        self.out = Dense(head, 1, sn=sn, init=spec.init, rngs=rngs)
+        self.cond = conditional.d_cond(spec, head, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, y=None, *, train: bool):
         h = pack(x.reshape(x.shape[0], -1), self.pack)
         for layer, norm in zip(self.hidden, self.norms):
             h = norm(layer(h, train=train), train=train)
@@ -54,7 +58,7 @@ class MLPDiscriminator(nnx.Module):
                 h = jnp.max(h.reshape(h.shape[:-1] + (-1, self.pieces)), axis=-1)
             else:
                 h = lrelu(h)
-        return self.out(minibatch_std(h, self.mbstd), train=train)[:, 0]
+        return conditional.d_output(self.out, self.cond, minibatch_std(h, self.mbstd), y, train=train)
 
 
 def build(spec: ModelSpec, shape: tuple, image: bool, rngs: nnx.Rngs):

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaxp.config import ModelSpec
+from gaxp.models import conditional
 from gaxp.models.blocks import (
-    Conv, Dense, Norm, check_square_image, minibatch_std, pack, up_levels,
+    Conv, Dense, check_square_image, minibatch_std, pack, up_levels,
 )
 
 
@@ -27,16 +28,16 @@ def _pool(x: jax.Array) -> jax.Array:
 
 class GBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, spec: ModelSpec, *, rngs: nnx.Rngs):
-        m = spec.bn_momentum
-        self.n1, self.n2 = Norm(spec.g_norm, cin, momentum=m, rngs=rngs), Norm(spec.g_norm, cout, momentum=m, rngs=rngs)
+        self.n1 = conditional.g_norm(spec, cin, rngs=rngs)
+        self.n2 = conditional.g_norm(spec, cout, rngs=rngs)
         sn = spec.g_spectral_norm
         self.c1 = Conv(cin, cout, 3, sn=sn, init=spec.init, rngs=rngs)
         self.c2 = Conv(cout, cout, 3, sn=sn, init=spec.init, rngs=rngs)
         self.skip = Conv(cin, cout, 1, sn=sn, init=spec.init, rngs=rngs)
 
-    def __call__(self, x, *, train: bool):
-        h = self.c1(_up(jax.nn.relu(self.n1(x, train=train))), train=train)
-        h = self.c2(jax.nn.relu(self.n2(h, train=train)), train=train)
+    def __call__(self, x, y=None, *, train: bool):
+        h = self.c1(_up(jax.nn.relu(self.n1(x, y, train=train))), train=train)
+        h = self.c2(jax.nn.relu(self.n2(h, y, train=train)), train=train)
         return h + self.skip(_up(x), train=train)
 
 
@@ -67,16 +68,19 @@ class ResNetGenerator(nnx.Module):
         (self.base, n), w = up_levels(shape[0]), spec.g_width
         self.width = w
         sn = spec.g_spectral_norm
-        self.fc = Dense(spec.z_dim, self.base * self.base * w, sn=sn, init=spec.init, rngs=rngs)
+        self.fc = Dense(conditional.z_features(spec), self.base * self.base * w, sn=sn,
+                        init=spec.init, rngs=rngs)
         self.blocks = nnx.List([GBlock(w, w, spec, rngs=rngs) for _ in range(n)])
-        self.norm = Norm(spec.g_norm, w, momentum=spec.bn_momentum, rngs=rngs)
+        self.norm = conditional.g_norm(spec, w, rngs=rngs)
         self.out = Conv(w, shape[-1], 3, sn=sn, init=spec.init, rngs=rngs)
+        self.embed = conditional.g_embed(spec, rngs=rngs)
 
-    def __call__(self, z, *, train: bool):
-        h = self.fc(z, train=train).reshape(z.shape[0], self.base, self.base, self.width)
+    def __call__(self, z, y=None, *, train: bool):
+        h = self.fc(conditional.g_input(self.embed, z, y), train=train)
+        h = h.reshape(z.shape[0], self.base, self.base, self.width)
         for block in self.blocks:
-            h = block(h, train=train)
-        return jnp.tanh(self.out(jax.nn.relu(self.norm(h, train=train)), train=train))
+            h = block(h, y, train=train)
+        return jnp.tanh(self.out(jax.nn.relu(self.norm(h, y, train=train)), train=train))
 
 
 class ResNetDiscriminator(nnx.Module):
@@ -90,13 +94,14 @@ class ResNetDiscriminator(nnx.Module):
         self.blocks = nnx.List(blocks)
         head = w + (1 if spec.d_mbstd else 0)
         self.out = Dense(head, 1, sn=spec.spectral_norm, init=spec.init, rngs=rngs)
+        self.cond = conditional.d_cond(spec, head, rngs=rngs)
 
-    def __call__(self, x, *, train: bool):
+    def __call__(self, x, y=None, *, train: bool):
         h = pack(x, self.pack)
         for block in self.blocks:
             h = block(h, train=train)
         h = jnp.sum(minibatch_std(jax.nn.relu(h), self.mbstd), axis=(1, 2))
-        return self.out(h, train=train)[:, 0]
+        return conditional.d_output(self.out, self.cond, h, y, train=train)
 
 
 def check(spec: ModelSpec, shape: tuple, image: bool) -> None:
