@@ -97,7 +97,10 @@ def load_generator(path: str, overrides: list[str], *, step: int | None = None,
     d = config.data
     dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
                            data_dir=d.data_dir, seed=config.trainer.seed)
-    shape, image = tuple(dataset.shape), dataset.kind == "image"
+    from gaxp import tasks
+
+    tasks.check_data(config, dataset)
+    shape, image = tasks.model_shape(config, dataset), dataset.kind == "image"
     mesh = sharding.make_mesh(None)
     nets = make_nets(config, shape, image)
     ckpt = Checkpointer(run_dir / "checkpoints", config.trainer.keep, async_save=False)
@@ -112,7 +115,7 @@ def load_generator(path: str, overrides: list[str], *, step: int | None = None,
     finally:
         ckpt.close()
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size)
+                    batch=config.data.batch_size, task=config.task)
     params = state.g_ema if ema else state.g_params
     return Loaded(config, run_dir, step, params, state.g_stats, spec, dataset, mesh)
 
@@ -122,6 +125,12 @@ def evaluate(loaded: Loaded) -> dict:
     from gaxp.metrics.evaluator import Evaluator
     from gaxp.step import generate
 
+    if loaded.config.task.name != "gan":  # image-to-image tasks: held-out pairs (gaxp.tasks)
+        from gaxp.tasks.evaluate import TranslationEvaluator
+
+        ev = TranslationEvaluator(loaded.config, loaded.dataset, loaded.mesh, loaded.spec)
+        return {"run_dir": str(loaded.run_dir), "step": loaded.step, "protocol": ev.protocol,
+                "metrics": ev(loaded.step, loaded.params, loaded.stats)}
     sample = lambda p, s, z: generate(loaded.spec, p, s, z, train=False)[0]  # noqa: E731
     ev = Evaluator(loaded.config, loaded.dataset, loaded.mesh, sample, loaded.config.model.z_dim)
     metrics = ev(loaded.step, loaded.params, loaded.stats)
@@ -132,8 +141,9 @@ def evaluate(loaded: Loaded) -> dict:
 def table(report: dict, weights: str) -> str:
     p = report["protocol"]
     ref = f" vs {p['reference']} ({p['n_real']} real)" if "reference" in p else ""
+    what = f"{p['pairs']} held-out pairs ({p['split']})" if "pairs" in p else f"{p['n_fake']} samples"
     lines = [f"{report['run_dir']} step {report['step']} ({weights} generator): "
-             f"{p['n_fake']} samples{ref}", f"{'metric':<24} value"]
+             f"{what}{ref}", f"{'metric':<24} value"]
     lines += [f"{k:<24} {v:.6g}" for k, v in report["metrics"].items()]
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from gaxp import regularizers
-from gaxp.config import EmaSpec, LossSpec, RegSpec
+from gaxp.config import EmaSpec, LossSpec, RegSpec, TaskSpec
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
 from gaxp.optim import guard_counts, last_finite
@@ -41,6 +41,7 @@ class StepSpec:
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
+    task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
 
 
 def generate(spec: StepSpec, params, stats, z, *, train: bool):

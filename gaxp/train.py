@@ -29,6 +29,7 @@ from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.state import GANState, init_state, make_nets
 from gaxp.step import TRACES, StepSpec, generate, train_step
+from gaxp import tasks
 
 log = logging.getLogger("gaxp")
 
@@ -77,20 +78,22 @@ def setup(config: Config) -> Run:
                            data_dir=d.data_dir, seed=config.trainer.seed,
                            process_index=jax.process_index(), process_count=jax.process_count())
     image = dataset.kind == "image"
-    check_for_data(config, tuple(dataset.shape), image)
+    tasks.check_data(config, dataset)  # task=pix2pix/srgan/cyclegan: source/target pairs
+    shape = tasks.model_shape(config, dataset)  # image-to-image archs: (target, source) shapes
+    check_for_data(config, shape, image)
     directory, restore = run_dir.resolve_everywhere(config)
-    nets = make_nets(config, tuple(dataset.shape), image)
+    nets = make_nets(config, shape, image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
-                    precision=config.trainer.precision)
+                    precision=config.trainer.precision, task=config.task)
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 
 
 def _init(run: Run, checkpointer: Checkpointer, data_iter) -> tuple[GANState, dict]:
     """A fresh replicated state, or the latest checkpoint restored into the same layout."""
-    c, shape = run.config, tuple(run.dataset.shape)
+    c, shape = run.config, tasks.model_shape(run.config, run.dataset)
     image = run.dataset.kind == "image"
     make = functools.partial(init_state, c, run.spec.nets, shape, image)
     key = jax.random.fold_in(jax.random.key(c.trainer.seed), 0)
@@ -109,11 +112,12 @@ class Batches:
         self.local, self.glob = run.local_batch, run.config.data.batch_size
         self.iterator = run.dataset.iterator(self.local * self.n_critic)
         self.sharding = sharding.batch_sharding(run.mesh, batch_axis=1)
+        self.keys = tasks.batch_keys(run.config)  # ("x",), or ("x", "c") for image-to-image tasks
 
     def __next__(self) -> dict:
-        x = next(self.iterator)["x"]  # labels are not used by unconditional models
-        x = x.reshape((self.n_critic, self.local) + x.shape[1:])
-        return sharding.to_global({"x": x}, self.sharding, self.glob, batch_axis=1)
+        b = next(self.iterator)  # labels are not used by unconditional models
+        b = {k: b[k].reshape((self.n_critic, self.local) + b[k].shape[1:]) for k in self.keys}
+        return sharding.to_global(b, self.sharding, self.glob, batch_axis=1)
 
 
 class Outputs:
@@ -135,6 +139,12 @@ class Outputs:
         n = 2500 if run.dataset.kind == "points" else t.n_samples
         self.z = jax.random.normal(z_key, (n, run.config.model.z_dim))
         self._sample = jax.jit(lambda p, s, z: generate(run.spec, p, s, z, train=False)[0])
+        # Image-to-image tasks draw source | output | target columns instead (gaxp.tasks).
+        self.grid = None
+        if tasks.is_translation(run.config):
+            from gaxp.tasks.evaluate import Grid
+
+            self.grid = Grid(run)
 
     @property
     def wandb_id(self) -> str | None:
@@ -147,11 +157,16 @@ class Outputs:
             self.wandb.log(step, metrics)
 
     def samples_png(self, step: int, state: GANState) -> Path | None:
-        x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z)))
+        path = self.samples / f"step_{step:07d}.png"
+        if self.grid is not None:  # image-to-image tasks: source | output | target columns
+            x = self.grid.draw(state.g_ema, state.g_stats)
+        else:
+            x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z)))
         if not self.run.is_main:
             return None
-        path = self.samples / f"step_{step:07d}.png"
-        if self.run.dataset.kind == "points":
+        if self.grid is not None:
+            self.grid.write(x, path)
+        elif self.run.dataset.kind == "points":
             save_scatter(x, path, self.run.dataset.modes, title=f"step {step} (EMA G)")
         else:
             save_image_grid(x, path)
@@ -178,7 +193,9 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array):
     """The train step lowered and compiled once for these shapes and shardings (donates state)."""
     t0 = time.perf_counter()
     replicated = sharding.replicated(run.mesh)
-    fn = jax.jit(functools.partial(train_step, spec=run.spec), donate_argnums=0,
+    step = (tasks.step_fn(run.config, run.spec) if tasks.is_translation(run.config)
+            else functools.partial(train_step, spec=run.spec))
+    fn = jax.jit(step, donate_argnums=0,
                  out_shardings=(replicated, replicated))
     compiled = fn.lower(state, batch, key).compile()
     return compiled, time.perf_counter() - t0
@@ -338,6 +355,10 @@ def make_evaluator(run: Run):
     """The run's in-loop evaluator (``gaxp.metrics``), or None when no metrics are configured."""
     if not run.config.metrics.names:
         return None
+    if tasks.is_translation(run.config):
+        from gaxp.tasks.evaluate import TranslationEvaluator
+
+        return TranslationEvaluator(run.config, run.dataset, run.mesh, run.spec)
     from gaxp.metrics.evaluator import Evaluator
 
     sample = lambda p, s, z: generate(run.spec, p, s, z, train=False)[0]  # noqa: E731

@@ -28,7 +28,7 @@ process (from `jax.process_index()`), so each process restores its own shard pos
 
 from __future__ import annotations
 
-from gaxp.data import images, toy2d
+from gaxp.data import images, paired, toy2d
 from gaxp.errors import ConfigError, unknown
 
 Dataset = images.ImageDataset | toy2d.PointDataset
@@ -53,4 +53,6 @@ SOURCES = {
     "toy2d": toy2d.build,
     "mnist": images.build_mnist,
     "tfds": images.build_tfds,
+    "mnist_pairs": paired.build_mnist_pairs,  # image-to-image pairs (gaxp.tasks)
+    "folder": paired.build_folder,
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from gaxp.models import dcgan, mlp, resnet
+from gaxp.models import dcgan, mlp, resnet, srgan, unet
 
 
 class Arch(NamedTuple):
@@ -22,4 +22,8 @@ ARCHS: dict[str, Arch] = {
     "mlp": Arch(mlp.build, mlp.check),
     "dcgan": Arch(dcgan.build, dcgan.check),
     "resnet": Arch(resnet.build, resnet.check),
+    # Image-to-image (gaxp.tasks): shape = (target_shape, source_shape); G maps source images.
+    "pix2pix": Arch(unet.build_pix2pix, unet.check_pix2pix, frozenset({"g_spectral_norm"})),
+    "srgan": Arch(srgan.build, srgan.check, frozenset({"g_spectral_norm"})),
+    "cyclegan": Arch(unet.build_cyclegan, unet.check_cyclegan, frozenset({"g_spectral_norm"})),
 }
