@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,46 @@ def build_folder(name: str, *, split: str = "train", image_size: int | None = No
                        open_split=open_split, seed=seed, process_index=process_index,
                        process_count=process_count, source_shape=records.c.shape[1:],
                        paired=name == "paired")
+
+
+# ---------------------------------------------------------------- TFDS domain pairs (cycle_gan/*)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DomainRecords:
+    """Two TFDS splits as unpaired domains: example i is (A[i mod |A|], B[perm(i) mod |B|])."""
+
+    a: images.TfdsRecords
+    b: images.TfdsRecords
+
+    def __len__(self) -> int:
+        return max(len(self.a), len(self.b))
+
+    def gather(self, indices: np.ndarray) -> dict:
+        perm = np.random.default_rng(1234).permutation(len(self.b))
+        return {"c": self.a.gather(indices % len(self.a))["x"],
+                "x": self.b.gather(perm[indices % len(self.b)])["x"]}
+
+
+def build_tfds_domains(name: str, *, split: str = "train", image_size: int | None = None,
+                       data_dir: str | None = None, seed: int = 0, process_index: int = 0,
+                       process_count: int = 1) -> PairDataset:
+    """The ``tfds_domains`` source: splits ``<split>A`` and ``<split>B`` of a prepared TFDS
+    dataset (the ``cycle_gan/*`` layout, e.g. ``cycle_gan/horse2zebra``) as domains A and B."""
+    images._check_common(image_size)
+
+    def open_split(s: str) -> DomainRecords:
+        sides = []
+        for side in ("A", "B"):
+            src = images._tfds_data_source(name, f"{s}{side}", data_dir)
+            images._tfds_shape(name, src.dataset_info.features, image_size)
+            sides.append(images.TfdsRecords(src, image_size, labeled=False))
+        return DomainRecords(*sides)
+
+    records = open_split(split)
+    features = records.a.source.dataset_info.features
+    shape = images._tfds_shape(name, features, image_size)
+    return PairDataset(name=name, split=split, shape=shape, num_classes=None, records=records,
+                       open_split=open_split, seed=seed, process_index=process_index,
+                       process_count=process_count, source_shape=shape, paired=False,
+                       num_threads=min(8, os.cpu_count() or 1))

@@ -55,4 +55,5 @@ SOURCES = {
     "tfds": images.build_tfds,
     "mnist_pairs": paired.build_mnist_pairs,  # image-to-image pairs (gaxp.tasks)
     "folder": paired.build_folder,
+    "tfds_domains": paired.build_tfds_domains,  # cycle_gan/* splits trainA/trainB as domains
 }
