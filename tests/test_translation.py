@@ -61,6 +61,12 @@ def test_srgan_content_is_pixel_mse_without_a_feature_network():
     value, m = srgan_content(out, x, TaskSpec(name="srgan", pixel_weight=2.0))
     np.testing.assert_allclose(value, 2.0 * 0.25)
     np.testing.assert_allclose(m["train/mse"], 0.25)
+    # With a feature network (here features = 3 * image): + perceptual_weight * feature MSE.
+    features = (jnp.float32(3.0), lambda p, img: p * img.reshape(img.shape[0], -1))
+    t = TaskSpec(name="srgan", pixel_weight=0.0, perceptual_weight=0.5)
+    value, m = srgan_content(out, x, t, features)
+    np.testing.assert_allclose(m["train/perceptual"], 9 * 0.25, rtol=1e-6)
+    np.testing.assert_allclose(value, 0.5 * 9 * 0.25, rtol=1e-6)
 
 
 def _unet(skips: bool):
@@ -139,9 +145,9 @@ def test_srgan_beats_bicubic_after_short_training(tiny, tmp_path):
     assert np.isfinite(rows[-2]["train/mse"]) and rows[-2]["step"] == 100
 
 
-@pytest.mark.parametrize("experiment", ["pix2pix_mnist_edges", "cyclegan_mnist"])
-def test_translation_experiments_run_and_resume_exactly(tiny, tmp_path, experiment):
-    small = (f"experiment={experiment}", "model.g_width=8", "model.d_width=8", "model.g_depth=1",
+def test_pix2pix_resumes_exactly(tiny, tmp_path):
+    # (every experiment config also runs in test_train.py::test_every_experiment_runs)
+    small = ("experiment=pix2pix_mnist_edges", "model.g_width=8", "model.d_width=8", "model.g_depth=1",
              "data.batch_size=16", "trainer.log_every=1", "trainer.ckpt_every=2",
              "trainer.sample_every=2", "trainer.devices=2")
     full = train(tiny(*small, "trainer.steps=4", name="full"))
@@ -157,6 +163,8 @@ def test_translation_experiments_run_and_resume_exactly(tiny, tmp_path, experime
     (("experiment=pix2pix_mnist_edges", "data.name=inverted_unpaired"), "needs paired images"),
     (("experiment=srgan_mnist", "data.name=lowres7"), "cannot produce x7 super-resolution"),
     (("experiment=cyclegan_mnist", "model.d_depth=3"), "do not fit model.d_depth=3"),
+    (("experiment=srgan_mnist", "task.perceptual=/nonexistent"), "no feature network there"),
+    (("experiment=pix2pix_mnist_edges", "regularizer=[r1]"), "supports regularizer=spectral_norm"),
 ])
 def test_bad_translation_inputs_fail_before_compiling(tiny, overrides, message):
     from gaxp.train import setup
@@ -175,3 +183,17 @@ def test_tfds_cycle_gan_domains_train_through_grain(tiny):
                              "model.d_width=4", "model.g_depth=1", "trainer.steps=2",
                              "trainer.log_every=1", "trainer.devices=2"))
     assert summary["steps"] == 2 and np.isfinite(summary["final"]["train/cycle_a"])
+
+
+def test_srgan_perceptual_loss_trains_with_a_saved_feature_network(tiny, tmp_path):
+    from gaxp.metrics import classifier
+
+    params = classifier.LeNet(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    where = tmp_path / "nets" / "classifiers" / "mnist"
+    classifier.save(where, params, name="mnist", dataset=make_dataset("mnist", "mnist"),
+                    info={"accuracy": 0.0, "accuracy_split": "none (random weights)"})
+    summary = train(tiny("experiment=srgan_mnist", f"task.perceptual={where}", "model.g_width=4",
+                         "model.d_width=4", "model.g_depth=1", "model.d_depth=1",
+                         "data.batch_size=8", "trainer.steps=2", "trainer.log_every=1",
+                         "trainer.devices=2"))
+    assert summary["final"]["train/perceptual"] > 0 and np.isfinite(summary["final"]["train/g_loss"])
