@@ -38,6 +38,7 @@ from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where calle
     EmaSpec,
     GuardSpec,
     TrainerSpec,
+    PopulationSpec,
     WandbSpec,
     LoggerSpec,
     MetricsSpec,
@@ -243,6 +244,7 @@ def load(cfg: DictConfig | dict) -> Config:
     if "out_dir" not in node:
         raise ConfigError("out_dir is not set; run through gaxp-train or pass out_dir=<dir>")
     regularizer = node.pop("regularizer", None)
+    population = node.pop("population", None)
     config = _build(Config, node, "")
     _check_names(config)
     _check_sizes(config)
@@ -251,7 +253,10 @@ def load(cfg: DictConfig | dict) -> Config:
     from gaxp.tasks import check_config as _check_task  # image-to-image tasks (gaxp/tasks)
 
     _check_task(config, regularizer)
-    return _with_regularizers(config, regularizer)
+    config = _with_regularizers(config, regularizer)
+    from gaxp.population import population_spec  # the names that can vary live with their use
+
+    return dataclasses.replace(config, population=population_spec(config, population))
 
 
 def _check_scale(t: TrainerSpec) -> None:

@@ -43,6 +43,9 @@ def locate(path: str) -> tuple[Path, int | None]:
         return p.parent.parent, int(p.name)
     if p.name == "checkpoints":
         return p.parent, None
+    if (p / "population.json").exists():
+        raise ConfigError(f"{path} is a population; give one member's directory, e.g. "
+                          f"{p / 'members' / '00'}")
     if not (p / "checkpoints").is_dir():
         raise ConfigError(f"{path} is not a gaxp run directory or checkpoint (no checkpoints/ in it)")
     return p, None
@@ -82,18 +85,18 @@ def with_overrides(node: dict, overrides: list[str]) -> Any:
     return load(node)
 
 
-def load_generator(path: str, overrides: list[str], *, step: int | None = None,
-                   ema: bool = True) -> Loaded:
+def load_state(path: str, overrides: list[str] = (), *, step: int | None = None):
+    """(config, run dir, step, the whole GANState, nets, dataset, mesh) of a run directory's
+    checkpoint (the latest, or ``step``, or the one ``path`` names)."""
     import jax
 
     from gaxp import sharding
     from gaxp.checkpoint import Checkpointer, abstract_like
     from gaxp.data import make_dataset
     from gaxp.state import init_state, make_nets
-    from gaxp.step import StepSpec
 
     run_dir, named = locate(path)
-    config = with_overrides(run_node(run_dir), overrides)
+    config = with_overrides(run_node(run_dir), list(overrides))
     d = config.data
     dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
                            data_dir=d.data_dir, seed=config.trainer.seed)
@@ -114,6 +117,14 @@ def load_generator(path: str, overrides: list[str], *, step: int | None = None,
         state = ckpt.restore_state(step, abstract)
     finally:
         ckpt.close()
+    return config, run_dir, step, state, nets, dataset, mesh
+
+
+def load_generator(path: str, overrides: list[str], *, step: int | None = None,
+                   ema: bool = True) -> Loaded:
+    from gaxp.step import StepSpec
+
+    config, run_dir, step, state, nets, dataset, mesh = load_state(path, overrides, step=step)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, task=config.task)
     params = state.g_ema if ema else state.g_params

@@ -156,14 +156,17 @@ def d_inputs(regs: C.RegSpec, xs: tuple, key: Array, step: Array) -> tuple[tuple
 
 
 def d_terms(regs: C.RegSpec, loss: str, d_fn: DFn, real: Array, fake: Array, r: Array,
-            f: Array, key: Array, d_index: Array) -> tuple[Array, dict]:
-    """Everything added to D's loss by the stabilizers, and their metrics (``train/<name>``)."""
+            f: Array, key: Array, d_index: Array, penalty_weight=None) -> tuple[Array, dict]:
+    """Everything added to D's loss by the stabilizers, and their metrics (``train/<name>``).
+    ``penalty_weight``: a traced weight replacing the configured one of the (single) gradient
+    penalty (a population member's ``gp_weight``)."""
     total, metrics = jnp.zeros((), jnp.float32), {}
     for i, (name, p) in enumerate(regs.penalties):
         k = jax.random.fold_in(key, i)
         fn = REGULARIZERS[name].penalty
         value = lazy(lambda fn=fn, k=k: fn(d_fn, real, fake, k), p.every, d_index)
-        total = total + (p.weight * p.every) * value
+        weight = p.weight if penalty_weight is None else penalty_weight
+        total = total + (weight * p.every) * value
         metrics[f"train/{name}"] = value
     if (cr := regs.get("bcr")) is not None:
         term, m = bcr(d_fn, real, fake, r, f, jax.random.fold_in(key, 1000), cr)

@@ -51,6 +51,11 @@ def ensure_writable(path: Path) -> Path:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
+    """A run with a checkpoint; a population (gaxp.population) when every member has one."""
+    members = run_dir / "members"
+    if (run_dir / "population.json").exists() and members.is_dir():
+        dirs = [d for d in members.iterdir() if d.is_dir()]
+        return bool(dirs) and all(has_checkpoint(d) for d in dirs)
     ckpt = run_dir / "checkpoints"
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
 

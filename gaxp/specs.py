@@ -185,6 +185,21 @@ class TrainerSpec:
     num_processes: Optional[int] = None  # manual
     process_id: Optional[int] = None  # manual
     init_timeout: float = 300.0  # seconds to wait for every process to join
+    population: int = 1  # members trained together in one vmapped step (gaxp.population)
+
+
+@dataclass(frozen=True)
+class PopulationSpec:
+    """Per-member values of a population (``trainer.population`` > 1): ``vary`` is
+    ((name, (value per member, ...)), ...) sorted by name, for the names of
+    ``gaxp.population.VARY``; ``shard`` puts the member axis (``members``) or each member's batch
+    (``batch``) on the devices; ``auto`` = members when they divide evenly over the devices."""
+
+    vary: tuple = ()
+    shard: str = "auto"  # auto | members | batch
+
+    def get(self, name: str):
+        return dict(self.vary).get(name)
 
 
 @dataclass(frozen=True)
@@ -254,3 +269,4 @@ class Config:
     regularizer: RegSpec = RegSpec()
     objective: Optional[ObjectiveSpec] = None  # what train returns to a sweeper (Optuna)
     task: TaskSpec = TaskSpec()  # gan, or an image-to-image task (gaxp.tasks)
+    population: PopulationSpec = PopulationSpec()

@@ -68,22 +68,27 @@ def to_float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32)
 
 
-def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_stats, old_stats):
-    """Optimizer update scaled by ``state.lr_scale``. When the guard skipped the update (non-finite
+def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_stats, old_stats,
+           lr_scale=None):
+    """Optimizer update scaled by ``state.lr_scale`` (and by a population member's ``lr_scale``:
+    its learning rate over the configured one). When the guard skipped the update (non-finite
     gradients), the batch statistics of that forward pass are dropped too."""
     if spec.inject_nan:  # debug hook: a divergence at chosen steps, gone after a rollback
         bad = jnp.isin(state.step + 1, jnp.asarray(spec.inject_nan)) & (state.rollbacks == 0)
         grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
     updates, opt_state = tx.update(grads, opt_state, params)
-    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    scale = state.lr_scale if lr_scale is None else state.lr_scale * lr_scale
+    updates = jax.tree.map(lambda u: u * scale, updates)
     ok = last_finite(opt_state)
     stats = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_stats, old_stats)
     return optax.apply_updates(params, updates), opt_state, stats
 
 
-def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index=0):
+def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index=0, hp=None):
     """One discriminator update on ``real`` and fresh fakes; G is held fixed. ``d_index`` counts
-    D updates since the start (the clock of lazy penalties)."""
+    D updates since the start (the clock of lazy penalties); ``hp``: a population member's traced
+    hyperparameters (``gaxp.population.VARY``)."""
+    hp = hp or {}
     k_z, k_pen = jax.random.split(key)
     fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), train=True)
     fake = jax.lax.stop_gradient(fake)
@@ -98,20 +103,21 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_i
         metrics = {"train/d_loss": d_loss, "train/d_real": jnp.mean(r), "train/d_fake": jnp.mean(f)}
         d_fn = lambda x: discriminate(spec, d_params, stats, x, train=True)[0]  # noqa: E731
         extra, reg_metrics = regularizers.d_terms(spec.regs, cfg.name, d_fn, real, fake, r, f,
-                                                  k_pen, d_index)
+                                                  k_pen, d_index, hp.get("gp_weight"))
         return d_loss + extra, (stats, metrics | reg_metrics | view_metrics)
 
     grads, (d_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.d_params)
     d_params, d_opt, d_stats = _apply(spec, state, grads, spec.nets.d_opt, state.d_opt,
-                                      state.d_params, d_stats, state.d_stats)
+                                      state.d_params, d_stats, state.d_stats, hp.get("d_lr_scale"))
     if cfg.clip:
         d_params = jax.tree.map(lambda p: jnp.clip(p, -cfg.clip, cfg.clip), d_params)
     return state.replace(d_params=d_params, d_stats=d_stats, d_opt=d_opt), metrics
 
 
-def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
+def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=None):
     """One generator update; D's parameters and statistics are held fixed. D sees the fakes
     (and reals) through the same ``d_inputs`` view as in the D step (DiffAugment, noise)."""
+    hp = hp or {}
     z = sample_z(spec, key)
     k_view = jax.random.fold_in(key, 2)
     loss = LOSSES[spec.loss.name]
@@ -131,35 +137,41 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
 
     grads, (g_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.g_params)
     g_params, g_opt, g_stats = _apply(spec, state, grads, spec.nets.g_opt, state.g_opt,
-                                      state.g_params, g_stats, state.g_stats)
+                                      state.g_params, g_stats, state.g_stats, hp.get("g_lr_scale"))
     return state.replace(g_params=g_params, g_stats=g_stats, g_opt=g_opt), metrics
 
 
-def g_step_after_pretraining(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array):
+def g_step_after_pretraining(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array,
+                             hp=None):
     """``g_step`` once ``state.step`` reaches the D pre-training steps, before that G is left
     as is (``lax.cond``: the G update's cost is skipped too). Logs ``train/g_active``."""
     steps = spec.regs.get("d_pretrain").steps
-    shapes = jax.eval_shape(lambda s: g_step(spec, s, real, key)[1], state)
+    shapes = jax.eval_shape(lambda s: g_step(spec, s, real, key, hp)[1], state)
 
     def skip(s):
         return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
     active = state.step >= steps
-    state, metrics = jax.lax.cond(active, lambda s: g_step(spec, s, real, key), skip, state)
+    state, metrics = jax.lax.cond(active, lambda s: g_step(spec, s, real, key, hp), skip, state)
     return state, metrics | {"train/g_active": active.astype(jnp.float32)}
 
 
-def ema_beta(ema: EmaSpec, batch: int, step: jax.Array) -> jax.Array:
+def ema_beta(ema: EmaSpec, batch: int, step: jax.Array, halflife_kimg=None) -> jax.Array:
     """Per-step EMA decay for a half-life in kimg, with StyleGAN's ramp-up (Karras et al. 2020):
-    the half-life is capped at ``rampup`` times the images seen so far."""
-    halflife = jnp.float32(ema.halflife_kimg * 1000.0)
+    the half-life is capped at ``rampup`` times the images seen so far. ``halflife_kimg``: a
+    traced value replacing ``ema.halflife_kimg`` (a population member's)."""
+    kimg = ema.halflife_kimg if halflife_kimg is None else halflife_kimg
+    halflife = jnp.float32(kimg * 1000.0)
     if ema.rampup:
         halflife = jnp.minimum(halflife, (step + 1).astype(jnp.float32) * batch * ema.rampup)
     return 0.5 ** (batch / jnp.maximum(halflife, 1e-8))
 
 
-def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
-    """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics)."""
+def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: StepSpec):
+    """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics).
+    ``hp``: traced hyperparameters of a population member (``gaxp.population.hparams``); None or
+    {} for a single run, whose program is then exactly the same as without them."""
+    hp = hp or {}
     TRACES["train_step"] += 1
     key = jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
     k_d, k_g = jax.random.split(key)
@@ -170,11 +182,11 @@ def train_step(state: GANState, batch: dict, key: jax.Array, *, spec: StepSpec):
     d_metrics = []
     n = x.shape[0]
     for i in range(n):
-        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i), state.step * n + i)
+        state, m = d_step(spec, state, x[i], jax.random.fold_in(k_d, i), state.step * n + i, hp)
         d_metrics.append(m)
     g_update = g_step if spec.regs.get("d_pretrain") is None else g_step_after_pretraining
-    state, g_metrics = g_update(spec, state, x[-1], k_g)
-    beta = ema_beta(spec.ema, spec.batch, state.step)
+    state, g_metrics = g_update(spec, state, x[-1], k_g, hp)
+    beta = ema_beta(spec.ema, spec.batch, state.step, hp.get("ema_kimg"))
     g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
     metrics = {k: jnp.mean(jnp.stack([m[k] for m in d_metrics])) for k in d_metrics[0]} | g_metrics
     return state.replace(step=state.step + 1, g_ema=g_ema), metrics | guard_metrics(state, len(d_metrics))

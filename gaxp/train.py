@@ -23,6 +23,7 @@ from gaxp import distributed, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, check_for_data, load, plain
 from gaxp.errors import Diverged, Preempted
+from gaxp.population import shard_mode as population_shard
 from gaxp.preempt import StopRequests
 from gaxp.data import make_dataset
 from gaxp.logging.grids import save_image_grid, save_scatter
@@ -72,7 +73,10 @@ def setup(config: Config) -> Run:
     _quiet_libraries()
     distributed.initialize(config.trainer)
     mesh = sharding.make_mesh(config.trainer.devices)
-    local_batch = sharding.check_batch(config.data.batch_size, mesh)
+    if config.trainer.population > 1 and population_shard(config, mesh) == "members":
+        local_batch = config.data.batch_size  # each member's batch stays on its member's device
+    else:
+        local_batch = sharding.check_batch(config.data.batch_size, mesh)
     d = config.data
     dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
                            data_dir=d.data_dir, seed=config.trainer.seed,
@@ -114,16 +118,19 @@ class Batches:
         self.sharding = sharding.batch_sharding(run.mesh, batch_axis=1)
         self.keys = tasks.batch_keys(run.config)  # ("x",), or ("x", "c") for image-to-image tasks
 
-    def __next__(self) -> dict:
+    def host(self):
+        """The next host-local batch, {key: [n_critic, local batch, ...]} for ``self.keys``."""
         b = next(self.iterator)  # labels are not used by unconditional models
-        b = {k: b[k].reshape((self.n_critic, self.local) + b[k].shape[1:]) for k in self.keys}
-        return sharding.to_global(b, self.sharding, self.glob, batch_axis=1)
+        return {k: b[k].reshape((self.n_critic, self.local) + b[k].shape[1:]) for k in self.keys}
+
+    def __next__(self) -> dict:
+        return sharding.to_global(self.host(), self.sharding, self.glob, batch_axis=1)
 
 
 class Outputs:
     """Writers of one run (process 0 only): metrics.jsonl, W&B, progress bar, sample pictures."""
 
-    def __init__(self, run: Run, start: int, wandb_id: str | None):
+    def __init__(self, run: Run, start: int, wandb_id: str | None, name: str | None = None):
         t, self.run = run.config.trainer, run
         self.samples = run.dir / "samples"
         self.jsonl = wandb = None
@@ -132,7 +139,7 @@ class Outputs:
             self.jsonl = JsonlWriter(run.dir / "metrics.jsonl", start) if run.config.logger.jsonl else None
             if run.config.logger.wandb is not None:
                 wandb = WandbWriter(run.config.logger.wandb, run.dir, asdict(run.config), wandb_id,
-                                    name=run.dir.name)
+                                    name=name or run.dir.name)
         self.wandb = wandb
         self.progress = Progress(t.steps, start, enabled=t.progress and run.is_main)
         z_key = jax.random.fold_in(jax.random.key(t.seed), 2)
@@ -149,6 +156,13 @@ class Outputs:
     @property
     def wandb_id(self) -> str | None:
         return None if self.wandb is None else self.wandb.id
+
+    @staticmethod
+    def to_host(m: dict) -> dict:
+        return {k: float(v) for k, v in jax.device_get(m).items()}
+
+    def show(self, step: int, metrics: dict) -> None:
+        self.progress.update(step - self.progress.bar.n, metrics)
 
     def log(self, step: int, metrics: dict) -> None:
         if self.jsonl:
@@ -205,11 +219,14 @@ class Loop:
     """The step loop: steps, logs, samples, checkpoints, preemption and the divergence guard."""
 
     def __init__(self, run: Run, batches: Batches, out: Outputs, ckpt: Checkpointer, meta: dict,
-                 evaluator=None):
+                 evaluator=None, *, key=None, compile_fn=None):
+        """``key`` and ``compile_fn`` are a population's (``gaxp.population``): one key per
+        member and the vmapped step; the outputs, checkpointer and batches are then its too."""
         self.run, self.batches, self.out, self.ckpt, self.meta = run, batches, out, ckpt, meta
         self.evaluator = evaluator
         self.t = run.config.trainer
-        self.key = jax.random.fold_in(jax.random.key(self.t.seed), 1)
+        self.key = jax.random.fold_in(jax.random.key(self.t.seed), 1) if key is None else key
+        self.compile = compile_fn or functools.partial(compile_step, run)
         self.images_per_step = run.config.data.batch_size * run.config.loss.n_critic
         self.saved = -1  # the last step checkpointed
         self.t_run = time.perf_counter()
@@ -226,10 +243,10 @@ class Loop:
 
     def run_steps(self, state: GANState, stop: StopRequests) -> dict:
         t = self.t
-        start = step = int(jax.device_get(state.step))
-        self.rollbacks = int(jax.device_get(state.rollbacks))
+        start = step = step_of(state)
+        self.rollbacks = int(np.max(jax.device_get(state.rollbacks)))
         batch = next(self.batches) if start < t.steps else None
-        step_fn, compile_s = compile_step(self.run, state, batch, self.key) if batch is not None else (None, 0.0)
+        step_fn, compile_s = self.compile(state, batch, self.key) if batch is not None else (None, 0.0)
         metrics, t_log, step_log = {}, time.perf_counter(), start
         while step < t.steps:
             step += 1
@@ -276,18 +293,18 @@ class Loop:
 
     def _log(self, step: int, m: dict, step_log: int, t_log: float) -> dict:
         """Writes one log row (console, metrics.jsonl, W&B) for the step's device metrics ``m``."""
-        metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+        metrics = self.out.to_host(m)
         metrics["perf/images_per_s"] = (step - step_log) * self.images_per_step / (time.perf_counter() - t_log)
         metrics["progress/kimg"] = step * self.images_per_step / 1000
         self.out.log(step, metrics)
-        self.out.progress.update(step - self.out.progress.bar.n, metrics)
+        self.out.show(step, metrics)
         return metrics
 
     def _guard_ok(self, m: dict, patience: int) -> bool:
         """False when the last ``patience`` steps (or more) all had non-finite gradients."""
         if "guard/consecutive" not in m:
             return True
-        return int(jax.device_get(m["guard/consecutive"])) < patience
+        return int(np.max(jax.device_get(m["guard/consecutive"]))) < patience
 
     def rollback(self, state: GANState, step: int, why: str):
         """Back to the last good checkpoint with lower learning rates and new random keys, or
@@ -300,14 +317,14 @@ class Loop:
             used = "" if g.action == "stop" else f" after {self.rollbacks} rollbacks"
             raise Diverged(f"the run diverged at step {step}{used}: {why}; {where}. Lower "
                            "optim.g.lr/optim.d.lr, add a regularizer, or raise trainer.guard.max_rollbacks")
-        replicated = sharding.replicated(self.run.mesh)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state, meta = ckpt.restore_latest_good(abstract, self.batches.iterator)
         self.rollbacks += 1
-        put = functools.partial(jax.device_put, device=replicated)
-        state = state.replace(lr_scale=put(np.float32(g.lr_factor ** self.rollbacks)),
-                              rollbacks=put(np.int32(self.rollbacks)))
-        back = int(jax.device_get(state.step))
+        # every population member goes back together, with the same lower learning rates
+        fill = lambda x, v: jax.device_put(np.full(x.shape, v, x.dtype), x.sharding)  # noqa: E731
+        state = state.replace(lr_scale=fill(state.lr_scale, g.lr_factor ** self.rollbacks),
+                              rollbacks=fill(state.rollbacks, self.rollbacks))
+        back = step_of(state)
         self.saved = back
         log.warning("gaxp: step %d: %s; rollback %d/%d to step %d, learning rates x%g",
                     step, why, self.rollbacks, g.max_rollbacks, back, g.lr_factor ** self.rollbacks)
@@ -320,6 +337,11 @@ class Loop:
         return Preempted(f"stopped by {stop.name} at step {step}; checkpoint saved in "
                          f"{where / 'checkpoints'}; resume with: {_resume_command(where)}",
                          stop.signum)
+
+
+def step_of(state: GANState) -> int:
+    """The train step of a state (of every member of a population: they step together)."""
+    return int(np.max(jax.device_get(state.step)))
 
 
 def _resume_command(directory: Path) -> str:
@@ -369,6 +391,10 @@ def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)
     source = asdict(config) if isinstance(cfg, Config) else plain(cfg)  # load()-able when composed
+    if config.trainer.population > 1:
+        from gaxp import population
+
+        return population.train(config, source)
     run, batches, ckpt, state, meta = prepare(config)
     evaluator = make_evaluator(run)
     protocol = evaluator.protocol if evaluator else None

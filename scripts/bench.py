@@ -53,6 +53,9 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     from gaxp.train import compile_step, prepare
 
     overrides = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
+                 "toy": ["model=mlp", "data=ring"],
+                 "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
+                           "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],
                  "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
@@ -164,6 +167,71 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
     return row
 
 
+def population_step(run, state, batch, key, n: int, devices: int):
+    """The step of ``n`` members (``gaxp.population``'s program: vmapped, the member axis sharded
+    over ``devices``, per-member learning rates as traced values) compiled, and its inputs."""
+    import dataclasses
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from gaxp.step import train_step
+
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+    sh = NamedSharding(mesh, P("data"))
+    spec = dataclasses.replace(run.spec, z_sharding=None)
+    grow = lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + x.shape), sh)  # noqa: E731
+    pop_state, pop_batch = jax.tree.map(grow, state), jax.tree.map(grow, batch)
+    keys = jax.device_put(jax.random.split(key, n), sh)
+    hp = jax.device_put({"g_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32),
+                         "d_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32)}, sh)
+    step = jax.vmap(functools.partial(train_step, spec=spec), spmd_axis_name="data" if devices > 1 else None)
+    t = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp).compile()
+    compile_s = time.perf_counter() - t
+    return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled
+
+
+def _memory_mb(compiled) -> float:
+    """XLA's own account of a program's device memory: arguments + outputs + temporaries."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return float("nan")
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes) / 2**20
+
+
+def bench_population(model: str, batch: int, args) -> dict:
+    """A population of N against N sequential runs of the same step: interleaved rounds of one
+    member's step (x N) and the population's step; throughput ratio = N * t_one / t_population.
+    Also the compile times and XLA's peak-memory account of both programs."""
+    import jax
+
+    n = args.population
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled, state, device_batch, key, _, compile_s, _, run, _ = gaxp_step(
+            model, batch, tmp, 1, full=True)
+        pop_fn, pop_state, pop_batch, keys, pop_compile_s, pop_compiled = population_step(
+            run, state, device_batch, key, n, args.host_devices)
+        state = time_jax(compiled, state, device_batch, key, 2)[1]
+        pop_state = time_jax(pop_fn, pop_state, pop_batch, keys, 2)[1]
+        one_ms, pop_ms = [], []
+        for _ in range(args.rounds):
+            ms, state = time_jax(compiled, state, device_batch, key, args.steps)
+            one_ms.append(ms)
+            ms, pop_state = time_jax(pop_fn, pop_state, pop_batch, keys, args.steps)
+            pop_ms.append(ms)
+        del jax
+    one, pop = statistics.median(one_ms), statistics.median(pop_ms)
+    return {"model": model, "batch": batch, "members": n, "devices": args.host_devices,
+            "one_ms": one, "population_ms": pop, "throughput_vs_sequential": n * one / pop,
+            "compile_one_s": compile_s, "compile_population_s": pop_compile_s,
+            "memory_one_mb": _memory_mb(compiled), "memory_population_mb": _memory_mb(pop_compiled)}
+
+
 def bench_reliability(model: str, batch: int, args) -> dict:
     """Cost of the non-finite guard (interleaved step times with the guard on and off) and the
     checkpoint save (blocking part, and until written) and restore times."""
@@ -209,7 +277,7 @@ def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
             "speedup_vs_torch", "precision", "fp32_ms", "speedup_vs_fp32"]
-    if rows and "guard_cost" in rows[0]:
+    if rows and ("guard_cost" in rows[0] or "members" in rows[0]):
         cols = list(rows[0])
     lines = [f"matmul peak: {peak:.0f} GFLOP/s" if peak else "", "", "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
@@ -222,7 +290,7 @@ def markdown(rows: list[dict], peak: float) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["dcgan", "mlp"], choices=["dcgan", "mlp", "resnet"])
+    p.add_argument("--models", nargs="+", default=["dcgan", "mlp"], choices=["dcgan", "mlp", "resnet", "toy", "toy64"])
     p.add_argument("--batch", nargs="+", type=int, default=[64, 256])
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
     p.add_argument("--steps", type=int, default=10, help="steps per round")
@@ -233,6 +301,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="trainer.precision of the step; bf16 also times the fp32 step in the same "
                         "interleaved rounds and reports the speed-up")
+    p.add_argument("--population", type=int, default=0, metavar="N",
+                   help="instead: a population of N members against N sequential runs (throughput, "
+                        "compile, memory); --host-devices shards the member axis")
     p.add_argument("--reliability", action="store_true",
                    help="instead: cost of the non-finite guard, checkpoint save/restore times")
     args = p.parse_args(argv)
@@ -240,7 +311,13 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
     os.environ.setdefault("WANDB_MODE", "disabled")
-    if args.reliability:
+    if args.population:
+        peak, rows = 0.0, []
+        for m in args.models:
+            for b in args.batch:
+                rows.append(bench_population(m, b, args))
+                print(json.dumps(rows[-1]), flush=True)
+    elif args.reliability:
         peak = 0.0
         rows = []
         for m in args.models:

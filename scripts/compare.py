@@ -1,7 +1,8 @@
 """Compare the variants of a sweep over seeds: a markdown table, plots and a JSON dump.
 
 Reads a Hydra multirun directory (each job's ``summary.json``, ``metrics.jsonl`` and
-``.hydra/overrides.yaml``; the variant is the job's overrides without the seed), or, online, the
+``.hydra/overrides.yaml``; the variant is the job's overrides without the seed; a population job's
+members count as jobs with their own seeds and varied values), or, online, the
 runs of a W&B project and group (the variant is the config keys that differ between runs, without
 the seed). For every variant and metric it reports the mean +- standard error over seeds of the
 final value and of the best value (lowest, or highest for ``--maximize`` metrics), and writes
@@ -59,13 +60,32 @@ def _overrides(job: Path) -> list[str]:
     return [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.exists() else []
 
 
+def _member_settings(member: Path, job_settings: dict) -> dict:
+    """A population member (gaxp.population) as if it were its own job: the population job's
+    overrides, then the member's seed and varied values."""
+    population = member.parent.parent
+    info = json.loads((population / "population.json").read_text())
+    i = int(json.loads((member / "summary.json").read_text())["population"]["member"])
+    o = {k: v for k, v in _as_dict(_overrides(population)).items()
+         if k != "trainer.population" and not k.startswith("population.")}
+    o[SEED_KEYS[0]] = str(info["seeds"][i])
+    for name, values in info["vary"].items():
+        if name != "seed":
+            o[f"population.vary.{name}"] = str(values[i])
+    return o
+
+
 def load_local(sweep: Path) -> tuple[list[dict], list[dict], dict]:
     """Runs (variant, seed, dir, metric rows) of a multirun directory, its failures (with their
     variants) and the overrides every job shares."""
     runs = []
     for summary in sorted(sweep.rglob("summary.json")):
         job = summary.parent
+        if (job / "population.json").exists():
+            continue  # a population's own summary; its members are read one by one
         o = _as_dict(_overrides(job))
+        if (job.parent.parent / "population.json").exists():
+            o = _member_settings(job, o)
         runs.append({"seed": o.get(SEED_KEYS[0], "0"), "dir": str(job), "settings": o,
                      "rows": _read_jsonl(job / "metrics.jsonl")})
     failures = _read_jsonl(sweep / "failures.jsonl")

@@ -113,7 +113,9 @@ class WandbWriter:
 
     def _init(self, mode: str, run_id: str | None, timeout: float, kwargs: dict):
         wandb = self.wandb
+        # create_new: the runs of a population's members are open side by side in one process
         run = wandb.init(mode=mode, id=run_id, resume="allow" if run_id else None, **kwargs,
+                         reinit="create_new",
                          settings=wandb.Settings(console="off", silent=True, init_timeout=timeout))
         run.define_metric("step")
         run.define_metric("*", step_metric="step")

@@ -1,0 +1,159 @@
+"""Populations (gaxp.population): N GANs in one vmapped step equal N separate runs; per-member
+outputs, checkpoints, W&B runs; exact resume; sharding of the member axis; bad input."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from gaxp.config import load
+from gaxp.errors import ConfigError
+from gaxp.evaluate import load_state
+from gaxp.train import train
+
+# G without BatchNorm: a bias right before BatchNorm has a zero gradient up to rounding, and Adam
+# turns that rounding noise into full-size steps, so such biases differ between any two programs
+# (vmapped or not, 1 or 4 devices) while G's function does not; every other leaf agrees to ~1e-8.
+TOY = ("model=mlp", "data=ring", "model.g_width=32", "model.d_width=32", "model.z_dim=8",
+       "model.g_norm=none", "data.batch_size=32", "trainer.log_every=5", "trainer.sample_every=1000")
+
+
+def _params(run_dir):
+    state = load_state(str(run_dir))[3]
+    return jax.device_get({"g": state.g_params, "d": state.d_params, "ema": state.g_ema})
+
+
+def _assert_close(a, b, rtol=2e-4, atol=2e-6):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) and leaves_a
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def test_population_equals_separate_runs(tiny):
+    """3 members with their own seeds, learning rates, penalty weights and EMA half-lives, against
+    the 3 runs a user would launch one by one (members sharded over 3 of the 8 devices)."""
+    vary = ("population.vary.g_lr=[1e-4,4e-4,1e-3]", "population.vary.gp_weight=[0.5,2,10]",
+            "population.vary.ema_kimg=[0.1,1,10]", "population.vary.seed=[3,5,7]")
+    common = (*TOY, "loss=wgan_gp", "loss.n_critic=2", "trainer.steps=12", "trainer.ckpt_every=6")
+    pop = train(tiny(*common, "trainer.population=3", "trainer.devices=3", *vary, name="pop"))
+    assert pop["population"] == 3 and pop["shard"] == "members" and pop["step_traces"] == 1
+    assert [m["seed"] for m in pop["members"]] == [3, 5, 7]
+    for i, (lr, gp, kimg, seed) in enumerate([(1e-4, 0.5, 0.1, 3), (4e-4, 2, 1, 5), (1e-3, 10, 10, 7)]):
+        alone = train(tiny(*common, f"optim.g.lr={lr}", f"loss.penalty_weight={gp}",
+                           f"trainer.ema.halflife_kimg={kimg}", f"trainer.seed={seed}",
+                           "trainer.devices=1", name=f"alone{i}"))
+        member = pop["members"][i]["dir"]
+        _assert_close(_params(member), _params(alone["run_dir"]))
+        rows = [json.loads(x) for x in open(f"{member}/metrics.jsonl")]
+        solo = [json.loads(x) for x in open(f"{alone['run_dir']}/metrics.jsonl")]
+        assert [r["step"] for r in rows] == [r["step"] for r in solo] == [5, 10, 12]
+        np.testing.assert_allclose([r["train/g_loss"] for r in rows], [r["train/g_loss"] for r in solo],
+                                   rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose([r["train/wgan_gp"] for r in rows], [r["train/wgan_gp"] for r in solo],
+                                   rtol=1e-3, atol=1e-5)
+    # the members really differ (different seeds and settings)
+    assert len({m["digest"] for m in pop["members"]}) == 3
+
+
+def test_population_sharding_modes_agree_and_resume_is_exact(tiny, tmp_path):
+    """4 members on 1 device, the member axis over 4 devices, and each batch over 4 devices give
+    the same parameters; a run resumed from its middle checkpoint ends bit-identical."""
+    common = (*TOY, "trainer.steps=10", "trainer.ckpt_every=5", "trainer.population=4",
+              "population.vary.d_lr=[1e-4,2e-4,4e-4,8e-4]")
+    one = train(tiny(*common, "trainer.devices=1", name="one"))
+    members = train(tiny(*common, "trainer.devices=4", "population.shard=members", name="members"))
+    batch = train(tiny(*common, "trainer.devices=4", "population.shard=batch", name="batch"))
+    assert (one["shard"], members["shard"], batch["shard"]) == ("members", "members", "batch")
+    for i in range(4):
+        ref = _params(one["members"][i]["dir"])
+        _assert_close(_params(members["members"][i]["dir"]), ref)
+        _assert_close(_params(batch["members"][i]["dir"]), ref)
+    # resume: drop every member's final checkpoint, continue from step 5
+    run = tmp_path / "members"
+    for i in range(4):
+        shutil.rmtree(run / "members" / f"{i:02d}" / "checkpoints" / "10")
+    resumed = train(tiny(*common, "trainer.devices=4", "population.shard=members",
+                         f"trainer.resume={run}", name="members"))
+    assert resumed["resumed_from"] == 5
+    assert [m["digest"] for m in resumed["members"]] == [m["digest"] for m in members["members"]]
+    rows = [json.loads(x)["step"] for x in open(run / "members" / "02" / "metrics.jsonl")]
+    assert rows == [5, 10]
+
+
+def test_population_outputs_and_wandb_group(tiny, tmp_path):
+    """Each member is a complete run dir (loadable config, samples, checkpoints, summary) and its
+    own W&B run (offline here) in the population's group."""
+    out = train(tiny(*TOY, "trainer.steps=4", "trainer.sample_every=4", "trainer.population=2",
+                     "logger=wandb", "logger.wandb.mode=offline", name="pop"))
+    pop = tmp_path / "pop"
+    info = json.loads((pop / "population.json").read_text())
+    assert info["size"] == 2 and info["seeds"] == [0, 1]
+    ids = []
+    for i in range(2):
+        d = pop / "members" / f"{i:02d}"
+        assert (d / "samples" / "step_0000004.png").exists()
+        member = json.loads((d / "run.json").read_text())
+        cfg = load(member["config"])
+        assert cfg.trainer.population == 1 and cfg.trainer.seed == i and cfg.out_dir == str(d)
+        assert json.loads((d / "summary.json").read_text())["digest"] == out["members"][i]["digest"]
+        runs = list((d / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1
+        data = next(runs[0].glob("*.wandb")).read_bytes()
+        # the run record's protobuf fields: run_group (6) = "pop", display_name (8) = "pop-m0i"
+        assert b"\x32\x03pop" in data and b"\x42\x07pop-m%02d" % i in data
+        ids.append(member["wandb_id"])
+    assert len(set(ids)) == 2 and all(ids)
+    with pytest.raises(ConfigError, match="is a population; give one member"):
+        load_state(str(pop))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("trainer.population=4", "population.vary.g_lr=[1e-4,2e-4]"),
+     "population.vary.g_lr has 2 values but trainer.population=4"),
+    (("population.vary.g_lr=[1e-4,2e-4]",), "trainer.population=1; set trainer.population=2"),
+    (("trainer.population=2", "population.vary.gp_weight=[1,2]"),
+     "needs exactly one gradient penalty"),
+    (("trainer.population=2", "population.vary.seed=[1,1]"), "repeats a seed"),
+    (("trainer.population=2", "population.vary.d_lr=[1e-4,-1]"), "numbers > 0"),
+    (("trainer.population=0",), "trainer.population must be >= 1"),
+    (("trainer.population=2", "population.shard=rows"), "unknown population.shard 'rows'"),
+])
+def test_population_bad_input(tiny, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load(tiny(*TOY, *overrides))
+
+
+def test_population_members_shard_needs_divisible_devices(tiny):
+    with pytest.raises(ConfigError, match=r"trainer.population \(3\) divisible by the 2 devices"):
+        train(tiny(*TOY, "trainer.population=3", "trainer.devices=2", "population.shard=members"))
+
+
+def test_multirun_of_populations_compares_members_as_seeds(tmp_path):
+    """`gaxp-train -m loss=ns,hinge trainer.population=2`: two population jobs; scripts/compare.py
+    reads each member as a run with its own seed."""
+    import subprocess
+    import sys
+
+    from test_cli import gaxp_train
+
+    result = gaxp_train("-m", *TOY, "loss=ns,hinge", "trainer.population=2", "trainer.steps=5",
+                        "trainer.log_every=1", "logger=none", "trainer.progress=false",
+                        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from test_sweeps import COMPARE
+
+    out = tmp_path / "cmp"
+    run = subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "sweep"), "--metrics",
+                          "train/g_loss", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dump = json.loads((out / "compare.json").read_text())
+    assert sorted(dump["variants"]) == ["loss=hinge", "loss=ns"]
+    for loss, job in (("ns", "0"), ("hinge", "1")):
+        v = dump["variants"][f"loss={loss}"]
+        assert sorted(v["seeds"]) == ["0", "1"]
+        finals = [[json.loads(x) for x in open(tmp_path / "sweep" / job / "members" / f"0{i}" / "metrics.jsonl")][-1]["train/g_loss"]
+                  for i in range(2)]
+        np.testing.assert_allclose(v["train/g_loss"]["final"]["mean"], np.mean(finals), rtol=1e-9)
