@@ -44,6 +44,7 @@ from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where calle
     WandbSpec,
     LoggerSpec,
     MetricsSpec,
+    TaskSpec,
     Config,
 )
 
@@ -131,16 +132,19 @@ def _check_names(cfg: Config) -> None:
         name = getattr(cfg.optim, net).name
         if name not in OPTIMIZERS:
             raise unknown(f"optimizer optim.{net}.name", name, OPTIMIZERS)
-    if cfg.model.g_norm not in ("batch", "none"):
-        raise ConfigError(f"model.g_norm must be one of: batch, none (got {cfg.model.g_norm!r})")
-    if cfg.model.d_norm not in ("batch", "layer", "none"):
+    if cfg.model.g_norm not in ("batch", "instance", "none"):
+        raise ConfigError(f"model.g_norm must be one of: batch, instance, none "
+                          f"(got {cfg.model.g_norm!r})")
+    if cfg.model.d_norm not in ("batch", "instance", "layer", "none"):
         raise ConfigError(
-            f"model.d_norm must be one of: batch, layer, none (got {cfg.model.d_norm!r})"
+            f"model.d_norm must be one of: batch, instance, layer, none (got {cfg.model.d_norm!r})"
         )
     from gaxp.models.conditional import CONDS  # class conditioning (conditional GANs)
 
     if cfg.model.cond not in CONDS:
         raise ConfigError(f"model.cond must be one of: {', '.join(CONDS)} (got {cfg.model.cond!r})")
+    if cfg.model.name == "mlp" and "instance" in (cfg.model.g_norm, cfg.model.d_norm):
+        raise ConfigError("model=mlp has no spatial axes for instance norm; use batch, layer or none")
     if cfg.model.init not in ("default", "dcgan"):
         raise ConfigError(f"model.init must be one of: dcgan, default (got {cfg.model.init!r})")
     if cfg.trainer.guard.action not in ("rollback", "stop"):
@@ -252,6 +256,9 @@ def load(cfg: DictConfig | dict) -> Config:
     _check_sizes(config)
     _check_metrics(config.metrics)
     _check_scale(config.trainer)
+    from gaxp.tasks import check_config as _check_task  # image-to-image tasks (gaxp/tasks)
+
+    _check_task(config, regularizer)
     config = _with_regularizers(config, regularizer)
     from gaxp.population import population_spec  # the names that can vary live with their use
 

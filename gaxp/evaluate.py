@@ -102,7 +102,10 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
                            data_dir=d.data_dir, seed=config.trainer.seed,
                            labeled=d.labeled)
     config = conditional.with_classes(config, dataset)
-    shape, image = tuple(dataset.shape), dataset.kind == "image"
+    from gaxp import tasks
+
+    tasks.check_data(config, dataset)
+    shape, image = tasks.model_shape(config, dataset), dataset.kind == "image"
     mesh = sharding.make_mesh(None)
     nets = make_nets(config, shape, image)
     ckpt = Checkpointer(run_dir / "checkpoints", config.trainer.keep, async_save=False)
@@ -126,7 +129,8 @@ def load_generator(path: str, overrides: list[str], *, step: int | None = None,
 
     config, run_dir, step, state, nets, dataset, mesh = load_state(path, overrides, step=step)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size, cond=conditional.cond_spec(config.model))
+                    batch=config.data.batch_size, cond=conditional.cond_spec(config.model),
+                    task=config.task)
     params = state.g_ema if ema else state.g_params
     return Loaded(config, run_dir, step, params, state.g_stats, spec, dataset, mesh)
 
@@ -136,6 +140,12 @@ def evaluate(loaded: Loaded) -> dict:
     from gaxp.metrics.evaluator import Evaluator
     from gaxp.step import generate
 
+    if loaded.config.task.name != "gan":  # image-to-image tasks: held-out pairs (gaxp.tasks)
+        from gaxp.tasks.evaluate import TranslationEvaluator
+
+        ev = TranslationEvaluator(loaded.config, loaded.dataset, loaded.mesh, loaded.spec)
+        return {"run_dir": str(loaded.run_dir), "step": loaded.step, "protocol": ev.protocol,
+                "metrics": ev(loaded.step, loaded.params, loaded.stats)}
     sample = lambda p, s, z, y=None: generate(loaded.spec, p, s, z, y, train=False)[0]  # noqa: E731
     cond = loaded.spec.cond
     ev = Evaluator(loaded.config, loaded.dataset, loaded.mesh, sample, loaded.config.model.z_dim,
@@ -148,8 +158,9 @@ def evaluate(loaded: Loaded) -> dict:
 def table(report: dict, weights: str) -> str:
     p = report["protocol"]
     ref = f" vs {p['reference']} ({p['n_real']} real)" if "reference" in p else ""
+    what = f"{p['pairs']} held-out pairs ({p['split']})" if "pairs" in p else f"{p['n_fake']} samples"
     lines = [f"{report['run_dir']} step {report['step']} ({weights} generator): "
-             f"{p['n_fake']} samples{ref}", f"{'metric':<24} value"]
+             f"{what}{ref}", f"{'metric':<24} value"]
     lines += [f"{k:<24} {v:.6g}" for k, v in report["metrics"].items()]
     return "\n".join(lines)
 

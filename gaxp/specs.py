@@ -273,6 +273,21 @@ class MetricsSpec:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """What is trained (``gaxp.tasks``): ``gan`` (noise -> image, the default) or an image-to-image
+    task on source/target batches. Weights of the terms added to the adversarial loss:"""
+
+    name: str = "gan"  # gan | pix2pix | srgan | cyclegan
+    l1_weight: float = 100.0  # pix2pix: lambda of the L1 term (Isola et al. 2017)
+    adv_weight: float = 1.0  # weight of G's adversarial term (SRGAN: 1e-3, Ledig et al. 2017)
+    pixel_weight: float = 1.0  # srgan: pixel MSE content loss
+    perceptual: Optional[str] = None  # srgan: a classifier directory (scripts/train_classifier.py)
+    perceptual_weight: float = 1.0  # srgan: MSE of that network's features (with `perceptual`)
+    cycle_weight: float = 10.0  # cyclegan: lambda of the cycle-consistency L1 terms
+    identity_weight: float = 0.5  # cyclegan: identity L1 weight, in units of cycle_weight
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelSpec
     loss: LossSpec
@@ -285,4 +300,5 @@ class Config:
     metrics: MetricsSpec = MetricsSpec()
     regularizer: RegSpec = RegSpec()
     objective: Optional[ObjectiveSpec] = None  # what train returns to a sweeper (Optuna)
+    task: TaskSpec = TaskSpec()  # gan, or an image-to-image task (gaxp.tasks)
     population: PopulationSpec = PopulationSpec()

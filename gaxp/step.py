@@ -19,7 +19,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from gaxp import conditional, regularizers
-from gaxp.config import EmaSpec, LossSpec, RegSpec
+from gaxp.config import EmaSpec, LossSpec, RegSpec, TaskSpec
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
 from gaxp.optim import guard_counts, last_finite
@@ -43,6 +43,7 @@ class StepSpec:
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
     grow: Optional[Any] = None  # progressive growing (gaxp.grow.Growth): the stage this program runs
     cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
+    task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
 
 
 def _grow_kwargs(spec: StepSpec, step) -> dict:

@@ -30,6 +30,7 @@ from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.state import GANState, init_state, make_nets
 from gaxp.step import TRACES, StepSpec, generate, train_step
+from gaxp import tasks
 
 log = logging.getLogger("gaxp")
 
@@ -82,18 +83,20 @@ def setup(config: Config) -> Run:
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            labeled=d.labeled)
     image = dataset.kind == "image"
-    check_for_data(config, tuple(dataset.shape), image)
+    tasks.check_data(config, dataset)  # task=pix2pix/srgan/cyclegan: source/target pairs
+    shape = tasks.model_shape(config, dataset)  # image-to-image archs: (target, source) shapes
+    check_for_data(config, shape, image)
     # Conditional GANs: labels present, model.num_classes from the data (the run's key and
     # directory stay those of the config as given).
     conditioned = conditional.with_classes(config, dataset)
     directory, restore = run_dir.resolve_everywhere(config)
     config = conditioned
-    nets = make_nets(config, tuple(dataset.shape), image)
+    nets = make_nets(config, shape, image)
     spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
                     precision=config.trainer.precision, grow=grow.growth(config),
-                    cond=conditional.cond_spec(config.model))
+                    cond=conditional.cond_spec(config.model), task=config.task)
     if spec.grow is not None and jax.process_index() == 0:
         log.info("gaxp: %s", grow.describe(spec.grow, config.trainer.steps))
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
@@ -102,7 +105,7 @@ def setup(config: Config) -> Run:
 
 def _init(run: Run, checkpointer: Checkpointer, data_iter) -> tuple[GANState, dict]:
     """A fresh replicated state, or the latest checkpoint restored into the same layout."""
-    c, shape = run.config, tuple(run.dataset.shape)
+    c, shape = run.config, tasks.model_shape(run.config, run.dataset)
     image = run.dataset.kind == "image"
     make = functools.partial(init_state, c, run.spec.nets, shape, image)
     key = jax.random.fold_in(jax.random.key(c.trainer.seed), 0)
@@ -121,14 +124,13 @@ class Batches:
         self.local, self.glob = run.local_batch, run.config.data.batch_size
         self.iterator = run.dataset.iterator(self.local * self.n_critic)
         self.sharding = sharding.batch_sharding(run.mesh, batch_axis=1)
-        self.labels = run.spec.cond is not None  # labels are used by conditional models only
+        # ("x",), ("x", "c") for image-to-image tasks; conditional models add their labels "y"
+        self.keys = tasks.batch_keys(run.config) + (("y",) if run.spec.cond is not None else ())
 
     def host(self) -> dict:
-        """The next host-local batch: ``x`` (and ``y`` for conditional models) as
-        [n_critic, local batch, ...]."""
-        batch = next(self.iterator)
-        keep = ("x", "y") if self.labels else ("x",)
-        return {k: batch[k].reshape((self.n_critic, self.local) + batch[k].shape[1:]) for k in keep}
+        """The next host-local batch, {key: [n_critic, local batch, ...]} for ``self.keys``."""
+        b = next(self.iterator)
+        return {k: b[k].reshape((self.n_critic, self.local) + b[k].shape[1:]) for k in self.keys}
 
     def __next__(self) -> dict:
         return sharding.to_global(self.host(), self.sharding, self.glob, batch_axis=1)
@@ -156,6 +158,12 @@ class Outputs:
             self.z, self.y, self.cols = conditional.sample_inputs(
                 z_key, run.spec.cond.num_classes, n, run.config.model.z_dim, run.dataset.kind)
         self._sample = jax.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
+        # Image-to-image tasks draw source | output | target columns instead (gaxp.tasks).
+        self.grid = None
+        if tasks.is_translation(run.config):
+            from gaxp.tasks.evaluate import Grid
+
+            self.grid = Grid(run)
 
     @property
     def wandb_id(self) -> str | None:
@@ -175,12 +183,17 @@ class Outputs:
             self.wandb.log(step, metrics)
 
     def samples_png(self, step: int, state: GANState) -> Path | None:
-        x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z, self.y)))
+        path = self.samples / f"step_{step:07d}.png"
+        if self.grid is not None:  # image-to-image tasks: source | output | target columns
+            x = self.grid.draw(state.g_ema, state.g_stats)
+        else:
+            x = np.asarray(jax.device_get(self._sample(state.g_ema, state.g_stats, self.z, self.y)))
         if not self.run.is_main:
             return None
-        path = self.samples / f"step_{step:07d}.png"
         labels = None if self.y is None else np.asarray(self.y)
-        if self.run.dataset.kind == "points":
+        if self.grid is not None:
+            self.grid.write(x, path)
+        elif self.run.dataset.kind == "points":
             save_scatter(x, path, self.run.dataset.modes, title=f"step {step} (EMA G)",
                          labels=labels)
         else:
@@ -211,7 +224,9 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: S
     t0 = time.perf_counter()
     spec = spec or grow.bind(run.spec, int(jax.device_get(state.step)))
     replicated = sharding.replicated(run.mesh)
-    fn = jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0,
+    step = (tasks.step_fn(run.config, spec) if tasks.is_translation(run.config)
+            else functools.partial(train_step, spec=spec))
+    fn = jax.jit(step, donate_argnums=0,
                  out_shardings=(replicated, replicated))
     compiled = fn.lower(state, batch, key).compile()
     return compiled, time.perf_counter() - t0
@@ -401,6 +416,10 @@ def make_evaluator(run: Run):
     """The run's in-loop evaluator (``gaxp.metrics``), or None when no metrics are configured."""
     if not run.config.metrics.names:
         return None
+    if tasks.is_translation(run.config):
+        from gaxp.tasks.evaluate import TranslationEvaluator
+
+        return TranslationEvaluator(run.config, run.dataset, run.mesh, run.spec)
     from gaxp.metrics.evaluator import Evaluator
 
     sample = lambda p, s, z, y=None: generate(run.spec, p, s, z, y, train=False)[0]  # noqa: E731

@@ -28,7 +28,7 @@ process (from `jax.process_index()`), so each process restores its own shard pos
 
 from __future__ import annotations
 
-from gaxp.data import images, toy2d
+from gaxp.data import images, paired, toy2d
 from gaxp.errors import ConfigError, unknown
 
 Dataset = images.ImageDataset | toy2d.PointDataset
@@ -56,4 +56,7 @@ SOURCES = {
     "toy2d": toy2d.build,
     "mnist": images.build_mnist,
     "tfds": images.build_tfds,
+    "mnist_pairs": paired.build_mnist_pairs,  # image-to-image pairs (gaxp.tasks)
+    "folder": paired.build_folder,
+    "tfds_domains": paired.build_tfds_domains,  # cycle_gan/* splits trainA/trainB as domains
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from gaxp.models import dcgan, mlp, progan, resnet
+from gaxp.models import dcgan, mlp, progan, resnet, srgan, unet
 
 
 class Arch(NamedTuple):
@@ -24,4 +24,8 @@ ARCHS: dict[str, Arch] = {
     "resnet": Arch(resnet.build, resnet.check),
     # Progressive growing (gaxp.grow compiles one program per stage); equalized lr, no spectral norm.
     "progan": Arch(progan.build, progan.check, frozenset({"pack", "mbstd"})),
+    # Image-to-image (gaxp.tasks): shape = (target_shape, source_shape); G maps source images.
+    "pix2pix": Arch(unet.build_pix2pix, unet.check_pix2pix, frozenset({"g_spectral_norm"})),
+    "srgan": Arch(srgan.build, srgan.check, frozenset({"g_spectral_norm"})),
+    "cyclegan": Arch(unet.build_cyclegan, unet.check_cyclegan, frozenset({"g_spectral_norm"})),
 }

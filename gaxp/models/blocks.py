@@ -110,7 +110,9 @@ class Down2x(_Kernel):
 
 
 class Norm(nnx.Module):
-    """`batch` (BatchNorm over the global batch under global-view jit), `layer`, or `none`."""
+    """`batch` (BatchNorm over the global batch under global-view jit), `layer`, `instance`
+    (per sample and channel over H and W, no affine parameters: Ulyanov et al. 2016, as in
+    CycleGAN), or `none`."""
 
     def __init__(self, kind: str, features: int, *, momentum: float, rngs: nnx.Rngs):
         self.kind = kind
@@ -128,6 +130,11 @@ class Norm(nnx.Module):
             return self.norm(x, use_running_average=not train).astype(x.dtype)
         if self.kind == "layer":
             return self.norm(x)
+        if self.kind == "instance":
+            h = x.astype(jnp.float32)
+            mean = jnp.mean(h, axis=(1, 2), keepdims=True)
+            var = jnp.var(h, axis=(1, 2), keepdims=True)
+            return ((h - mean) * jax.lax.rsqrt(var + 1e-5)).astype(x.dtype)
         return x
 
 

@@ -1,0 +1,131 @@
+"""What a run trains: ``task=gan`` (noise -> image, ``gaxp.step.train_step``) or an image-to-image
+task whose step lives in ``gaxp.tasks.steps``.
+
+Every task goes through the same loop, configs, checkpoints, guard, logging and metrics; a task
+adds only its train step, the batch keys it reads (``x`` = target, ``c`` = source image), the
+model shape it builds (``(target_shape, source_shape)`` for the image-to-image archs), its sample
+grid and its evaluator (``gaxp.tasks.evaluate``). ``TASKS`` is the registry; ``task=<name>``
+selects an entry.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
+
+from gaxp.errors import ConfigError, unknown
+
+
+class Task(NamedTuple):
+    step: Optional[str]  # a function of gaxp.tasks.steps: (state, batch, key, *, spec, **extras)
+    # -> (state, metrics); None: gan (gaxp.step.train_step)
+    archs: tuple  # the models this task trains
+    needs_paired: bool = True  # c[i] must be the source of x[i]
+    batch_keys: tuple = ("x", "c")
+
+
+def _steps():
+    from gaxp.tasks import steps
+
+    return steps
+
+
+TASKS: dict[str, Task] = {
+    "gan": Task(None, (), False, ("x",)),  # gaxp.step.train_step
+    "pix2pix": Task("pix2pix_step", ("pix2pix",)),
+    "srgan": Task("srgan_step", ("srgan",)),
+    "cyclegan": Task("cyclegan_step", ("cyclegan",), needs_paired=False),
+}
+
+TRANSLATION_ARCHS = ("pix2pix", "srgan", "cyclegan")
+ALLOWED_REGULARIZERS = ("spectral_norm",)  # what the image-to-image steps support
+
+
+def is_translation(config) -> bool:
+    return config.task.name != "gan"
+
+
+def check_config(config, regularizer_node) -> None:
+    """Task settings that need no data (called by ``gaxp.config.load``)."""
+    t = config.task
+    if t.name not in TASKS:
+        raise unknown("task", t.name, TASKS)
+    if t.name == "gan":
+        return
+    if config.trainer.population > 1:
+        raise ConfigError(f"task={t.name} trains one model per run; populations "
+                          "(trainer.population > 1) are for task=gan")
+    if config.loss.n_critic != 1 or config.loss.clip or config.loss.penalty:
+        raise ConfigError(f"task={t.name} makes one D and one G update per step without weight "
+                          "clipping or loss.penalty; set loss.n_critic=1 and drop loss.clip/penalty")
+    extra = sorted(set(regularizer_node or {}) - set(ALLOWED_REGULARIZERS))
+    if extra:
+        raise ConfigError(f"task={t.name} supports regularizer={','.join(ALLOWED_REGULARIZERS)} "
+                          f"only (got {extra[0]})")
+    for key in ("l1_weight", "adv_weight", "pixel_weight", "perceptual_weight", "cycle_weight",
+                "identity_weight"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"task.{key} must be >= 0 (got {getattr(t, key)})")
+    if t.perceptual is not None:
+        if t.name != "srgan":
+            raise ConfigError(f"task.perceptual is SRGAN's feature loss; task={t.name} has none")
+        if not (Path(t.perceptual).expanduser() / "meta.json").exists():
+            raise ConfigError(f"task.perceptual={t.perceptual}: no feature network there (a "
+                              "classifier directory with meta.json, made by "
+                              "scripts/train_classifier.py)")
+    names = config.metrics.names
+    if names and names != ("auto",):
+        raise ConfigError(f"task={t.name} computes its own metrics (L1, PSNR, SSIM, Frechet "
+                          "distance); use metrics=default (metrics.names=[auto]) or metrics=none")
+
+
+_EXPERIMENTS = {"pix2pix": "pix2pix_mnist_edges", "srgan": "srgan_mnist",
+                "cyclegan": "cyclegan_mnist"}
+
+
+def check_data(config, dataset) -> None:
+    """The task's needs of the data (paired source/target images), before anything is built."""
+    t, m = config.task, config.model.name
+    if t.name == "gan":
+        if m in TRANSLATION_ARCHS:
+            raise ConfigError(f"model={m} is an image-to-image model; add task={m} (and its "
+                              f"data, e.g. experiment={_EXPERIMENTS[m]})")
+        return
+    task = TASKS[t.name]
+    if m not in task.archs:
+        raise ConfigError(f"task={t.name} trains model={'/'.join(task.archs)}, not model={m}; "
+                          f"add model={task.archs[0]} (or use experiment={_EXPERIMENTS[t.name]})")
+    if getattr(dataset, "source_shape", None) is None or dataset.kind != "image":
+        raise ConfigError(f"task={t.name} needs source/target images; data={config.data.source} "
+                          "has none: use data=mnist_edges, mnist_sr, mnist_unpaired or "
+                          "paired_folder")
+    if TASKS[t.name].needs_paired and not dataset.paired:
+        raise ConfigError(f"task={t.name} needs paired images, but {dataset.name} is unpaired; "
+                          "use paired data (data.name=edges, lowres4, thick, ...; for "
+                          "paired_folder, data.name=paired) or task=cyclegan")
+    if t.name == "cyclegan" and t.identity_weight and t.cycle_weight \
+            and dataset.shape[-1] != dataset.source_shape[-1]:
+        raise ConfigError(f"task.identity_weight needs domains with the same channels (A has "
+                          f"{dataset.source_shape[-1]}, B {dataset.shape[-1]}); set "
+                          "task.identity_weight=0")
+
+
+def model_shape(config, dataset) -> tuple:
+    """What the arch is built for: the data shape, or (target_shape, source_shape)."""
+    if config.task.name == "gan":
+        return tuple(dataset.shape)
+    return (tuple(dataset.shape), tuple(dataset.source_shape))
+
+
+def batch_keys(config) -> tuple:
+    return TASKS[config.task.name].batch_keys
+
+
+def step_fn(config, spec) -> Callable:
+    """The task's train step with its static spec (and extra constants) bound."""
+    task = TASKS[config.task.name]
+    extras = {}
+    if config.task.perceptual is not None:
+        extras["features"] = _steps().load_features(config.task.perceptual)
+    return functools.partial(getattr(_steps(), task.step), spec=spec, **extras)
