@@ -411,28 +411,24 @@ def train(config: Config, source: dict) -> dict:
     state = result.pop("state")
     steps = T.step_of(state)
     kimg = steps * config.data.batch_size * config.loss.n_critic / 1000
+    traces = T.TRACES["train_step"] - traces_before
     rows = []
     for i, (r, mc) in enumerate(zip(runs, members)):
         final = {k: _member_value(v, i) for k, v in result["final"].items()}
+        summary = T.run_summary(mc, result, meta, start, traces, member_slice(state, i), r.dir, final,
+                                evaluator and evaluator.last[i], protocol)
+        summary["population"] = {"dir": str(run.dir), "member": i}
         row = {"member": i, "dir": str(r.dir), "seed": mc.trainer.seed,
                **{name: values[i] for name, values in vary.items() if name != "seed"},
-               "digest": T.param_digest(member_slice(state, i)), "final": final}
-        summary = {"steps": steps, "kimg": kimg, "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
-                   "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
-                   "step_traces": T.TRACES["train_step"] - traces_before, "resumed_from": start,
-                   "digest": row["digest"], "final": final, "run_dir": str(r.dir),
-                   "rollbacks": int(np.max(jax.device_get(state.rollbacks))),
-                   "population": {"dir": str(run.dir), "member": i}}
-        if evaluator is not None:
-            summary["eval"] = row["eval"] = {"protocol": protocol, **evaluator.last[i]}
+               "digest": summary["digest"], "final": final,
+               **({"eval": summary["eval"]} if "eval" in summary else {})}
         if run.is_main:
             run_dir.write_json_atomic(r.dir / "summary.json", summary)
         rows.append(row)
     summary = {"population": n, "shard": mode, "steps": steps, "kimg_per_member": kimg,
                "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
                "compile_s": result["compile_s"], "images_per_s": result["images_per_s"] * n,
-               "step_traces": T.TRACES["train_step"] - traces_before, "resumed_from": start,
-               "members": rows, "run_dir": str(run.dir),
+               "step_traces": traces, "resumed_from": start, "members": rows, "run_dir": str(run.dir),
                "final": {k: float(np.mean([r["final"][k] for r in rows])) for k in rows[0]["final"]}}
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "summary.json", summary)

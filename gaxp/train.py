@@ -427,6 +427,24 @@ def make_evaluator(run: Run):
                      num_classes=run.spec.cond and run.spec.cond.num_classes)
 
 
+def run_summary(config: Config, result: dict, meta: dict, start: int, traces: int, state: GANState,
+                directory: Path, final: dict, evals: dict | None = None, protocol=None) -> dict:
+    """What ``summary.json`` holds for one run (or one population member's ``state``)."""
+    steps = step_of(state)
+    summary = {
+        "steps": steps, "kimg": steps * config.data.batch_size * config.loss.n_critic / 1000,
+        "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
+        "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
+        "step_traces": traces, "resumed_from": start,
+        "digest": param_digest(state), "final": final, "run_dir": str(directory),
+        "rollbacks": int(np.max(jax.device_get(state.rollbacks))),
+        **({"stages": result["stages"]} if "stages" in result else {}),  # progressive growing
+    }
+    if evals is not None:
+        summary["eval"] = {"protocol": protocol, **evals}
+    return summary
+
+
 def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)
@@ -456,18 +474,8 @@ def train(cfg) -> dict:
         ckpt.close()
         out.close()
     state = result.pop("state")
-    steps = int(jax.device_get(state.step))
-    summary = {
-        "steps": steps, "kimg": steps * config.data.batch_size * config.loss.n_critic / 1000,
-        "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
-        "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
-        "step_traces": TRACES["train_step"] - traces_before, "resumed_from": start,
-        "digest": param_digest(state), "final": result["final"], "run_dir": str(run.dir),
-        "rollbacks": int(jax.device_get(state.rollbacks)),
-        **({"stages": result["stages"]} if "stages" in result else {}),  # progressive growing
-    }
-    if evaluator is not None:
-        summary["eval"] = {"protocol": protocol, **evaluator.last}
+    summary = run_summary(config, result, meta, start, TRACES["train_step"] - traces_before, state,
+                          run.dir, result["final"], evaluator and evaluator.last, protocol)
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "summary.json", summary)
     return summary

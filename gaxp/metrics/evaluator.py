@@ -77,7 +77,27 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-class Evaluator:
+class Scheduled:
+    """What the train loop calls on an evaluator: ``due`` and ``__call__``, around the subclass's
+    ``evaluate(params, stats) -> {"eval/...": value}``; ``every`` and ``last`` are set by it."""
+
+    every: int
+    last: dict
+
+    def due(self, step: int, final_step: int) -> bool:
+        return step % self.every == 0 or step == final_step
+
+    def __call__(self, step: int, params, stats, echo: Callable | None = None) -> dict:
+        """Evaluate, remember the result as ``last``, print one console line with ``echo``."""
+        self.last = {"step": step, **self.evaluate(params, stats)}
+        if echo is not None:
+            shown = " ".join(f"{k[5:]}={v:.4g}" for k, v in self.last.items()
+                             if k.startswith("eval/"))
+            echo(f"step {step} eval: {shown}")
+        return {k: v for k, v in self.last.items() if k != "step"}
+
+
+class Evaluator(Scheduled):
     def __init__(self, config, dataset, mesh, sample_fn: Callable, z_dim: int,
                  num_classes: int | None = None):
         """``sample_fn(params, stats, z) -> samples`` in the data's range ([-1, 1] for images).
@@ -158,9 +178,6 @@ class Evaluator:
             p |= {"high_quality": "within 3 sigma (Mahalanobis) of the nearest mode",
                   "mode_min_count": s.mode_min_count}
         return p
-
-    def due(self, step: int, final_step: int) -> bool:
-        return step % self.every == 0 or step == final_step
 
     # ------------------------------------------------------------------ features
 
@@ -283,11 +300,3 @@ class Evaluator:
         out["perf/eval_s"] = time.perf_counter() - t0
         return out
 
-    def __call__(self, step: int, params, stats, echo: Callable | None = None) -> dict:
-        """Evaluate, remember the result as ``last``, print one console line with ``echo``."""
-        self.last = {"step": step, **self.evaluate(params, stats)}
-        if echo is not None:
-            shown = " ".join(f"{k[5:]}={v:.4g}" for k, v in self.last.items()
-                             if k.startswith("eval/"))
-            echo(f"step {step} eval: {shown}")
-        return {k: v for k, v in self.last.items() if k != "step"}

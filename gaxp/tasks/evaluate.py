@@ -31,6 +31,7 @@ from gaxp import sharding
 from gaxp.errors import ConfigError
 from gaxp.logging.grids import save_image_grid
 from gaxp.metrics import features
+from gaxp.metrics.evaluator import Scheduled
 from gaxp.metrics.fid import frechet_distance, moments
 from gaxp.models import adapter
 from gaxp.step import to_float
@@ -120,7 +121,7 @@ def pixel_metrics(out: jax.Array, target: jax.Array, suffix: str = "") -> dict:
             f"psnr{suffix}": dm_pix.psnr(o, t), f"ssim{suffix}": dm_pix.ssim(o, t, max_val=1.0)}
 
 
-class TranslationEvaluator:
+class TranslationEvaluator(Scheduled):
     """See the module docstring; constructed before anything compiles (checks the inputs)."""
 
     def __init__(self, config, dataset, mesh, step_spec):
@@ -147,9 +148,6 @@ class TranslationEvaluator:
             "pixels": "[0, 1]", "psnr": "dB, peak 1", "ssim": "dm-pix, gaussian 11, sigma 1.5",
             "baseline": "bicubic (jax.image.resize)" if self.task == "srgan" else None,
             "frechet": self.net.protocol if self.net else "no classifier for these images"}
-
-    def due(self, step: int, final_step: int) -> bool:
-        return step % self.every == 0 or step == final_step
 
     def _batch_metrics(self, params, stats, feat_vars, c, x):
         g, c, x = generator(self.step_spec), to_float(c), to_float(x)
@@ -190,10 +188,3 @@ class TranslationEvaluator:
             out[f"eval/{self.fd_key}{suffix}"] = float(fd)
         return out | {"perf/eval_s": time.perf_counter() - t0}
 
-    def __call__(self, step: int, params, stats, echo: Callable | None = None) -> dict:
-        self.last = {"step": step, **self.evaluate(params, stats)}
-        if echo is not None:
-            shown = " ".join(f"{k[5:]}={v:.4g}" for k, v in self.last.items()
-                             if k.startswith("eval/"))
-            echo(f"step {step}: {shown}")
-        return {k: v for k, v in self.last.items() if k != "step"}
