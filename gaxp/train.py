@@ -217,10 +217,12 @@ class Outputs:
                 w.close()
 
 
-def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: StepSpec | None = None):
+def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: StepSpec | None = None,
+                 compiler_options: dict | None = None):
     """The train step lowered and compiled once for these shapes and shardings (donates state).
     With progressive growing, for one stage: ``spec`` bound by ``grow.bind``, else the stage of
-    ``state.step``."""
+    ``state.step``. ``compiler_options``: XLA options for this program only (scripts/bench.py
+    compares them against the defaults)."""
     t0 = time.perf_counter()
     spec = spec or grow.bind(run.spec, int(jax.device_get(state.step)))
     replicated = sharding.replicated(run.mesh)
@@ -228,7 +230,7 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: S
             else functools.partial(train_step, spec=spec))
     fn = jax.jit(step, donate_argnums=0,
                  out_shardings=(replicated, replicated))
-    compiled = fn.lower(state, batch, key).compile()
+    compiled = fn.lower(state, batch, key).compile(compiler_options=compiler_options)
     return compiled, time.perf_counter() - t0
 
 

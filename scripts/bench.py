@@ -43,9 +43,9 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> float:
 
 
 def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tuple = (), *,
-              full: bool = False):
+              full: bool = False, compiler_options: dict | None = None):
     """(compiled step, state, device batch, key, Batches, compile seconds, GFLOP per step); with
-    ``full`` also the Run and its Checkpointer."""
+    ``full`` also the Run and its Checkpointer. ``compiler_options``: XLA options of the step."""
     import jax
     from hydra import compose, initialize_config_dir
 
@@ -63,7 +63,7 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     run, batches, ckpt, state, _ = prepare(load(cfg))
     key = jax.random.key(0)
     device_batch = next(batches)
-    compiled, compile_s = compile_step(run, state, device_batch, key)
+    compiled, compile_s = compile_step(run, state, device_batch, key, compiler_options=compiler_options)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0  # per device for an SPMD program
@@ -133,7 +133,13 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
         if args.precision != "fp32":
             fp32 = list(gaxp_step(model, batch, f"{tmp}/fp32", args.host_devices)[:4])
             fp32[1] = time_jax(*fp32, 2)[1]
-        fp32_ms = []
+        fp32_ms, opt_ms = [], []
+        opt = None  # with --xla-option: the same step compiled with those options, same rounds
+        if args.xla_options:
+            opt = list(gaxp_step(model, batch, f"{tmp}/opt", args.host_devices,
+                                 (f"trainer.precision={args.precision}",),
+                                 compiler_options=args.xla_options)[:4])
+            opt[1] = time_jax(*opt, 2)[1]
         torch_step = None
         if model == "dcgan" and not args.no_torch:
             try:
@@ -150,6 +156,9 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
             if fp32 is not None:
                 ms, fp32[1] = time_jax(*fp32, args.steps)
                 fp32_ms.append(ms)
+            if opt is not None:
+                ms, opt[1] = time_jax(*opt, args.steps)
+                opt_ms.append(ms)
             if torch_step is not None:
                 torch_ms.append(time_torch(torch_step, args.steps))
     ms = statistics.median(jax_ms)
@@ -161,13 +170,16 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
     if fp32_ms:
         row["fp32_ms"] = statistics.median(fp32_ms)
         row["speedup_vs_fp32"] = row["fp32_ms"] / ms
+    if opt_ms:
+        row["options_ms"] = statistics.median(opt_ms)
+        row["speedup_from_options"] = ms / row["options_ms"]
     if torch_ms:
         row["torch_ms"] = statistics.median(torch_ms)
         row["speedup_vs_torch"] = row["torch_ms"] / ms
     return row
 
 
-def population_step(run, state, batch, key, n: int, devices: int):
+def population_step(run, state, batch, key, n: int, devices: int, compiler_options=None):
     """The step of ``n`` members (``gaxp.population``'s program: vmapped, the member axis sharded
     over ``devices``, per-member learning rates as traced values) compiled, and its inputs."""
     import dataclasses
@@ -190,7 +202,8 @@ def population_step(run, state, batch, key, n: int, devices: int):
                          "d_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32)}, sh)
     step = jax.vmap(functools.partial(train_step, spec=spec), spmd_axis_name="data" if devices > 1 else None)
     t = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp).compile()
+    compiled = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp).compile(
+        compiler_options=compiler_options)
     compile_s = time.perf_counter() - t
     return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled
 
@@ -207,29 +220,43 @@ def _memory_mb(compiled) -> float:
 def bench_population(model: str, batch: int, args) -> dict:
     """A population of N against N sequential runs of the same step: interleaved rounds of one
     member's step (x N) and the population's step; throughput ratio = N * t_one / t_population.
-    Also the compile times and XLA's peak-memory account of both programs."""
-    import jax
+    Also the compile times and XLA's peak-memory account of both programs. With --xla-option,
+    both programs compiled with those options too, timed in the same rounds."""
+    from gaxp.train import compile_step
 
     n = args.population
     with tempfile.TemporaryDirectory() as tmp:
         compiled, state, device_batch, key, _, compile_s, _, run, _ = gaxp_step(
             model, batch, tmp, 1, full=True)
-        pop_fn, pop_state, pop_batch, keys, pop_compile_s, pop_compiled = population_step(
-            run, state, device_batch, key, n, args.host_devices)
-        state = time_jax(compiled, state, device_batch, key, 2)[1]
-        pop_state = time_jax(pop_fn, pop_state, pop_batch, keys, 2)[1]
-        one_ms, pop_ms = [], []
-        for _ in range(args.rounds):
-            ms, state = time_jax(compiled, state, device_batch, key, args.steps)
-            one_ms.append(ms)
-            ms, pop_state = time_jax(pop_fn, pop_state, pop_batch, keys, args.steps)
-            pop_ms.append(ms)
-        del jax
-    one, pop = statistics.median(one_ms), statistics.median(pop_ms)
-    return {"model": model, "batch": batch, "members": n, "devices": args.host_devices,
-            "one_ms": one, "population_ms": pop, "throughput_vs_sequential": n * one / pop,
-            "compile_one_s": compile_s, "compile_population_s": pop_compile_s,
-            "memory_one_mb": _memory_mb(compiled), "memory_population_mb": _memory_mb(pop_compiled)}
+        variants = {"": [compiled, state, device_batch, key]}
+        pop = population_step(run, state, device_batch, key, n, args.host_devices)
+        pops = {"": list(pop[:4])}
+        if args.xla_options:
+            one_opt = compile_step(run, state, device_batch, key, compiler_options=args.xla_options)[0]
+            variants["opt_"] = [one_opt, jax_copy(state), device_batch, key]
+            pops["opt_"] = list(population_step(run, state, device_batch, key, n, args.host_devices,
+                                                args.xla_options)[:4])
+        times = {f"{v}{k}": [] for v in variants for k in ("one_ms", "population_ms")}
+        for r in range(args.rounds + 1):  # round 0 warms up (2 steps) and is not recorded
+            for v in variants:
+                for k, prog in (("one_ms", variants[v]), ("population_ms", pops[v])):
+                    ms, prog[1] = time_jax(*prog, args.steps if r else 2)
+                    if r:
+                        times[f"{v}{k}"].append(ms)
+    row = {"model": model, "batch": batch, "members": n, "devices": args.host_devices}
+    for v in variants:
+        one, pop_ms = statistics.median(times[f"{v}one_ms"]), statistics.median(times[f"{v}population_ms"])
+        row.update({f"{v}one_ms": one, f"{v}population_ms": pop_ms,
+                    f"{v}throughput_vs_sequential": n * one / pop_ms})
+    return row | {"compile_one_s": compile_s, "compile_population_s": pop[4],
+                  "memory_one_mb": _memory_mb(compiled), "memory_population_mb": _memory_mb(pop[5])}
+
+
+def jax_copy(tree):
+    """A copy of a pytree of arrays (the steps donate their state)."""
+    import jax
+
+    return jax.tree.map(lambda x: x.copy(), tree)
 
 
 def bench_reliability(model: str, batch: int, args) -> dict:
@@ -276,7 +303,8 @@ def bench_reliability(model: str, batch: int, args) -> dict:
 def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
-            "speedup_vs_torch", "precision", "fp32_ms", "speedup_vs_fp32"]
+            "speedup_vs_torch", "precision", "fp32_ms", "speedup_vs_fp32", "options_ms",
+            "speedup_from_options"]
     if rows and ("guard_cost" in rows[0] or "members" in rows[0]):
         cols = list(rows[0])
     lines = [f"matmul peak: {peak:.0f} GFLOP/s" if peak else "", "", "| " + " | ".join(cols) + " |",
@@ -286,6 +314,16 @@ def markdown(rows: list[dict], peak: float) -> str:
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
                                          for v in cells) + " |")
     return "\n".join(lines)
+
+
+def _option(text: str) -> tuple:
+    """NAME=VALUE -> (name, value): true/false as booleans, integers as int, else the string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--xla-option takes NAME=VALUE (got {text!r})")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
 
 
 def main(argv=None) -> int:
@@ -306,7 +344,11 @@ def main(argv=None) -> int:
                         "compile, memory); --host-devices shards the member axis")
     p.add_argument("--reliability", action="store_true",
                    help="instead: cost of the non-finite guard, checkpoint save/restore times")
+    p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="also time the step compiled with this XLA option (repeatable), in the same "
+                        "interleaved rounds, e.g. xla_cpu_experimental_ynn_fusion_type=")
     args = p.parse_args(argv)
+    args.xla_options = dict(_option(o) for o in args.xla_option)
     if args.host_devices > 1:  # must happen before JAX initialises its backend
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")

@@ -1,0 +1,48 @@
+"""scripts/bench.py runs end to end on the real step (tiny sizes) and reports what it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("gaxp_bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_rows_with_xla_options_timed_alongside(tmp_path):
+    out = tmp_path / "bench.json"
+    assert _bench().main(["--models", "toy64", "--batch", "16", "--rounds", "1", "--steps", "2",
+                          "--no-torch", "--json", str(out),
+                          "--xla-option", "xla_cpu_experimental_ynn_fusion_type="]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert result["peak_gflop_per_s"] > 0
+    assert row["model"] == "toy64" and row["batch"] == 16
+    assert row["step_ms"] > 0 and row["options_ms"] > 0 and row["real_data_ms"] > 0
+    assert row["speedup_from_options"] == pytest.approx(row["step_ms"] / row["options_ms"])
+    assert row["gflop_per_step"] > 0  # XLA's cost analysis of the compiled step
+
+
+def test_population_rows_with_xla_options(tmp_path, capsys):
+    assert _bench().main(["--population", "2", "--models", "toy64", "--batch", "16", "--rounds",
+                          "1", "--steps", "1", "--xla-option",
+                          "xla_cpu_experimental_ynn_fusion_type="]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    for prefix in ("", "opt_"):
+        assert row[f"{prefix}throughput_vs_sequential"] == pytest.approx(
+            2 * row[f"{prefix}one_ms"] / row[f"{prefix}population_ms"])
+    assert row["memory_population_mb"] > row["memory_one_mb"] > 0
+
+
+def test_bad_xla_option_is_one_line():
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        _bench().main(["--models", "toy64", "--xla-option", "no_equals_sign"])
