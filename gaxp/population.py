@@ -347,13 +347,15 @@ def train(config: Config, source: dict) -> dict:
         d = mc.data
         dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
                                data_dir=d.data_dir, seed=mc.trainer.seed,
-                               process_index=jax.process_index(), process_count=jax.process_count())
+                               process_index=jax.process_index(), process_count=jax.process_count(),
+                               labeled=d.labeled)
         members.append(mc)
         runs.append(dataclasses.replace(run, config=mc, dir=directory, dataset=dataset))
     hp = jax.device_put(hparams(config, members), state_sharding)
     batches = PopBatches([T.Batches(r) for r in runs], mode, run.mesh, n, config.data.batch_size)
     shape, image = tuple(run.dataset.shape), run.dataset.kind == "image"
-    make = functools.partial(init_state, config, run.spec.nets, shape, image)
+    # run.config: with model.num_classes read from the data (conditional GANs)
+    make = functools.partial(init_state, run.config, run.spec.nets, shape, image)
     member_abstract = abstract_like(jax.eval_shape(make, jax.random.key(0)), sharding.replicated(run.mesh))
     ckpt = PopCheckpointer([Checkpointer(r.dir / "checkpoints", config.trainer.keep) for r in runs],
                            member_abstract, state_sharding)

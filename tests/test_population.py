@@ -157,3 +157,20 @@ def test_multirun_of_populations_compares_members_as_seeds(tmp_path):
         finals = [[json.loads(x) for x in open(tmp_path / "sweep" / job / "members" / f"0{i}" / "metrics.jsonl")][-1]["train/g_loss"]
                   for i in range(2)]
         np.testing.assert_allclose(v["train/g_loss"]["final"]["mean"], np.mean(finals), rtol=1e-9)
+
+
+def test_conditional_population_equals_separate_runs(tiny):
+    """A population of class-conditional GANs (projection D, labels from the labeled ring) reads
+    the class count from the data and gets each member's labels, as separate runs do."""
+    common = (*TOY, "model.cond=projection", "data.labeled=true", "trainer.steps=6",
+              "trainer.ckpt_every=6", "trainer.log_every=3")
+    pop = train(tiny(*common, "trainer.population=2", "population.vary.seed=[1,2]",
+                     "trainer.devices=2", name="cpop"))
+    for i, seed in enumerate([1, 2]):
+        alone = train(tiny(*common, f"trainer.seed={seed}", "trainer.devices=1", name=f"calone{i}"))
+        member = _params(pop["members"][i]["dir"])
+        _assert_close(member, _params(alone["run_dir"]))
+        # the projection embedding has one row per class of the ring (8 modes)
+        embeddings = [x for x in jax.tree.leaves(member["d"]) if x.ndim == 2 and x.shape[0] == 8]
+        assert embeddings
+    assert pop["members"][0]["digest"] != pop["members"][1]["digest"]
