@@ -327,6 +327,9 @@ def _with_regularizers(config: Config, node: Any) -> Config:
                           "StyleGAN2 rescales D's optimizer for a single interval")
     m = config.model
     sn, pack, mb = (entries.get(k) for k in ("spectral_norm", "pacgan", "mbstd"))
+    if pack and pack.batch == "packs":  # Lin et al.'s code: D sees data.batch_size packs
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, batch_size=config.data.batch_size * pack.pack))
     model = dataclasses.replace(
         m, spectral_norm=m.spectral_norm or bool(sn and sn.d),
         g_spectral_norm=m.g_spectral_norm or bool(sn and sn.g),
@@ -359,11 +362,13 @@ def _check_entry(path: str, p: Any, loss: str) -> None:
         _positive(f"{path}.anneal_steps", p.anneal_steps, allow_zero=True)
     elif isinstance(p, SpectralNormParams) and not (p.d or p.g):
         raise ConfigError(f"{path} needs d=true or g=true")
-    elif isinstance(p, (PackParams, MbstdParams)):
-        value = p.pack if isinstance(p, PackParams) else p.group
-        if value < 2:
-            raise ConfigError(f"{path}.{'pack' if isinstance(p, PackParams) else 'group'} "
-                              f"must be >= 2 (got {value})")
+    elif isinstance(p, PackParams):
+        if p.pack < 1:
+            raise ConfigError(f"{path}.pack must be >= 1 (got {p.pack}; 1 is a plain GAN)")
+        if p.batch not in ("samples", "packs"):
+            raise ConfigError(f"{path}.batch must be samples or packs (got {p.batch!r})")
+    elif isinstance(p, MbstdParams) and p.group < 2:
+        raise ConfigError(f"{path}.group must be >= 2 (got {p.group})")
     elif isinstance(p, PretrainParams):
         _positive(f"{path}.steps", p.steps)
     elif isinstance(p, DriftParams):

@@ -101,7 +101,8 @@ class SpectralNormParams:
 
 @dataclass(frozen=True)
 class PackParams:
-    pack: int = 2
+    pack: int = 2  # m samples per D input; 1 = a plain GAN (PacGAN's m=1 row)
+    batch: str = "samples"  # data.batch_size counts samples (D sees batch/m packs) or packs
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ final value and of the best value (lowest, or highest for ``--maximize`` metrics
 Examples:
   python scripts/compare.py outputs/multirun/2025-01-01/12-00-00 --metrics train/d_loss train/g_loss
   python scripts/compare.py --wandb me/gaxp --group 2025-01-01/12-00-00 --out cmp/
+  python scripts/compare.py <sweep> --metrics eval/modes --final-only \
+      --rename GAN=regularizer.pacgan.pack=1 PacGAN2=regularizer.pacgan.pack=2
 """
 
 from __future__ import annotations
@@ -159,18 +161,39 @@ def _fmt(stats: dict | None) -> str:
     return f"{stats['mean']:.4g} ± {se}"
 
 
-def table(summary: dict, metrics: list[str], failures: list[dict], shared: dict) -> str:
+def rename(items: list[dict], pairs: list[str]) -> list[str]:
+    """Relabel variants in place with ``NEW=VARIANT`` pairs (e.g. ``GAN=regularizer.pacgan.pack=1``;
+    the first ``=`` splits). Returns the new names in the order given, for the table's rows."""
+    names = {}
+    for pair in pairs:
+        new, sep, old = pair.partition("=")
+        if not (sep and new and old):
+            raise ValueError(f"--rename takes NEW=VARIANT (got {pair!r})")
+        names[old] = new
+    known = {item["variant"] for item in items}
+    missing = sorted(set(names) - known)
+    if missing:
+        raise ValueError(f"--rename: no variant {missing[0]!r}; variants: {', '.join(sorted(known))}")
+    for item in items:
+        item["variant"] = names.get(item["variant"], item["variant"])
+    return list(names.values())
+
+
+def table(summary: dict, metrics: list[str], failures: list[dict], shared: dict,
+          order: list[str] = (), kinds: tuple = ("final", "best")) -> str:
+    """The markdown table: rows in ``order`` first, then sorted; columns per metric and kind."""
     failed = {}
     for f in failures:
         failed[f["variant"]] = failed.get(f["variant"], 0) + 1
-    head = ["variant", "seeds", "failed"] + [f"{m} {k}" for m in metrics for k in ("final", "best")]
+    head = ["variant", "seeds", "failed"] + [f"{m} {k}" for m in metrics for k in kinds]
     common = " ".join(f"{k}={v}" for k, v in shared.items()) or "-"
     lines = [f"Shared by every run: `{common}`. Cells: mean ± standard error over seeds.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in sorted(set(summary) | set(failed)):
+    names = set(summary) | set(failed)
+    for name in [n for n in order if n in names] + sorted(names - set(order)):
         v = summary.get(name, {})
         cells = [f"`{name}`", str(len(v.get("seeds", []))), str(failed.get(name, 0))]
-        cells += [_fmt(v.get(m, {}).get(k)) for m in metrics for k in ("final", "best")]
+        cells += [_fmt(v.get(m, {}).get(k)) for m in metrics for k in kinds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -230,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read a W&B project instead")
     p.add_argument("--group", help="the W&B group (a sweep's directory name)")
     p.add_argument("--out", type=Path, help="output directory (default: <sweep>/compare)")
+    p.add_argument("--rename", nargs="+", default=[], metavar="NEW=VARIANT",
+                   help="row names, in this order, e.g. GAN=regularizer.pacgan.pack=1")
+    p.add_argument("--final-only", action="store_true", help="table: final values, not best")
     a = p.parse_args(argv)
     if (a.sweep is None) == (a.wandb is None) or (a.wandb and not a.group):
         p.error("give a multirun directory, or --wandb ENTITY/PROJECT with --group")
@@ -239,10 +265,15 @@ def main(argv: list[str] | None = None) -> int:
                               else load_wandb(a.wandb, a.group, a.metrics))
     if not runs:
         p.error("no finished runs found (no summary.json under the directory)")
+    try:
+        order = rename(runs + failures, a.rename)
+    except ValueError as e:
+        p.error(str(e))
     out = a.out or (a.sweep / "compare" if a.sweep else Path("compare"))
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, a.metrics, set(a.maximize))
-    md = table(summary, a.metrics, failures, shared)
+    kinds = ("final",) if a.final_only else ("final", "best")
+    md = table(summary, a.metrics, failures, shared, order, kinds)
     (out / "compare.md").write_text(md)
     pngs = [str(x) for m in a.metrics for x in plot(summary, m, out)]
     dump = {name: {k: v for k, v in s.items() if k != "_series"} for name, s in summary.items()}

@@ -10,6 +10,7 @@ from flax import nnx
 
 from gaxp import augment, regularizers as R
 from gaxp.config import NoiseParams, OptSpec, check_for_data, load
+from gaxp.data import make_dataset
 from gaxp.errors import ConfigError
 from gaxp.losses import LOSSES
 from gaxp.models import ARCHS, Arch, adapter
@@ -183,8 +184,29 @@ def test_pack_concatenates_consecutive_samples_on_channels():
     np.testing.assert_array_equal(p[1, ..., 3:], x[3])
 
 
+@pytest.mark.parametrize("pack,batch,samples", [(1, "samples", 100), (4, "samples", 100),
+                                                (1, "packs", 100), (3, "packs", 300)])
+def test_pacgan_batch_counts_samples_or_packs(pack, batch, samples):
+    """``batch=packs`` (Lin et al.'s code): D scores data.batch_size packs of m samples, so a step
+    draws batch_size * m samples; ``batch=samples``: batch_size samples make batch_size/m packs.
+    pack=1 is the plain GAN (PacGAN's m=1 row)."""
+    config = load(compose("model=mlp", "data=ring", "data.batch_size=100", "regularizer=pacgan",
+                          f"regularizer.pacgan.pack={pack}", f"regularizer.pacgan.batch={batch}",
+                          "model.g_width=8", "model.d_width=8", "model.z_dim=2"))
+    assert config.data.batch_size == samples and config.model.d_pack == pack
+    _, d = ARCHS["mlp"].build(config.model, (2,), False, nnx.Rngs(0))
+    d_def, params, stats = adapter.split(d)
+    out = jax.eval_shape(lambda x: adapter.apply(d_def, params, stats, x, train=True)[0],
+                         jnp.zeros((samples, 2)))
+    assert out.shape == (samples // pack,)
+    assert [k.shape[0] for k in jax.tree.leaves(params) if k.ndim == 2][0] == 2 * pack
+
+
 @pytest.mark.parametrize("overrides,message", [
     (("+regularizer.r3.weight=1",), "unknown regularizer 'r3'; valid: bcr,"),
+    (("regularizer=pacgan", "regularizer.pacgan.pack=0"), "regularizer.pacgan.pack must be >= 1 (got 0"),
+    (("regularizer=pacgan", "regularizer.pacgan.batch=pairs"), "pacgan.batch must be samples or packs (got 'pairs')"),
+    (("regularizer=mbstd", "regularizer.mbstd.group=1"), "regularizer.mbstd.group must be >= 2 (got 1)"),
     (("regularizer=pacgan", "regularizer.pacgan.pack=3"), "data.batch_size=64 is not divisible by the PacGAN pack size 3"),
     (("regularizer=[pacgan,mbstd]", "regularizer.mbstd.group=5"), "minibatch-stddev group 5"),
     (("regularizer=label_smoothing", "loss=hinge"), "applies to loss lsgan, minimax, ns"),
@@ -236,3 +258,24 @@ def test_lazy_r1_and_d_pretraining_in_the_compiled_step(tiny):
     assert [(r[1], r[2]) for r in rows] == [(0, False), (0, False), (1, True), (1, True)]
     assert TRACES["train_step"] - traces == 1
     assert jax.tree.leaves(g0)[0].shape == jax.tree.leaves(state.g_params)[0].shape
+
+
+@pytest.mark.parametrize("name,modes,sigma", [("ring", 8, 0.01), ("grid", 25, 0.05)])
+def test_toy_experiments_are_the_pacgan_setup(name, modes, sigma):
+    """experiment=toy_ring/toy_grid give Lin et al.'s Table 1 setup (and their code's details)."""
+    c = load(compose(f"experiment=toy_{name}", "regularizer=pacgan", "regularizer.pacgan.pack=4",
+                     "regularizer.pacgan.batch=packs"))
+    m, g, d = c.model, c.optim.g, c.optim.d
+    assert (m.z_dim, m.g_width, m.g_depth, m.g_norm) == (2, 400, 4, "batch")
+    assert (m.d_width, m.d_depth, m.maxout, m.d_norm, m.d_pack) == (200, 3, 5, "none", 4)
+    assert (m.init, m.bn_momentum, c.loss.name, c.data.name) == ("dcgan", 0.95, "ns", name)
+    assert all((o.name, o.lr, o.b1, o.b2, o.eps) == ("adam", 1e-4, 0.8, 0.999, 1e-8) for o in (g, d))
+    assert c.data.batch_size == 400  # 100 packs of 4
+    assert (c.metrics.names, c.metrics.n_fake, c.metrics.mode_min_count) == (("modes",), 2500, 1)
+    assert c.trainer.ema.halflife_kimg * 1000 < 1e-2  # EMA decay 0.5^(400/1e-3) = 0: G itself
+    _, dm = ARCHS["mlp"].build(m, (2,), False, nnx.Rngs(0))
+    kernels = [k for k in jax.tree.leaves(adapter.split(dm)[1]) if k.ndim == 2]
+    assert [k.shape for k in kernels] == [(8, 1000), (200, 1000), (200, 1000), (200, 1)]
+    assert abs(float(np.std(kernels[1])) - 0.02) < 0.001
+    ds = make_dataset("toy2d", name)
+    assert len(ds.modes) == modes and ds.sigma == sigma

@@ -102,3 +102,29 @@ def test_compare_summarizes_a_real_multirun(tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     help_ = subprocess.run([sys.executable, str(COMPARE), "--help"], capture_output=True, text=True)
     assert help_.returncode == 0 and "multirun" in help_.stdout
+
+
+def test_compare_renames_rows_in_order_and_shows_final_only():
+    """--rename NEW=VARIANT relabels and orders the rows; --final-only drops the best columns."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare", COMPARE)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows = lambda *ys: [{"step": 100 * (i + 1), "eval/modes": y} for i, y in enumerate(ys)]  # noqa: E731
+    runs = [{"variant": f"regularizer.pacgan.pack={p}", "seed": str(s), "dir": "-",
+             "rows": rows(1.0, p + s)} for p in (1, 2, 10) for s in (0, 1)]
+    order = compare.rename(runs, ["GAN=regularizer.pacgan.pack=1", "PacGAN2=regularizer.pacgan.pack=2"])
+    assert order == ["GAN", "PacGAN2"]
+    assert [r["variant"] for r in runs[::2]] == ["GAN", "PacGAN2", "regularizer.pacgan.pack=10"]
+    summary = compare.summarize(runs, ["eval/modes"], {"eval/modes"})
+    md = compare.table(summary, ["eval/modes"], [], {}, order, ("final",))
+    lines = [line for line in md.splitlines() if line.startswith("| `")]
+    se = np.std([1, 2], ddof=1) / np.sqrt(2)
+    assert lines == [f"| `GAN` | 2 | 0 | 1.5 ± {se:.4g} |", f"| `PacGAN2` | 2 | 0 | 2.5 ± {se:.4g} |",
+                     f"| `regularizer.pacgan.pack=10` | 2 | 0 | 10.5 ± {se:.4g} |"]
+    assert "eval/modes best" not in md and "| variant | seeds | failed | eval/modes final |" in md
+    with pytest.raises(ValueError, match="no variant 'pack=3'; variants: GAN, PacGAN2"):
+        compare.rename(runs, ["X=pack=3"])
+    with pytest.raises(ValueError, match="NEW=VARIANT"):
+        compare.rename(runs, ["GAN"])
