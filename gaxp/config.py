@@ -177,6 +177,7 @@ def _check_sizes(cfg: Config) -> None:
         _positive(path, value)
     for path, value in [
         ("model.maxout", m.maxout), ("loss.clip", cfg.loss.clip), ("model.ac_weight", m.ac_weight),
+        ("model.cond_embed_dim", m.cond_embed_dim), ("model.cond_embed_std", m.cond_embed_std),
         ("loss.penalty_weight", cfg.loss.penalty_weight), ("trainer.ema.rampup", t.ema.rampup),
     ]:
         _positive(path, value, allow_zero=True)

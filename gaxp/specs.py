@@ -47,9 +47,13 @@ class ModelSpec:
     grow: Optional[GrowSpec] = None  # progressive growing schedule (model=progan only)
     # Class conditioning (gaxp.models.conditional): none | projection | acgan. num_classes comes
     # from the dataset (set by the train loop; leave null); ac_weight scales AC-GAN's class loss.
+    # G's class embedding concatenated to z: cond_embed_dim features (null = z_dim; 0 = none,
+    # conditional BatchNorm only), initialised N(0, cond_embed_std^2).
     cond: str = "none"
     num_classes: Optional[int] = None
     ac_weight: float = 1.0
+    cond_embed_dim: Optional[int] = None
+    cond_embed_std: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,25 @@ def test_every_generator_takes_the_label(arch, shape, g_norm):
     assert d(x, jnp.arange(4) % 3, train=False).shape == (4,)
 
 
+@pytest.mark.parametrize("dim,std", [(None, 1.0), (3, 0.5), (0, 1.0)])
+def test_class_embedding_at_gs_input_has_the_configured_size_and_scale(dim, std):
+    spec = ModelSpec(name="dcgan", z_dim=6, g_width=8, d_width=8, cond="projection",
+                     num_classes=40, cond_embed_dim=dim, cond_embed_std=std)
+    g, _ = ARCHS["dcgan"].build(spec, (8, 8, 1), True, nnx.Rngs(params=jax.random.key(0)))
+    width = 6 if dim is None else dim  # null: as wide as z
+    assert g.fc.kernel[...].shape[0] == 6 + width  # G's first layer reads [z, e_y]
+    if width == 0:
+        assert g.embed is None  # conditional BatchNorm only
+        return
+    table = np.asarray(g.embed.table[...])
+    assert table.shape == (40, width)
+    assert abs(table.std() / std - 1.0) < 0.25  # N(0, std^2) at init
+    z = jnp.ones((2, 6))
+    h = np.asarray(g.embed(z, jnp.array([3, 7])))
+    np.testing.assert_array_equal(h[:, :6], 1.0)
+    np.testing.assert_array_equal(h[:, 6:], table[[3, 7]])
+
+
 def test_acgan_terms_are_class_cross_entropies():
     d = _mlp_d("acgan")
     x = jax.random.normal(jax.random.key(3), (6, 3))

@@ -178,3 +178,19 @@ def test_grow_schedule_on_another_model_is_refused():
     c = dataclasses.replace(c, model=dataclasses.replace(c.model, grow=GrowSpec()))
     with pytest.raises(ConfigError, match="model.grow is the progressive-growing schedule"):
         grow.growth(c)
+
+
+@pytest.mark.parametrize("cin,cout", [(6, 5), (4, 1)])  # the custom-VJP path and the lax path
+def test_fused_upsample_conv_equals_upsample_then_conv(cin, cout):
+    from gaxp.models.progan import conv_upsampled
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, cin))
+    w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
+
+    def ref(x, w):
+        return jax.lax.conv_general_dilated(upsample(x, 2), w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_allclose(conv_upsampled(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    for a, b in zip(jax.grad(loss(conv_upsampled), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -65,14 +65,25 @@ def g_norm(spec: ModelSpec, features: int, *, rngs: nnx.Rngs):
     return Norm(spec.g_norm, features, momentum=spec.bn_momentum, rngs=rngs)
 
 
+def embed_dim(spec: ModelSpec) -> int:
+    """Features of the class embedding concatenated to z (``model.cond_embed_dim``, null = z_dim;
+    0 when unconditional or with conditional BatchNorm only)."""
+    if not active(spec):
+        return 0
+    return spec.z_dim if spec.cond_embed_dim is None else spec.cond_embed_dim
+
+
 def z_features(spec: ModelSpec) -> int:
     """Width of G's input: z, plus the class embedding of a conditional G."""
-    return spec.z_dim * (2 if active(spec) else 1)
+    return spec.z_dim + embed_dim(spec)
 
 
 class ZEmbed(nnx.Module):
+    """A table [classes, cond_embed_dim], N(0, cond_embed_std^2) at init, looked up by label."""
+
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
-        self.table = nnx.Param(jax.random.normal(rngs.params(), (spec.num_classes, spec.z_dim)))
+        shape = (spec.num_classes, embed_dim(spec))
+        self.table = nnx.Param(spec.cond_embed_std * jax.random.normal(rngs.params(), shape))
 
     def __call__(self, z: jax.Array, y: jax.Array) -> jax.Array:
         return jnp.concatenate([z, self.table[...][y].astype(z.dtype)], axis=-1)
@@ -80,7 +91,7 @@ class ZEmbed(nnx.Module):
 
 def g_embed(spec: ModelSpec, *, rngs: nnx.Rngs):
     """The z-side class embedding (None unless ``z_features`` counts one)."""
-    return ZEmbed(spec, rngs=rngs) if z_features(spec) != spec.z_dim else None
+    return ZEmbed(spec, rngs=rngs) if embed_dim(spec) else None
 
 
 def g_input(embed, z: jax.Array, y) -> jax.Array:
