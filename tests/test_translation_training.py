@@ -169,6 +169,7 @@ def test_srgan_resumed_mid_pretraining_is_exact(tiny, tmp_path):
     (("experiment=pix2pix_mnist_edges", "model.dropout=1.0"), "model.dropout must be in [0, 1)"),
     (("experiment=pix2pix_mnist_edges", "model.g_depth=1"), "model.dropout needs a U-Net decoder"),
     (("+model.dropout=0.5",), "model=dcgan has none"),
+    (("+task.pool_size=50",), "task=gan has none"),
 ])
 def test_bad_schedule_and_noise_settings_fail_in_config(tiny, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):

@@ -52,6 +52,7 @@ def check_config(config, regularizer_node) -> None:
     t = config.task
     if t.name not in TASKS:
         raise unknown("task", t.name, TASKS)
+    _check_phases(config)
     if t.name == "gan":
         return
     if config.trainer.population > 1:
@@ -65,10 +66,9 @@ def check_config(config, regularizer_node) -> None:
         raise ConfigError(f"task={t.name} supports regularizer={','.join(ALLOWED_REGULARIZERS)} "
                           f"only (got {extra[0]})")
     for key in ("l1_weight", "adv_weight", "pixel_weight", "perceptual_weight", "cycle_weight",
-                "identity_weight", "pool_size", "pretrain_steps"):
+                "identity_weight"):
         if getattr(t, key) < 0:
             raise ConfigError(f"task.{key} must be >= 0 (got {getattr(t, key)})")
-    _check_phases(config)
     if t.perceptual is not None:
         if t.name != "srgan":
             raise ConfigError(f"task.perceptual is SRGAN's feature loss; task={t.name} has none")
@@ -85,6 +85,9 @@ def check_config(config, regularizer_node) -> None:
 def _check_phases(config) -> None:
     """The history pool and SRGAN's pre-training fit the task and the run."""
     t, steps = config.task, config.trainer.steps
+    for key in ("pool_size", "pretrain_steps"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"task.{key} must be >= 0 (got {getattr(t, key)})")
     if t.pool_size and t.name != "cyclegan":
         raise ConfigError(f"task.pool_size is CycleGAN's history of generated images; "
                           f"task={t.name} has none (set task.pool_size=0)")
