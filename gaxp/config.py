@@ -204,6 +204,24 @@ def _check_sizes(cfg: Config) -> None:
         for k in ("b1", "b2"):
             if not 0.0 <= getattr(o, k) < 1.0:
                 raise ConfigError(f"optim.{net}.{k} must be in [0, 1) (got {getattr(o, k)})")
+        if not 0.0 <= o.decay <= 1.0:
+            raise ConfigError(f"optim.{net}.decay is the fraction of the run over which the "
+                              f"learning rate falls to zero; it must be in [0, 1] (got {o.decay})")
+    _check_dropout(m)
+
+
+def _check_dropout(m: ModelSpec) -> None:
+    """Pix2Pix's dropout noise in the U-Net (model=pix2pix only)."""
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1) (got {m.dropout})")
+    if m.dropout_levels < 1:
+        raise ConfigError(f"model.dropout_levels must be >= 1 (got {m.dropout_levels})")
+    if m.dropout and m.name != "pix2pix":
+        raise ConfigError(f"model.dropout is the Pix2Pix U-Net's noise; model={m.name} has none "
+                          "(set model.dropout=0)")
+    if m.dropout and m.g_depth < 2:
+        raise ConfigError("model.dropout needs a U-Net decoder level to drop: model.g_depth >= 2 "
+                          "(or set model.dropout=0)")
 
 
 def _check_metrics(m: MetricsSpec) -> None:

@@ -1,5 +1,14 @@
 """Optax optimizers per network. G and D each get their own chain and learning rate (TTUR,
-Heusel et al. 2017, is just ``optim.d.lr`` != ``optim.g.lr``)."""
+Heusel et al. 2017, is just ``optim.d.lr`` != ``optim.g.lr``).
+
+``optim.<net>.decay`` > 0 makes the learning rate an optax schedule: constant, then linear to
+zero over that last fraction of the network's updates in the run (CycleGAN, Zhu et al. 2017: 100
+epochs constant, 100 decaying: 0.5). The schedule counts the network's own updates (the
+optimizer's count: ``n_critic`` per train step for D, none for G during D pre-training and for D
+during SRGAN's pre-training), so it ends at the run's ``trainer.steps`` whatever the update
+pattern; a run resumed with a larger ``trainer.steps`` stretches it. Updates skipped by the
+non-finite guard do not advance it. The schedule multiplies every update, so a
+population member's update scaled by its lr ratio (``gaxp.population``) still follows it."""
 
 from __future__ import annotations
 
@@ -10,20 +19,41 @@ import optax
 from gaxp.config import OptSpec
 
 
-def _adam(o: OptSpec) -> optax.GradientTransformation:
+def _adam(o: OptSpec, lr) -> optax.GradientTransformation:
     if o.weight_decay:
-        return optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-    return optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
+        return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
 
 
-def _rmsprop(o: OptSpec) -> optax.GradientTransformation:
+def _rmsprop(o: OptSpec, lr) -> optax.GradientTransformation:
     """RMSProp as in WGAN (Arjovsky et al. 2017, Algorithm 1); ``b2`` is the decay."""
-    return optax.rmsprop(o.lr, decay=o.b2, eps=o.eps)
+    return optax.rmsprop(lr, decay=o.b2, eps=o.eps)
 
 
-def _sgd(o: OptSpec) -> optax.GradientTransformation:
+def _sgd(o: OptSpec, lr) -> optax.GradientTransformation:
     """SGD with momentum ``b1`` (0 = plain SGD, as in Goodfellow et al. 2014 with momentum)."""
-    return optax.sgd(o.lr, momentum=o.b1 or None)
+    return optax.sgd(lr, momentum=o.b1 or None)
+
+
+def learning_rate(o: OptSpec, updates: int = 0):
+    """``o.lr``, or with ``o.decay`` an optax schedule over the optimizer's count: ``o.lr`` for
+    the first ``updates - n`` updates, then linear to zero over the last ``n = round(decay *
+    updates)`` (the last update gets ``o.lr / n``). ``updates``: this network's updates in the
+    whole run."""
+    decay = int(round(o.decay * updates))
+    if decay <= 0:
+        return o.lr
+    return optax.join_schedules([optax.constant_schedule(o.lr),
+                                 optax.linear_schedule(o.lr, 0.0, decay)], [updates - decay])
+
+
+def run_updates(config, net: str) -> int:
+    """The updates of network ``net`` (``"g"`` or ``"d"``) in the whole run."""
+    steps = config.trainer.steps
+    if net == "d":
+        return (steps - config.task.pretrain_steps) * config.loss.n_critic
+    pre = config.regularizer.get("d_pretrain")
+    return max(steps - (pre.steps if pre is not None else 0), 0)
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -50,11 +80,12 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.GradientTransformation(init, update)
 
 
-def build(o: OptSpec, *, guard: bool = True) -> optax.GradientTransformation:
+def build(o: OptSpec, *, guard: bool = True, updates: int = 0) -> optax.GradientTransformation:
     """The optimizer named by ``o.name``, after optional global-norm gradient clipping. With
     ``guard``, updates whose gradients hold a NaN or Inf are skipped (``skip_nonfinite``; its
-    state counts them) and the inner optimizer state is left untouched."""
-    opt = OPTIMIZERS[o.name](o)
+    state counts them) and the inner optimizer state is left untouched. ``updates``: the
+    network's updates in the run, the learning-rate decay's horizon (``learning_rate``)."""
+    opt = OPTIMIZERS[o.name](o, learning_rate(o, updates))
     if o.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
     if guard:

@@ -54,6 +54,11 @@ class ModelSpec:
     ac_weight: float = 1.0
     cond_embed_dim: Optional[int] = None
     cond_embed_std: float = 1.0
+    # Pix2Pix's noise (Isola et al. 2017): dropout with this rate after the first dropout_levels
+    # decoder levels of the U-Net (model=pix2pix only); also when sampling if dropout_at_test.
+    dropout: float = 0.0
+    dropout_levels: int = 3
+    dropout_at_test: bool = True
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,10 @@ class OptSpec:
     eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # global-norm clipping; 0 = off
+    # Linear decay of lr to zero over this last fraction of the network's updates in the run
+    # (CycleGAN, Zhu et al. 2017: constant, then linear to zero over the second half: 0.5);
+    # 0 = constant lr.
+    decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -290,6 +299,9 @@ class TaskSpec:
     perceptual_weight: float = 1.0  # srgan: MSE of that network's features (with `perceptual`)
     cycle_weight: float = 10.0  # cyclegan: lambda of the cycle-consistency L1 terms
     identity_weight: float = 0.5  # cyclegan: identity L1 weight, in units of cycle_weight
+    pool_size: int = 0  # cyclegan: history of generated images shown to D (Shrivastava et al.
+    # 2017; CycleGAN: 50); 0 = D sees only the newest fakes
+    pretrain_steps: int = 0  # srgan: the first steps train G on pixel MSE only (the SRResNet)
 
 
 @dataclass(frozen=True)

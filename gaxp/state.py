@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from gaxp import optim
+from gaxp import optim, tasks
 from gaxp.config import Config
 from gaxp.models import ARCHS, adapter
 from gaxp.regularizers import lazy_optimizer
@@ -32,6 +32,7 @@ class GANState:
     g_ema: Any  # EMA of g_params; sampled with g_stats
     lr_scale: jax.Array  # multiplies both networks' updates (lowered by divergence rollbacks)
     rollbacks: jax.Array  # divergence rollbacks so far; folded into the step's random key
+    pool: Any = None  # CycleGAN's history of generated images (gaxp.tasks.pool); None otherwise
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ def make_nets(config: Config, shape: tuple, image: bool) -> Nets:
     rescaled for lazy penalties, see ``regularizers.lazy_optimizer``)."""
     g, d = nnx.eval_shape(lambda: _modules(config, shape, image, jax.random.key(0)))
     d_opt = lazy_optimizer(config.optim.d, config.regularizer.lazy_interval)
+    guard = config.trainer.guard.enabled
     return Nets(adapter.split(g)[0], adapter.split(d)[0],
-                optim.build(config.optim.g, guard=config.trainer.guard.enabled),
-                optim.build(d_opt, guard=config.trainer.guard.enabled))
+                optim.build(config.optim.g, guard=guard, updates=optim.run_updates(config, "g")),
+                optim.build(d_opt, guard=guard, updates=optim.run_updates(config, "d")))
 
 
 def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.Array) -> GANState:
@@ -67,4 +69,5 @@ def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.A
         g_opt=nets.g_opt.init(g_params), d_opt=nets.d_opt.init(d_params),
         g_ema=jax.tree.map(jnp.copy, g_params),
         lr_scale=jnp.ones((), jnp.float32), rollbacks=jnp.zeros((), jnp.int32),
+        pool=tasks.init_pool(config, shape),
     )

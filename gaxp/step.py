@@ -44,6 +44,7 @@ class StepSpec:
     grow: Optional[Any] = None  # progressive growing (gaxp.grow.Growth): the stage this program runs
     cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
     task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
+    phase: Optional[str] = None  # "pretrain": SRGAN's MSE phase (bound by gaxp.tasks.bind)
 
 
 def _grow_kwargs(spec: StepSpec, step) -> dict:

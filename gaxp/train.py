@@ -253,14 +253,18 @@ class Loop:
         self.programs, self.compile_s, self.stages = {}, 0.0, []  # compiled steps per growth stage
 
     def program(self, step: int, state: GANState, batch: dict):
-        """The compiled step for the growth stage of ``step`` (``state.step``), compiled on first
-        use: one program per stage with progressive growing (``gaxp.grow``), else one in all."""
-        spec = grow.bind(self.run.spec, step)
+        """The compiled step for the growth stage and task phase of ``step`` (``state.step``),
+        compiled on first use: one program per stage with progressive growing (``gaxp.grow``),
+        one per phase with SRGAN's pre-training (``gaxp.tasks.bind``), else one in all."""
+        spec = tasks.bind(grow.bind(self.run.spec, step), step)  # + SRGAN's pre-training phase
         stage = None if spec.grow is None else spec.grow.stage
-        if stage not in self.programs:
+        if (stage, spec.phase) not in self.programs:
             t0 = time.perf_counter()
-            self.programs[stage], seconds = self.compile(state, batch, self.key, spec)
+            self.programs[stage, spec.phase], seconds = self.compile(state, batch, self.key, spec)
             self.compile_s += seconds
+            phase = tasks.describe_phase(spec)
+            if phase and self.run.is_main:
+                self.out.progress.bar.write(f"step {step}: {phase}, compiled in {seconds:.1f} s")
             if stage is not None:
                 res = spec.grow.resolutions[stage]
                 self.stages.append({"stage": stage, "resolution": res, "step": step, "t": t0,
@@ -268,7 +272,7 @@ class Loop:
                 if self.run.is_main:
                     self.out.progress.bar.write(f"step {step}: stage {stage} ({res} px), "
                                                 f"compiled in {seconds:.1f} s")
-        return self.programs[stage]
+        return self.programs[stage, spec.phase]
 
     def _wall(self) -> float:
         return self.meta.get("wall_time_s", 0.0) + time.perf_counter() - self.t_run

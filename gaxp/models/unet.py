@@ -4,7 +4,10 @@
   4x4 stride-2 convolutions (LeakyReLU 0.2, no norm on the first) down to H / 2^g_depth, then as
   many 4x4 stride-2 transposed convolutions (norm, ReLU) back up, each decoder level concatenated
   with the encoder output of the same size (the skip connections); tanh output. Channels
-  ``g_width * 2^i``, capped at 8 * g_width (the paper's 64 ... 512).
+  ``g_width * 2^i``, capped at 8 * g_width (the paper's 64 ... 512). G's only noise is dropout
+  (``model.dropout``, the paper's 0.5) after the first ``model.dropout_levels`` decoder levels
+  (the paper's first three, "CD512"), drawn from the ``noise`` key the step derives from its own
+  key; at test time too when ``model.dropout_at_test`` (as the paper does), with the caller's key.
 * ``PatchGAN`` (Isola et al. 2017): ``d_depth`` 4x4 stride-2 convolutions, one 4x4 stride-1
   convolution, then a 4x4 stride-1 convolution to one logit per patch. Receptive field
   9 * 2^d_depth - 2 px: d_depth=3 is the paper's 70x70 PatchGAN for 256 px, d_depth=1 a 16x16
@@ -39,6 +42,8 @@ class UNet(nnx.Module):
     def __init__(self, spec: ModelSpec, c_in: int, c_out: int, *, rngs: nnx.Rngs, skips=True):
         w, m, sn = _widths(spec.g_width, spec.g_depth), spec.bn_momentum, spec.g_spectral_norm
         self.skips = skips
+        self.dropout, self.dropout_levels = spec.dropout, spec.dropout_levels  # static
+        self.dropout_at_test = spec.dropout_at_test
         self.downs = nnx.List([Down2x(a, b, sn=sn, init=spec.init, rngs=rngs)
                                for a, b in zip([c_in] + w, w)])
         self.down_norms = nnx.List([Norm("none" if i == 0 else spec.g_norm, b, momentum=m, rngs=rngs)
@@ -50,13 +55,22 @@ class UNet(nnx.Module):
         self.up_norms = nnx.List([Norm(spec.g_norm, b, momentum=m, rngs=rngs) for b in outs])
         self.out = Up2x(ins[-1] if len(w) > 1 else w[0], c_out, sn=sn, init=spec.init, rngs=rngs)
 
-    def __call__(self, c: jax.Array, *, train: bool) -> jax.Array:
+    def _drop(self, h: jax.Array, level: int, noise, train: bool) -> jax.Array:
+        """Dropout (inverted: kept units scaled by 1 / (1 - rate)) on decoder level ``level``."""
+        active = self.dropout > 0 and noise is not None and (train or self.dropout_at_test)
+        if not active or level >= self.dropout_levels:
+            return h
+        keep = jax.random.bernoulli(jax.random.fold_in(noise, level), 1.0 - self.dropout, h.shape)
+        return jnp.where(keep, h / (1.0 - self.dropout), 0.0).astype(h.dtype)
+
+    def __call__(self, c: jax.Array, *, train: bool, noise=None) -> jax.Array:
+        """``noise``: a key for the dropout masks (None: no dropout)."""
         h, skips = c, []
         for down, norm in zip(self.downs, self.down_norms):
             h = lrelu(norm(down(h, train=train), train=train))
             skips.append(h)
-        for up, norm, skip in zip(self.ups, self.up_norms, reversed(skips[:-1])):
-            h = jax.nn.relu(norm(up(h, train=train), train=train))
+        for i, (up, norm, skip) in enumerate(zip(self.ups, self.up_norms, reversed(skips[:-1]))):
+            h = self._drop(jax.nn.relu(norm(up(h, train=train), train=train)), i, noise, train)
             h = jnp.concatenate([h, skip], axis=-1) if self.skips else h
         return jnp.tanh(self.out(h, train=train))
 

@@ -10,6 +10,7 @@ selects an entry.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -51,6 +52,7 @@ def check_config(config, regularizer_node) -> None:
     t = config.task
     if t.name not in TASKS:
         raise unknown("task", t.name, TASKS)
+    _check_phases(config)
     if t.name == "gan":
         return
     if config.trainer.population > 1:
@@ -78,6 +80,23 @@ def check_config(config, regularizer_node) -> None:
     if names and names != ("auto",):
         raise ConfigError(f"task={t.name} computes its own metrics (L1, PSNR, SSIM, Frechet "
                           "distance); use metrics=default (metrics.names=[auto]) or metrics=none")
+
+
+def _check_phases(config) -> None:
+    """The history pool and SRGAN's pre-training fit the task and the run."""
+    t, steps = config.task, config.trainer.steps
+    for key in ("pool_size", "pretrain_steps"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"task.{key} must be >= 0 (got {getattr(t, key)})")
+    if t.pool_size and t.name != "cyclegan":
+        raise ConfigError(f"task.pool_size is CycleGAN's history of generated images; "
+                          f"task={t.name} has none (set task.pool_size=0)")
+    if t.pretrain_steps and t.name != "srgan":
+        raise ConfigError(f"task.pretrain_steps is SRGAN's MSE pre-training of G; task={t.name} "
+                          "has none (set task.pretrain_steps=0)")
+    if t.pretrain_steps >= steps:
+        raise ConfigError(f"task.pretrain_steps={t.pretrain_steps} leaves no adversarial training "
+                          f"in trainer.steps={steps}; make it smaller than trainer.steps")
 
 
 _EXPERIMENTS = {"pix2pix": "pix2pix_mnist_edges", "srgan": "srgan_mnist",
@@ -111,6 +130,24 @@ def check_data(config, dataset) -> None:
                           "task.identity_weight=0")
 
 
+def bind(spec, step: int):
+    """``spec`` (a ``gaxp.step.StepSpec``) bound to the task's phase at ``step``: ``"pretrain"``
+    for SRGAN's first ``task.pretrain_steps`` steps, else None. Phases compile to different
+    programs (``gaxp.train.Loop.program``), like progressive growing's stages."""
+    phase = "pretrain" if step < spec.task.pretrain_steps else None
+    return spec if phase == spec.phase else dataclasses.replace(spec, phase=phase)
+
+
+def describe_phase(spec) -> str | None:
+    """One line for the console when a phase's program starts (None: the task has no phases)."""
+    n = spec.task.pretrain_steps
+    if not n:
+        return None
+    if spec.phase == "pretrain":
+        return f"phase pretrain (G on pixel MSE, D untouched) until step {n}"
+    return "phase adversarial"
+
+
 def model_shape(config, dataset) -> tuple:
     """What the arch is built for: the data shape, or (target_shape, source_shape)."""
     if config.task.name == "gan":
@@ -129,3 +166,13 @@ def step_fn(config, spec) -> Callable:
     if config.task.perceptual is not None:
         extras["features"] = _steps().load_features(config.task.perceptual)
     return functools.partial(getattr(_steps(), task.step), spec=spec, **extras)
+
+
+def init_pool(config, shape) -> dict | None:
+    """CycleGAN's empty history pool for the train state (``gaxp.tasks.pool``), else None."""
+    if config.task.name != "cyclegan" or config.task.pool_size <= 0:
+        return None
+    from gaxp.tasks import pool
+
+    target, source = shape
+    return pool.init(config.task.pool_size, source, target)

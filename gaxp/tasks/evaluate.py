@@ -40,12 +40,18 @@ log = logging.getLogger("gaxp.metrics")
 GRID_EXAMPLES = 16
 
 
+EVAL_NOISE_SEED = 3  # Pix2Pix's test-time dropout masks: a fixed key, so grids are comparable
+
+
 def generator(spec) -> Callable:
-    """(params, stats, images, direction) -> translated images (eval mode)."""
+    """(params, stats, images, direction) -> translated images (eval mode). Pix2Pix's U-Net gets
+    a fixed dropout key (used when ``model.dropout_at_test``, as the paper samples)."""
     dtype = adapter.PRECISIONS[spec.precision]
 
     def g(params, stats, img, direction="ab"):
         kw = {"direction": direction} if spec.task.name == "cyclegan" else {}
+        if spec.task.name == "pix2pix":
+            kw["noise"] = jax.random.key(EVAL_NOISE_SEED)
         return adapter.apply(spec.nets.g_def, params, stats, img, train=False,
                              compute_dtype=dtype, **kw)[0]
     return g

@@ -7,11 +7,18 @@ by ``lr_scale``, the non-finite guard, the NaN-injection debug hook), ``ema_beta
 ``x`` (targets, domain B) and ``c`` (sources, domain A) as [1, batch, ...] uint8 or float arrays.
 
 * Pix2Pix (Isola et al. 2017): D(c, x) vs D(c, G(c)), D's loss halved as in the paper;
-  G: adv_weight * adversarial + l1_weight * |G(c) - x|.
+  G: adv_weight * adversarial + l1_weight * |G(c) - x|. G's noise is the U-Net's dropout, one
+  mask per step (the same G(c) feeds the D and the G update, as in the paper's code).
 * SRGAN (Ledig et al. 2017): D(x) vs D(G(c)); G: pixel_weight * MSE + perceptual_weight * MSE of
-  a feature network's features (only with ``task.perceptual``) + adv_weight * adversarial.
+  a feature network's features (only with ``task.perceptual``) + adv_weight * adversarial. The
+  first ``task.pretrain_steps`` steps train the SRResNet on pixel MSE alone, D untouched: a
+  separate program (``spec.phase == "pretrain"``, bound by ``gaxp.tasks.bind``).
 * CycleGAN (Zhu et al. 2017): D_A, D_B (halved losses); G: adversarial of both directions +
-  cycle_weight * (cycle L1 + identity_weight * identity L1), ``cycle_terms``.
+  cycle_weight * (cycle L1 + identity_weight * identity L1), ``cycle_terms``. With
+  ``task.pool_size``, D sees fakes through the history pool of ``gaxp.tasks.pool``.
+
+Randomness (dropout masks, pool draws) comes from ``fold_in(fold_in(key, step), rollbacks)``,
+like ``gaxp.step.train_step``, so a resumed run matches an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ import optax
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
 from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, to_float
+from gaxp.tasks import pool
+
+
+def _step_key(key: jax.Array, state) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
 
 
 def _net(spec: StepSpec, which: str):
@@ -76,7 +88,8 @@ def pix2pix_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     TRACES["train_step"] += 1
     c, x = _pair(batch)
     G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
-    fake = jax.lax.stop_gradient(G(state.g_params, state.g_stats, c, train=True)[0])
+    noise = jax.random.fold_in(_step_key(key, state), 1)  # the U-Net's dropout masks
+    fake = jax.lax.stop_gradient(G(state.g_params, state.g_stats, c, train=True, noise=noise)[0])
 
     def d_loss(d_params):
         r, stats = D(d_params, state.d_stats, (c, x), train=True)
@@ -89,7 +102,7 @@ def pix2pix_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     r = _real_logits(spec, state, (c, x), loss)
 
     def g_loss(g_params):
-        out, stats = G(g_params, state.g_stats, c, train=True)
+        out, stats = G(g_params, state.g_stats, c, train=True, noise=noise)
         f, _ = D(state.d_params, state.d_stats, (c, out), train=True)
         value, m = pix2pix_loss(loss.g(r, f), out, x, adv_weight=t.adv_weight,
                                 l1_weight=t.l1_weight)
@@ -121,9 +134,25 @@ def srgan_content(out, x, t, features=None) -> tuple[jax.Array, dict]:
     return value, m
 
 
+def srgan_pretrain(spec: StepSpec, state, c: jax.Array, x: jax.Array):
+    """SRGAN's first phase: the SRResNet on pixel MSE alone (Ledig et al. 2017 train it so and
+    start the GAN from it); D, its statistics and its optimizer are left untouched."""
+    G = _net(spec, "g")
+
+    def g_loss(g_params):
+        out, stats = G(g_params, state.g_stats, c, train=True)
+        mse = jnp.mean(jnp.square(out - x))
+        return mse, (stats, {"train/mse": mse, "train/g_loss": mse})
+
+    state, metrics = _update(spec, state, "g", g_loss)
+    return _finish(spec, state, metrics | {"train/pretrain": jnp.float32(1.0)})
+
+
 def srgan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec, features=None):
     TRACES["train_step"] += 1
     c, x = _pair(batch)
+    if spec.phase == "pretrain":
+        return srgan_pretrain(spec, state, c, x)
     G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
     fake = jax.lax.stop_gradient(G(state.g_params, state.g_stats, c, train=True)[0])
 
@@ -146,7 +175,8 @@ def srgan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec, features=N
         return value, (stats, m | {"train/g_adv": adv, "train/g_loss": value})
 
     state, g_metrics = _update(spec, state, "g", g_loss)
-    return _finish(spec, state, d_metrics | g_metrics)
+    phase = {"train/pretrain": jnp.float32(0.0)} if t.pretrain_steps else {}
+    return _finish(spec, state, d_metrics | g_metrics | phase)
 
 
 def cycle_terms(g_ab, g_ba, a: jax.Array, b: jax.Array, identity: bool = True) -> dict:
@@ -169,6 +199,11 @@ def cyclegan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
     fake_b = jax.lax.stop_gradient(G(state.g_params, state.g_stats, a, train=True, direction="ab")[0])
     fake_a = jax.lax.stop_gradient(G(state.g_params, state.g_stats, b, train=True, direction="ba")[0])
+    pool_metrics = {}
+    if state.pool is not None:  # D sees the history pool's mix of new and older fakes
+        fake_a, fake_b, history, used = pool.query_both(state.pool, fake_a, fake_b,
+                                                        _step_key(key, state))
+        state, pool_metrics = state.replace(pool=history), {"train/pool_fraction": used}
 
     def d_loss(d_params):
         r_b, stats = D(d_params, state.d_stats, b, train=True, domain="b")
@@ -206,4 +241,4 @@ def cyclegan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
                                 "train/identity": terms["identity"]})
 
     state, g_metrics = _update(spec, state, "g", g_loss)
-    return _finish(spec, state, d_metrics | g_metrics)
+    return _finish(spec, state, d_metrics | g_metrics | pool_metrics)
