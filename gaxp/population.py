@@ -39,12 +39,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gaxp import run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
-from gaxp.config import Config, PenaltyParams, PopulationSpec
+from gaxp.config import Config, PopulationSpec
 from gaxp.data import make_dataset
 from gaxp.errors import ConfigError, unknown
 from gaxp.logging.writers import Progress
+from gaxp.loop import Loop, step_of
 from gaxp.preempt import StopRequests
 from gaxp.state import init_state
+from gaxp.step import train_step
 
 log = logging.getLogger("gaxp")
 
@@ -364,7 +366,7 @@ def train(config: Config, source: dict) -> dict:
         state, meta = ckpt.restore_latest_good(None, batches.iterator)
     else:
         state, meta = jax.jit(jax.vmap(make), out_shardings=state_sharding)(keys(0)), {}
-    start = T.step_of(state)
+    start = step_of(state)
     ids = meta.pop("wandb_ids", None) or [T._prior_wandb_id(r.dir) for r in runs]
     outs = []
     for i, r in enumerate(runs):
@@ -397,7 +399,7 @@ def train(config: Config, source: dict) -> dict:
 
     def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
         t0 = time.perf_counter()
-        step = jax.vmap(functools.partial(T.train_step, spec=spec),
+        step = jax.vmap(functools.partial(train_step, spec=spec),
                         spmd_axis_name="data" if mode == "members" else None)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
         compiled = fn.lower(state, batch, key, hp).compile()
@@ -405,13 +407,13 @@ def train(config: Config, source: dict) -> dict:
 
     try:
         with StopRequests() as stop:
-            loop = T.Loop(run, batches, out, ckpt, meta, evaluator, key=keys(1), compile_fn=compile_fn)
+            loop = Loop(run, batches, out, ckpt, meta, evaluator, key=keys(1), compile_fn=compile_fn)
             result = loop.run_steps(state, stop)
     finally:
         ckpt.close()
         out.close()
     state = result.pop("state")
-    steps = T.step_of(state)
+    steps = step_of(state)
     kimg = steps * config.data.batch_size * config.loss.n_critic / 1000
     traces = T.TRACES["train_step"] - traces_before
     rows = []

@@ -50,7 +50,8 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     from hydra import compose, initialize_config_dir
 
     from gaxp.config import load
-    from gaxp.train import compile_step, prepare
+    from gaxp.loop import compile_step
+    from gaxp.train import prepare
 
     overrides = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
                  "toy": ["model=mlp", "data=ring"],
@@ -222,7 +223,7 @@ def bench_population(model: str, batch: int, args) -> dict:
     member's step (x N) and the population's step; throughput ratio = N * t_one / t_population.
     Also the compile times and XLA's peak-memory account of both programs. With --xla-option,
     both programs compiled with those options too, timed in the same rounds."""
-    from gaxp.train import compile_step
+    from gaxp.loop import compile_step
 
     n = args.population
     with tempfile.TemporaryDirectory() as tmp:

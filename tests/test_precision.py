@@ -9,7 +9,8 @@ import pytest
 from gaxp.config import load
 from gaxp.models import layers
 from gaxp.step import generate, train_step
-from gaxp.train import compile_step, prepare, train
+from gaxp.loop import compile_step
+from gaxp.train import prepare, train
 
 DCGAN = ("model=dcgan", "model.g_width=8", "model.d_width=8", "data.batch_size=16",
          "trainer.devices=1")

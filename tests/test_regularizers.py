@@ -16,7 +16,8 @@ from gaxp.losses import LOSSES
 from gaxp.models import ARCHS, Arch, adapter
 from gaxp.models.blocks import minibatch_std, pack
 from gaxp.step import TRACES
-from gaxp.train import compile_step, prepare
+from gaxp.loop import compile_step
+from gaxp.train import prepare
 
 W = jax.random.normal(jax.random.key(0), (6, 3))
 

@@ -10,7 +10,8 @@ from gaxp import sharding
 from gaxp.config import load
 from gaxp.models import adapter
 from gaxp.models.blocks import Norm
-from gaxp.train import Batches, compile_step, prepare
+from gaxp.loop import compile_step
+from gaxp.train import Batches, prepare
 
 
 def _run_steps(tiny, tmp_path, devices, n, *overrides):

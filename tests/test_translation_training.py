@@ -15,7 +15,8 @@ from gaxp.config import ModelSpec, load
 from gaxp.errors import ConfigError
 from gaxp.models.unet import UNet
 from gaxp.tasks import pool
-from gaxp.train import compile_step, prepare, train
+from gaxp.loop import compile_step
+from gaxp.train import prepare, train
 
 
 def _unet(**kw):

@@ -133,7 +133,7 @@ def check_data(config, dataset) -> None:
 def bind(spec, step: int):
     """``spec`` (a ``gaxp.step.StepSpec``) bound to the task's phase at ``step``: ``"pretrain"``
     for SRGAN's first ``task.pretrain_steps`` steps, else None. Phases compile to different
-    programs (``gaxp.train.Loop.program``), like progressive growing's stages."""
+    programs (``gaxp.loop.Loop.program``), like progressive growing's stages."""
     phase = "pretrain" if step < spec.task.pretrain_steps else None
     return spec if phase == spec.phase else dataclasses.replace(spec, phase=phase)
 
