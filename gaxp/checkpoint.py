@@ -16,6 +16,7 @@ check of its own, hence this one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -38,6 +39,24 @@ log = logging.getLogger("gaxp")
 def abstract_like(state: Any, sharding) -> Any:
     """ShapeDtypeStructs with ``sharding`` for every leaf of an abstract (eval_shape) state."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+def _written(state: Any) -> Any:
+    """What Orbax writes for ``state``: a dataclass state (``GANState``) as a dict of its fields,
+    leaving out those that are None (optional parts such as CycleGAN's image pool). A run without
+    such a part keeps the checkpoint layout it had before the field existed, so checkpoints of
+    earlier versions still restore."""
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        return {k: v for k, v in values.items() if v is not None}
+    return state
+
+
+def _read(tree: Any, abstract: Any) -> Any:
+    """The inverse of ``_written``: the restored dict back into ``abstract``'s dataclass."""
+    if dataclasses.is_dataclass(abstract) and not isinstance(abstract, type):
+        return dataclasses.replace(abstract, **tree)
+    return tree
 
 
 def _bits(x: jax.Array) -> jax.Array:
@@ -91,7 +110,7 @@ class Checkpointer:
             log.warning("gaxp: step %d: the state holds NaN/Inf; no checkpoint written", step)
             return False
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.StandardSave(_written(state)),
             data=grain.checkpoint.CheckpointSave(data_iter),
             meta=ocp.args.JsonSave(meta | {"integrity": checksum}),
         ), force=True)
@@ -100,15 +119,16 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.
         Raises ``DamagedCheckpoint`` when the restored bits do not match those saved."""
-        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        items = {"state": ocp.args.StandardRestore(_written(abstract_state)),
+                 "meta": ocp.args.JsonRestore()}
         if not self._other_layout(step, data_iter):
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        meta = dict(out.meta)
-        finite, checksum = integrity(out.state)
+        meta, state = dict(out.meta), _read(out.state, abstract_state)
+        finite, checksum = integrity(state)
         if not finite or meta.get("integrity") != checksum:
             raise DamagedCheckpoint("its contents do not match the checksum saved with it")
-        return out.state, meta
+        return state, meta
 
     def restore_latest_good(self, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """The newest checkpoint that reads back intact; damaged ones are reported and moved to
@@ -157,8 +177,8 @@ class Checkpointer:
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """Only the train state of ``step`` (for evaluation and sampling; no data iterator)."""
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-        return out.state
+            state=ocp.args.StandardRestore(_written(abstract_state))))
+        return _read(out.state, abstract_state)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
