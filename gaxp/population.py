@@ -40,7 +40,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gaxp import run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, PopulationSpec
-from gaxp.data import make_dataset
 from gaxp.errors import ConfigError, unknown
 from gaxp.logging.writers import Progress
 from gaxp.loop import Loop, step_of
@@ -346,13 +345,8 @@ def train(config: Config, source: dict) -> dict:
         if run.is_main:
             directory.mkdir(parents=True, exist_ok=True)
         mc = member_config(config, i, directory)
-        d = mc.data
-        dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
-                               data_dir=d.data_dir, seed=mc.trainer.seed,
-                               process_index=jax.process_index(), process_count=jax.process_count(),
-                               labeled=d.labeled)
         members.append(mc)
-        runs.append(dataclasses.replace(run, config=mc, dir=directory, dataset=dataset))
+        runs.append(dataclasses.replace(run, config=mc, dir=directory, dataset=T.open_dataset(mc)))
     hp = jax.device_put(hparams(config, members), state_sharding)
     batches = PopBatches([T.Batches(r) for r in runs], mode, run.mesh, n, config.data.batch_size)
     shape, image = tuple(run.dataset.shape), run.dataset.kind == "image"

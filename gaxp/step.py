@@ -202,14 +202,19 @@ def ema_beta(ema: EmaSpec, batch: int, step: jax.Array, halflife_kimg=None) -> j
     return 0.5 ** (batch / jnp.maximum(halflife, 1e-8))
 
 
+def step_key(key: jax.Array, state: GANState) -> jax.Array:
+    """The step's own key: the run's key folded with the step and the rollback count (no key is
+    stored in the state, so a resumed run draws exactly what an uninterrupted one does)."""
+    return jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
+
+
 def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: StepSpec):
     """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics).
     ``hp``: traced hyperparameters of a population member (``gaxp.population.hparams``); None or
     {} for a single run, whose program is then exactly the same as without them."""
     hp = hp or {}
     TRACES["train_step"] += 1
-    key = jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
-    k_d, k_g = jax.random.split(key)
+    k_d, k_g = jax.random.split(step_key(key, state))
     x = to_float(batch["x"])  # [n_critic, batch, ...]
     if spec.grow is not None:  # progressive growing: reals at the stage's size, faded in like G's
         x = spec.grow.real(x, state.step)

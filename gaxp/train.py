@@ -67,6 +67,16 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def open_dataset(config: Config):
+    """The run's data source as configured: this process's shard, shuffled with the run's seed
+    (a population opens one per member with the member's config)."""
+    d = config.data
+    return make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
+                        data_dir=d.data_dir, seed=config.trainer.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count(),
+                        labeled=d.labeled)
+
+
 def setup(config: Config) -> Run:
     """Everything that can fail on user input, before any compilation."""
     _quiet_libraries()
@@ -76,11 +86,7 @@ def setup(config: Config) -> Run:
         local_batch = config.data.batch_size  # each member's batch stays on its member's device
     else:
         local_batch = sharding.check_batch(config.data.batch_size, mesh)
-    d = config.data
-    dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
-                           data_dir=d.data_dir, seed=config.trainer.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count(),
-                           labeled=d.labeled)
+    dataset = open_dataset(config)
     image = dataset.kind == "image"
     tasks.check_data(config, dataset)  # task=pix2pix/srgan/cyclegan: source/target pairs
     shape = tasks.model_shape(config, dataset)  # image-to-image archs: (target, source) shapes

@@ -170,9 +170,9 @@ def step_fn(config, spec) -> Callable:
 
 def init_pool(config, shape) -> dict | None:
     """CycleGAN's empty history pool for the train state (``gaxp.tasks.pool``), else None."""
-    if config.task.name != "cyclegan" or config.task.pool_size <= 0:
+    if config.task.name != "cyclegan":
         return None
-    from gaxp.tasks import pool
+    from gaxp.tasks import pool  # None for pool_size 0
 
     target, source = shape
     return pool.init(config.task.pool_size, source, target)

@@ -17,8 +17,8 @@ by ``lr_scale``, the non-finite guard, the NaN-injection debug hook), ``ema_beta
   cycle_weight * (cycle L1 + identity_weight * identity L1), ``cycle_terms``. With
   ``task.pool_size``, D sees fakes through the history pool of ``gaxp.tasks.pool``.
 
-Randomness (dropout masks, pool draws) comes from ``fold_in(fold_in(key, step), rollbacks)``,
-like ``gaxp.step.train_step``, so a resumed run matches an uninterrupted one bit for bit.
+Randomness (dropout masks, pool draws) comes from ``gaxp.step.step_key``, as in
+``gaxp.step.train_step``, so a resumed run matches an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -31,12 +31,8 @@ import optax
 
 from gaxp.losses import LOSSES
 from gaxp.models import adapter
-from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, to_float
+from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, step_key, to_float
 from gaxp.tasks import pool
-
-
-def _step_key(key: jax.Array, state) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
 
 
 def _net(spec: StepSpec, which: str):
@@ -88,7 +84,7 @@ def pix2pix_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     TRACES["train_step"] += 1
     c, x = _pair(batch)
     G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
-    noise = jax.random.fold_in(_step_key(key, state), 1)  # the U-Net's dropout masks
+    noise = jax.random.fold_in(step_key(key, state), 1)  # the U-Net's dropout masks
     fake = jax.lax.stop_gradient(G(state.g_params, state.g_stats, c, train=True, noise=noise)[0])
 
     def d_loss(d_params):
@@ -202,7 +198,7 @@ def cyclegan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     pool_metrics = {}
     if state.pool is not None:  # D sees the history pool's mix of new and older fakes
         fake_a, fake_b, history, used = pool.query_both(state.pool, fake_a, fake_b,
-                                                        _step_key(key, state))
+                                                        step_key(key, state))
         state, pool_metrics = state.replace(pool=history), {"train/pool_fraction": used}
 
     def d_loss(d_params):
