@@ -11,7 +11,8 @@ non-finite state is never written) and computes two 32-bit sums per leaf of its 
 and a position-weighted one, so any flipped bit or zeroed block changes them). Restore recomputes
 them; a checkpoint that fails to read or does not match is reported, moved aside to
 ``checkpoints-damaged/`` (nothing is deleted) and the previous one is tried. Orbax has no content
-check of its own, hence this one.
+check of its own, hence this one. A checkpoint that reads but holds arrays of other names or shapes
+than the run's config builds is a config error, not damage: it is reported and left in place.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class Checkpointer:
         ``checkpoints-damaged/``. Raises ConfigError when none is left."""
         self.wait()
         for step in sorted(self.manager.all_steps(), reverse=True):
+            self._check_matches(step, abstract_state)
             try:
                 return self.restore(step, abstract_state, data_iter)
             except Exception as e:  # noqa: BLE001 - any read failure means this one is unusable
@@ -144,6 +146,31 @@ class Checkpointer:
                             "previous one", step, reason[:200], where)
         raise ConfigError(f"no intact checkpoint left in {self.directory} (damaged ones are in "
                           f"{self.directory.parent / 'checkpoints-damaged'}); start a new run")
+
+    def _check_matches(self, step: int, abstract_state: Any) -> None:
+        """Raise ConfigError when checkpoint ``step`` is intact but holds a state of another shape
+        (the run is resumed with a config that builds other networks): that is the user's config,
+        not damage, so nothing is moved aside. A step whose metadata cannot be read is left to
+        the restore, which reports it as damaged."""
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+            saved = ocp.tree.to_flat_dict(getattr(saved, "tree", saved))
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore reports the damage
+            return
+        wanted = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(_written(abstract_state),
+                                                               keep_empty_nodes=True))
+        shape = lambda x: tuple(getattr(x, "shape", ()) or ())  # noqa: E731
+        problems = [f"{'/'.join(k)} is missing from the checkpoint" for k in wanted if k not in saved]
+        problems += [f"{'/'.join(k)} is in the checkpoint but not in this config's state"
+                     for k in saved if k not in wanted]
+        problems += [f"{'/'.join(k)} has shape {shape(saved[k])} there, {shape(v)} here"
+                     for k, v in wanted.items() if k in saved and shape(saved[k]) != shape(v)]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ConfigError(
+                f"checkpoint {step} in {self.directory} was written for other networks: "
+                f"{problems[0]}{more}; resume with the config the run was started with (its "
+                f"run.json) or start a new run")
 
     def _other_layout(self, step: int, data_iter: Any) -> bool:
         """True when ``step`` was saved by a different number of processes: then the data

@@ -110,6 +110,21 @@ def test_no_intact_checkpoint_is_a_clear_error(tiny, tmp_path):
         train(tiny(*TOY, "trainer.steps=4", "trainer.resume=true"))
 
 
+def test_resume_with_other_networks_is_a_config_error_that_moves_nothing(tiny, tmp_path):
+    """An intact checkpoint of other shapes (the config changed between runs) is the user's
+    mistake, not damage: one clear error, and every checkpoint stays where it is."""
+    train(tiny(*TOY, "trainer.steps=2", "trainer.ckpt_every=2"))
+    run = tmp_path / "run"
+    before = sorted(p.relative_to(run) for p in (run / "checkpoints").rglob("*"))
+    with pytest.raises(ConfigError, match=r"checkpoint 2 in .* was written for other networks: "
+                                          r".*has shape \(.*32.*\) there, \(.*48.*\) here"):
+        train(tiny(*TOY, "model.g_width=48", "trainer.steps=4", "trainer.resume=true"))
+    assert not (run / "checkpoints-damaged").exists()
+    assert sorted(p.relative_to(run) for p in (run / "checkpoints").rglob("*")) == before
+    # the run's own config still resumes it
+    assert train(tiny(*TOY, "trainer.steps=4", "trainer.resume=true"))["resumed_from"] == 2
+
+
 def test_nan_gradients_are_skipped_counted_and_rolled_back(tiny, tmp_path, caplog):
     over = (*TOY, "loss.n_critic=2", "trainer.log_every=1", "trainer.ckpt_every=3",
             "trainer.guard.patience=3", "trainer.guard.inject_nan=[5,6,7]", "trainer.steps=10")
