@@ -207,3 +207,15 @@ REGULARIZERS: dict[str, Regularizer] = {
     "d_pretrain": Regularizer(C.PretrainParams),
     "drift": Regularizer(C.DriftParams),
 }
+
+
+def advice(config: C.Config) -> list[str]:
+    """Settings that run but that the stabilizers' papers advise against, one line each (logged
+    at start-up, never an error: a researcher may want exactly that ablation)."""
+    penalties = [n for n, p in config.regularizer.entries if isinstance(p, C.PenaltyParams)]
+    if penalties and config.model.d_norm == "batch":
+        return [f"gradient penalty {', '.join(penalties)} with BatchNorm in D (model.d_norm=batch): "
+                "the penalty's gradient then mixes the samples of a batch, so it is not the "
+                "per-sample norm the method constrains (Gulrajani et al. 2017 leave BatchNorm out "
+                "of the critic); model.d_norm=layer or none gives the intended penalty"]
+    return []

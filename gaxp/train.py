@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gaxp import conditional, distributed, grow, run_dir, sharding
+from gaxp import conditional, distributed, grow, regularizers, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, check_for_data, load, plain
 from gaxp.population import shard_mode as population_shard
@@ -102,8 +102,11 @@ def setup(config: Config) -> Run:
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
                     precision=config.trainer.precision, grow=grow.growth(config),
                     cond=conditional.cond_spec(config.model), task=config.task)
-    if spec.grow is not None and jax.process_index() == 0:
-        log.info("gaxp: %s", grow.describe(spec.grow, config.trainer.steps))
+    if jax.process_index() == 0:
+        for line in regularizers.advice(config):
+            log.warning("gaxp: %s", line)
+        if spec.grow is not None:
+            log.info("gaxp: %s", grow.describe(spec.grow, config.trainer.steps))
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
                is_main=jax.process_index() == 0)
 

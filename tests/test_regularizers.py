@@ -280,3 +280,18 @@ def test_toy_experiments_are_the_pacgan_setup(name, modes, sigma):
     assert abs(float(np.std(kernels[1])) - 0.02) < 0.001
     ds = make_dataset("toy2d", name)
     assert len(ds.modes) == modes and ds.sigma == sigma
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    (("loss=wgan_gp",), "wgan_gp"),                             # DCGAN's D has BatchNorm
+    (("regularizer=[r1,dragan]",), "dragan, r1"),
+    (("loss=wgan_gp", "model.d_norm=layer"), None),             # the paper's critic
+    (("loss=hinge",), None),                                    # no penalty
+    (("model=mlp", "data=ring", "loss=wgan_gp"), None),         # mlp D: no norm by default
+])
+def test_penalty_with_batchnorm_in_d_is_advised_against(overrides, warned):
+    advice = R.advice(load(compose(*overrides)))
+    if warned is None:
+        assert advice == []
+    else:
+        assert len(advice) == 1 and advice[0].startswith(f"gradient penalty {warned} with BatchNorm")
