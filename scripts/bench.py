@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +43,14 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
+# The benchmarked models as gaxp-train overrides.
+MODELS = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
+          "toy": ["model=mlp", "data=ring"],
+          "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
+                    "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],
+          "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}
+
+
 def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tuple = (), *,
               full: bool = False, compiler_options: dict | None = None):
     """(compiled step, state, device batch, key, Batches, compile seconds, GFLOP per step); with
@@ -53,11 +62,7 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     from gaxp.loop import compile_step
     from gaxp.train import prepare
 
-    overrides = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
-                 "toy": ["model=mlp", "data=ring"],
-                 "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
-                           "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],
-                 "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}[model]
+    overrides = MODELS[model]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
                                           f"out_dir={out_dir}", f"trainer.devices={devices}", *extra])
@@ -253,6 +258,35 @@ def bench_population(model: str, batch: int, args) -> dict:
                   "memory_one_mb": _memory_mb(compiled), "memory_population_mb": _memory_mb(pop[5])}
 
 
+def bench_population_end_to_end(model: str, batch: int, args) -> dict:
+    """What a user waits for: ``gaxp-train trainer.population=N`` against N ``gaxp-train`` runs one
+    after another (seeds 0..N-1), each a real process from start to exit (start-up, data, compile,
+    the step loop, final checkpoint; no metrics, samples or W&B). Rounds alternate the two; the
+    ratio is the median over rounds of (sum of the N runs' wall times) / (population's)."""
+    n, steps = args.population, args.end_to_end
+    common = [*MODELS[model], f"data.batch_size={batch}", f"trainer.steps={steps}", "logger=none",
+              "metrics=none", "trainer.progress=false", f"trainer.sample_every={steps}",
+              f"trainer.ckpt_every={steps}", f"trainer.log_every={max(1, steps // 10)}"]
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # as a user runs
+    env["PYTHONPATH"] = str(ROOT)
+
+    def wall(extra: list[str], tmp: str, name: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gaxp.cli", *common, *extra, f"hydra.run.dir={tmp}/{name}"],
+                       env=env, cwd=tmp, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+    pops, seqs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            pops.append(wall([f"trainer.population={n}"], tmp, f"pop{r}"))
+            seqs.append(sum(wall([f"trainer.seed={i}"], tmp, f"one{r}_{i}") for i in range(n)))
+    ratios = [s_ / p_ for s_, p_ in zip(seqs, pops)]
+    return {"model": model, "batch": batch, "members": n, "steps": steps,
+            "population_s": statistics.median(pops), "sequential_s": statistics.median(seqs),
+            "end_to_end_vs_sequential": statistics.median(ratios)}
+
+
 def jax_copy(tree):
     """A copy of a pytree of arrays (the steps donate their state)."""
     import jax
@@ -343,6 +377,9 @@ def main(argv=None) -> int:
     p.add_argument("--population", type=int, default=0, metavar="N",
                    help="instead: a population of N members against N sequential runs (throughput, "
                         "compile, memory); --host-devices shards the member axis")
+    p.add_argument("--end-to-end", type=int, default=0, metavar="STEPS",
+                   help="with --population: time whole gaxp-train processes of STEPS steps (the "
+                        "population vs N runs one after another) instead of the compiled steps")
     p.add_argument("--reliability", action="store_true",
                    help="instead: cost of the non-finite guard, checkpoint save/restore times")
     p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
@@ -358,7 +395,8 @@ def main(argv=None) -> int:
         peak, rows = 0.0, []
         for m in args.models:
             for b in args.batch:
-                rows.append(bench_population(m, b, args))
+                bench = bench_population_end_to_end if args.end_to_end else bench_population
+                rows.append(bench(m, b, args))
                 print(json.dumps(rows[-1]), flush=True)
     elif args.reliability:
         peak = 0.0

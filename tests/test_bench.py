@@ -46,3 +46,14 @@ def test_population_rows_with_xla_options(tmp_path, capsys):
 def test_bad_xla_option_is_one_line():
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         _bench().main(["--models", "toy64", "--xla-option", "no_equals_sign"])
+
+
+def test_population_end_to_end_runs_real_processes(tmp_path):
+    out = tmp_path / "bench.json"
+    assert _bench().main(["--population", "2", "--end-to-end", "3", "--models", "toy64", "--batch",
+                          "16", "--rounds", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["members"] == 2 and row["steps"] == 3
+    # one population process against two single runs: each single run pays its own start-up
+    assert row["sequential_s"] > row["population_s"] > 0
+    assert row["end_to_end_vs_sequential"] == pytest.approx(row["sequential_s"] / row["population_s"])
