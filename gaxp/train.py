@@ -202,7 +202,9 @@ class Outputs:
         if self.grid is not None:
             self.grid.write(x, path)
         elif self.run.dataset.kind == "points":
-            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} (EMA G)",
+            c = self.run.config  # a half-life under 1/20 of a batch: decay < 1e-6, g_ema is G
+            which = "EMA G" if c.trainer.ema.halflife_kimg * 1000 * 20 > c.data.batch_size else "G"
+            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} ({which})",
                          labels=labels)
         else:
             save_image_grid(x, path, cols=self.cols)

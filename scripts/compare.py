@@ -11,6 +11,7 @@ final value and of the best value (lowest, or highest for ``--maximize`` metrics
   <out>/compare.json             every number behind it, per seed
   <out>/<metric>_curves.png      the metric against the step: mean over seeds with a +-1 SE band
   <out>/<metric>_final_box.png   a box plot of the final value per variant
+  <out>/samples.png              with --samples: each variant's last sample image, side by side
 
 Examples:
   python scripts/compare.py outputs/multirun/2025-01-01/12-00-00 --metrics train/d_loss train/g_loss
@@ -243,6 +244,38 @@ def plot(summary: dict, metric: str, out: Path) -> list[Path]:
     return [curves, box]
 
 
+def sample_sheet(summary: dict, order: list[str], out: Path) -> Path | None:
+    """One PNG of the last sample image (``<run>/samples/*.png``) of each variant's lowest seed,
+    titled with the variant: the pictures behind the table, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = []
+    for name in [n for n in order if n in summary] + sorted(set(summary) - set(order)):
+        seeds = summary[name]["seeds"]
+        first = min(range(len(seeds)), key=lambda i: (len(str(seeds[i])), str(seeds[i])))
+        pngs = sorted((Path(summary[name]["dirs"][first]) / "samples").glob("*.png"))
+        if pngs:
+            picks.append((f"{name} (seed {seeds[first]}, {pngs[-1].stem})", pngs[-1]))
+    if not picks:
+        return None
+    cols = min(4, len(picks))
+    rows = math.ceil(len(picks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, png) in zip(axes.ravel(), picks):
+        ax.imshow(plt.imread(png))
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    path = out / "samples.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -256,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rename", nargs="+", default=[], metavar="NEW=VARIANT",
                    help="row names, in this order, e.g. GAN=regularizer.pacgan.pack=1")
     p.add_argument("--final-only", action="store_true", help="table: final values, not best")
+    p.add_argument("--samples", action="store_true",
+                   help="also <out>/samples.png: each variant's last sample image (lowest seed)")
     a = p.parse_args(argv)
     if (a.sweep is None) == (a.wandb is None) or (a.wandb and not a.group):
         p.error("give a multirun directory, or --wandb ENTITY/PROJECT with --group")
@@ -276,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     md = table(summary, a.metrics, failures, shared, order, kinds)
     (out / "compare.md").write_text(md)
     pngs = [str(x) for m in a.metrics for x in plot(summary, m, out)]
+    sheet = sample_sheet(summary, order, out) if a.samples and a.sweep else None
+    pngs += [str(sheet)] if sheet else []
     dump = {name: {k: v for k, v in s.items() if k != "_series"} for name, s in summary.items()}
     (out / "compare.json").write_text(json.dumps(
         {"metrics": a.metrics, "shared": shared, "variants": dump, "failures": failures,

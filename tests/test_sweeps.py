@@ -85,10 +85,15 @@ def test_compare_summarizes_a_real_multirun(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     sweep, out = tmp_path / "sweep", tmp_path / "cmp"
     run = subprocess.run([sys.executable, str(COMPARE), str(sweep), "--metrics", "train/d_loss",
-                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+                          "--out", str(out), "--samples"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     dump = json.loads((out / "compare.json").read_text())
     assert sorted(dump["variants"]) == ["loss=hinge", "loss=ns"]
+    # --samples: one sheet, a panel per variant (2 side by side at 110 dpi x 3.6 in)
+    import matplotlib.pyplot as plt
+
+    sheet = plt.imread(out / "samples.png")
+    assert str(out / "samples.png") in dump["plots"] and sheet.shape[1] == round(2 * 3.6 * 110)
     md = (out / "compare.md").read_text()
     for loss in ("ns", "hinge"):
         v = dump["variants"][f"loss={loss}"]
