@@ -210,9 +210,11 @@ def plot(summary: dict, metric: str, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    many = len(summary) > 6  # then the legend goes beside the axes
+    fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4))
     finals, names = [], []
-    for name, v in sorted(summary.items()):
+    cmap = plt.get_cmap("tab10" if len(summary) <= 10 else "tab20")  # distinct colours per variant
+    for i, (name, v) in enumerate(sorted(summary.items())):
         series = [(s, y) for s, y in v["_series"].get(metric, []) if len(y)]
         if not series:
             continue
@@ -220,12 +222,13 @@ def plot(summary: dict, metric: str, out: Path) -> list[Path]:
         ys = np.array([[dict(zip(s.tolist(), y.tolist()))[t] for t in steps] for s, y in series])
         mean = ys.mean(0)
         se = ys.std(0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else np.zeros_like(mean)
-        ax.plot(steps, mean, label=f"{name} (n={len(ys)})")
-        ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
+        color = cmap(i % cmap.N)
+        ax.plot(steps, mean, label=f"{name} (n={len(ys)})", color=color)
+        ax.fill_between(steps, mean - se, mean + se, alpha=0.2, color=color)
         finals.append([y[-1] for _, y in series])
         names.append(name)
     ax.set(xlabel="step", ylabel=metric, title=f"{metric}: mean ± 1 SE over seeds")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if many else {}))
     fig.tight_layout()
     curves = out / f"{_slug(metric)}_curves.png"
     fig.savefig(curves, dpi=100)
