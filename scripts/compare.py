@@ -270,7 +270,8 @@ def sample_sheet(summary: dict, order: list[str], out: Path) -> Path | None:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (title, png) in zip(axes.ravel(), picks):
-        ax.imshow(plt.imread(png))
+        image = plt.imread(png)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)  # grayscale grids stay gray
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     path = out / "samples.png"
