@@ -233,7 +233,7 @@ def plot(summary: dict, metric: str, out: Path) -> list[Path]:
     curves = out / f"{_slug(metric)}_curves.png"
     fig.savefig(curves, dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, max(5, 1.8 * len(names))), 4.5))
     ax.boxplot(finals)
     for i, values in enumerate(finals, start=1):  # every seed, too: boxes of 2-3 points mislead
         ax.scatter(np.full(len(values), i) + np.linspace(-0.08, 0.08, len(values)), values,
