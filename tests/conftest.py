@@ -25,6 +25,9 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"gaxp-tests-jax-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# gaxp's own cache (classifiers, Inception weights, reference statistics) starts empty, so no test
+# depends on what this machine has cached; tests that need one build it and point GAXP_CACHE there.
+os.environ["GAXP_CACHE"] = tempfile.mkdtemp(prefix="gaxp-tests-cache-")
 
 from pathlib import Path  # noqa: E402
 

@@ -198,3 +198,18 @@ def test_srgan_perceptual_loss_trains_with_a_saved_feature_network(tiny, tmp_pat
                          "data.batch_size=8", "trainer.steps=2", "trainer.log_every=1",
                          "trainer.devices=2"))
     assert summary["final"]["train/perceptual"] > 0 and np.isfinite(summary["final"]["train/g_loss"])
+
+
+def test_translation_metrics_with_a_saved_classifier_on_two_devices(tiny, tmp_path):
+    """The Frechet distance in a cached classifier's features, on a 2-device run: the classifier's
+    weights must sit on the run's mesh (they were on one device: incompatible-devices error)."""
+    from gaxp.metrics import classifier
+
+    params = classifier.LeNet(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    classifier.save(tmp_path / "nets" / "classifiers" / "mnist", params, name="mnist",
+                    dataset=make_dataset("mnist", "mnist"),
+                    info={"accuracy": 0.0, "accuracy_split": "none (random weights)"})
+    small = [o for o in SR_SMALL if not o.startswith("metrics.n_real")]
+    summary = train(tiny(*small, "trainer.steps=2", "metrics.every=2", "metrics.n_real=16",
+                         "metrics.batch_size=8", f"metrics.cache_dir={tmp_path / 'nets'}"))
+    assert summary["steps"] == 2 and np.isfinite(summary["final"]["eval/fd_mnist"])

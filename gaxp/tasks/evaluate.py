@@ -148,6 +148,10 @@ class TranslationEvaluator(Scheduled):
             self.net = features.load_classifier(
                 spec, {"name": name, "shape": tuple(dataset.shape)}, name)
         self.fd_key = f"fd_{self.net.name}" if self.net else None
+        # the classifier's weights on every device of the mesh, like G's (a multi-device run
+        # otherwise mixes arrays on one device with arrays on all of them)
+        self._feat_vars = (jax.device_put(self.net.variables, sharding.replicated(mesh))
+                           if self.net else None)
         self._fn = jax.jit(self._batch_metrics)
         self.protocol = {
             "task": self.task, "pairs": self.n, "split": spec.split,
@@ -178,7 +182,7 @@ class TranslationEvaluator(Scheduled):
     def evaluate(self, params, stats) -> dict:
         t0 = time.perf_counter()
         sh = sharding.batch_sharding(self.mesh)
-        feat_vars = self.net.variables if self.net else None
+        feat_vars = self._feat_vars
         parts = []
         for start in range(0, self.n, self.batch):
             stop = min(self.n, start + self.batch)
