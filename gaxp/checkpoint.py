@@ -119,7 +119,9 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.
-        Raises ``DamagedCheckpoint`` when the restored bits do not match those saved."""
+        Raises ``DamagedCheckpoint`` when the restored bits do not match those saved, and
+        ConfigError when the checkpoint holds other networks than ``abstract_state``."""
+        self._check_matches(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(_written(abstract_state)),
                  "meta": ocp.args.JsonRestore()}
         if not self._other_layout(step, data_iter):
@@ -136,9 +138,10 @@ class Checkpointer:
         ``checkpoints-damaged/``. Raises ConfigError when none is left."""
         self.wait()
         for step in sorted(self.manager.all_steps(), reverse=True):
-            self._check_matches(step, abstract_state)
             try:
                 return self.restore(step, abstract_state, data_iter)
+            except ConfigError:
+                raise  # other networks than the config builds: the config's fault, not damage
             except Exception as e:  # noqa: BLE001 - any read failure means this one is unusable
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 where = self._move_aside(step)
@@ -203,6 +206,7 @@ class Checkpointer:
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """Only the train state of ``step`` (for evaluation and sampling; no data iterator)."""
+        self._check_matches(step, abstract_state)
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_written(abstract_state))))
         return _read(out.state, abstract_state)

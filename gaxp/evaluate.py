@@ -92,15 +92,12 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
 
     from gaxp import conditional, sharding
     from gaxp.checkpoint import Checkpointer, abstract_like
-    from gaxp.data import make_dataset
     from gaxp.state import init_state, make_nets
+    from gaxp.train import open_dataset
 
     run_dir, named = locate(path)
     config = with_overrides(run_node(run_dir), list(overrides))
-    d = config.data
-    dataset = make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
-                           data_dir=d.data_dir, seed=config.trainer.seed,
-                           labeled=d.labeled)
+    dataset = open_dataset(config)
     config = conditional.with_classes(config, dataset)
     from gaxp import tasks
 

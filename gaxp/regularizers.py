@@ -212,7 +212,7 @@ REGULARIZERS: dict[str, Regularizer] = {
 def advice(config: C.Config) -> list[str]:
     """Settings that run but that the stabilizers' papers advise against, one line each (logged
     at start-up, never an error: a researcher may want exactly that ablation)."""
-    penalties = [n for n, p in config.regularizer.entries if isinstance(p, C.PenaltyParams)]
+    penalties = [n for n, _ in config.regularizer.penalties]
     if penalties and config.model.d_norm == "batch":
         return [f"gradient penalty {', '.join(penalties)} with BatchNorm in D (model.d_norm=batch): "
                 "the penalty's gradient then mixes the samples of a batch, so it is not the "

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.loop import Loop, step_of
 from gaxp.state import GANState, init_state, make_nets
-from gaxp.step import TRACES, StepSpec, generate
+from gaxp.step import TRACES, StepSpec, ema_beta, generate
 from gaxp import tasks
 
 log = logging.getLogger("gaxp")
@@ -166,6 +166,9 @@ class Outputs:
             self.z, self.y, self.cols = conditional.sample_inputs(
                 z_key, run.spec.cond.num_classes, n, run.config.model.z_dim, run.dataset.kind)
         self._sample = jax.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
+        # what the samples show: the EMA of G, or G itself when the half-life makes the decay ~0
+        decay = ema_beta(replace(t.ema, rampup=None), run.config.data.batch_size, 0)
+        self.sampled = "EMA G" if float(decay) > 1e-6 else "G"
         # Image-to-image tasks draw source | output | target columns instead (gaxp.tasks).
         self.grid = None
         if tasks.is_translation(run.config):
@@ -202,9 +205,7 @@ class Outputs:
         if self.grid is not None:
             self.grid.write(x, path)
         elif self.run.dataset.kind == "points":
-            c = self.run.config  # a half-life under 1/20 of a batch: decay < 1e-6, g_ema is G
-            which = "EMA G" if c.trainer.ema.halflife_kimg * 1000 * 20 > c.data.batch_size else "G"
-            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} ({which})",
+            save_scatter(x, path, self.run.dataset.modes, title=f"step {step} ({self.sampled})",
                          labels=labels)
         else:
             save_image_grid(x, path, cols=self.cols)

@@ -393,9 +393,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     if args.population:
         peak, rows = 0.0, []
+        bench = bench_population_end_to_end if args.end_to_end else bench_population
         for m in args.models:
             for b in args.batch:
-                bench = bench_population_end_to_end if args.end_to_end else bench_population
                 rows.append(bench(m, b, args))
                 print(json.dumps(rows[-1]), flush=True)
     elif args.reliability:

@@ -203,13 +203,19 @@ def _slug(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric)
 
 
-def plot(summary: dict, metric: str, out: Path) -> list[Path]:
-    """Curves (mean over seeds, +-1 SE band, on the steps every seed logged) and a box plot."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported late: the table needs none)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(summary: dict, metric: str, out: Path) -> list[Path]:
+    """Curves (mean over seeds, +-1 SE band, on the steps every seed logged) and a box plot."""
+    plt = _pyplot()
     many = len(summary) > 6  # then the legend goes beside the axes
     fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4))
     finals, names = [], []
@@ -250,11 +256,7 @@ def plot(summary: dict, metric: str, out: Path) -> list[Path]:
 def sample_sheet(summary: dict, order: list[str], out: Path) -> Path | None:
     """One PNG of the last sample image (``<run>/samples/*.png``) of each variant's lowest seed,
     titled with the variant: the pictures behind the table, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     picks = []
     for name in [n for n in order if n in summary] + sorted(set(summary) - set(order)):
         seeds = summary[name]["seeds"]

@@ -119,6 +119,11 @@ def test_resume_with_other_networks_is_a_config_error_that_moves_nothing(tiny, t
     with pytest.raises(ConfigError, match=r"checkpoint 2 in .* was written for other networks: "
                                           r".*has shape \(.*32.*\) there, \(.*48.*\) here"):
         train(tiny(*TOY, "model.g_width=48", "trainer.steps=4", "trainer.resume=true"))
+    # gaxp-eval / gaxp-sample read checkpoints through the same restore: the same error
+    from gaxp.evaluate import load_state
+
+    with pytest.raises(ConfigError, match=r"checkpoint 2 in .* was written for other networks"):
+        load_state(str(run), ["model.g_width=48"])
     assert not (run / "checkpoints-damaged").exists()
     assert sorted(p.relative_to(run) for p in (run / "checkpoints").rglob("*")) == before
     # the run's own config still resumes it
