@@ -1,12 +1,31 @@
-"""gaxp: a JAX research framework for GAN experiments."""
+"""gaxp: a JAX research framework for GAN experiments.
 
-import jax as _jax
+The Python API (``docs/api``)::
+
+    import gaxp
+
+    summary = gaxp.train(["loss=hinge", "trainer.steps=500"])   # one run (or a population)
+    g = gaxp.load(summary["run_dir"])                            # its generator
+    images = g.sample(16, seed=0)
+    report = g.evaluate(["metrics=default"])
+
+Extensions register with ``gaxp.register`` (``docs/extending.md``). Importing gaxp is cheap and
+changes no global JAX setting: the names below are loaded on first use.
+"""
 
 __version__ = "0.1.0"
 
-# Random draws are defined globally in both threefry modes (the same numbers on 1 or 8 devices);
-# the "partitionable" lowering only lets XLA shard the generator itself. On XLA:CPU it makes
-# compiling each draw ~8x slower (10 normal draws: 7.6 s vs 0.9 s here), which dominated the
-# compile time of parameter initialisation. gaxp's draws are small (latents, penalties' mixing
-# weights), so it keeps the cheaper lowering; every run of gaxp uses the same, so digests agree.
-_jax.config.update("jax_threefry_partitionable", False)
+_LAZY = {
+    "train": "gaxp.api", "load": "gaxp.api", "run": "gaxp.api", "Generator": "gaxp.api",
+    "register": "gaxp.registry", "Loss": "gaxp.losses", "DTermContext": "gaxp.regularizers",
+    "PenaltyParams": "gaxp.specs", "ModelSpec": "gaxp.specs", "ConfigError": "gaxp.errors",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gaxp' has no attribute {name!r}")

@@ -17,7 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gaxp import augment, data, losses, members, models, optim, regularizers, tasks  # noqa: F401
 from gaxp.errors import ConfigError, unknown
+from gaxp.registry import ARCHS, LOSSES, REGULARIZERS, SOURCES, load_plugins
 from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where callers find them
     GrowSpec,
     ModelSpec,
@@ -113,21 +115,30 @@ def _positive(path: str, value, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{path} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
 
 
-def _check_names(cfg: Config) -> None:
-    from gaxp.data import SOURCES
-    from gaxp.losses import LOSSES
-    from gaxp.models import ARCHS
-    from gaxp.optim import OPTIMIZERS
-    from gaxp.regularizers import REGULARIZERS
+def _with_params(node: dict, spec: type, registry, path: str) -> dict:
+    """Split a group node into the spec's own keys and the entry's own settings (``params``): the
+    keys of the spec go through as they are, the rest build the entry's params dataclass."""
+    own = {f.name for f in dataclasses.fields(spec)}
+    name = node.get("name", spec.name if hasattr(spec, "name") else None)
+    entry = registry.entry(name, path) if isinstance(name, str) else None
+    extra = {k: v for k, v in node.items() if k not in own}
+    node = {k: v for k, v in node.items() if k in own and k != "params"}
+    declared = getattr(entry, "params", None)
+    if declared is None:
+        if extra:
+            key = sorted(extra)[0]
+            raise ConfigError(f"unknown key {path}.{key}; valid keys: {', '.join(sorted(own - {'params'}))}"
+                              f" ({path}={name} declares no settings of its own)")
+        return node
+    return {**node, "params": _build(declared, extra, path)}
 
-    if cfg.model.name not in ARCHS:
-        raise unknown("model", cfg.model.name, ARCHS)
-    if cfg.loss.name not in LOSSES:
-        raise unknown("loss", cfg.loss.name, LOSSES)
+
+def _check_names(cfg: Config) -> None:
+    from gaxp.optim import OPTIMIZERS
+
     if cfg.loss.penalty is not None and cfg.loss.penalty not in REGULARIZERS:
         raise unknown("loss.penalty", cfg.loss.penalty, REGULARIZERS)
-    if cfg.data.source not in SOURCES:
-        raise unknown("data source", cfg.data.source, SOURCES)
+    SOURCES.entry(cfg.data.source)
     for net in ("g", "d"):
         name = getattr(cfg.optim, net).name
         if name not in OPTIMIZERS:
@@ -268,6 +279,10 @@ def load(cfg: DictConfig | dict) -> Config:
             raise ConfigError(f"config group {key} is missing; add {key}=<name> to the command")
     if "out_dir" not in node:
         raise ConfigError("out_dir is not set; run through gaxp-train or pass out_dir=<dir>")
+    load_plugins(node.get("plugins") or ())  # before any name is looked up
+    for key, spec, registry in (("model", ModelSpec, ARCHS), ("loss", LossSpec, LOSSES)):
+        if isinstance(node[key], dict):
+            node[key] = _with_params(node[key], spec, registry, key)
     regularizer = node.pop("regularizer", None)
     population = node.pop("population", None)
     config = _build(Config, node, "")
@@ -275,13 +290,9 @@ def load(cfg: DictConfig | dict) -> Config:
     _check_sizes(config)
     _check_metrics(config.metrics)
     _check_scale(config.trainer)
-    from gaxp.tasks import check_config as _check_task  # image-to-image tasks (gaxp/tasks)
-
-    _check_task(config, regularizer)
+    tasks.check_config(config, regularizer)
     config = _with_regularizers(config, regularizer)
-    from gaxp.population import population_spec  # the names that can vary live with their use
-
-    return dataclasses.replace(config, population=population_spec(config, population))
+    return dataclasses.replace(config, population=members.population_spec(config, population))
 
 
 def _check_scale(t: TrainerSpec) -> None:
@@ -313,15 +324,11 @@ def _check_scale(t: TrainerSpec) -> None:
 
 
 def _regularizer_entries(node: Any, loss: LossSpec) -> dict:
-    from gaxp.regularizers import REGULARIZERS
-
     if not isinstance(node or {}, dict):
         raise ConfigError("regularizer must map names to settings; select with regularizer=[r1,bcr]")
     entries = {}
     for name, params in (node or {}).items():
-        if name not in REGULARIZERS:
-            raise unknown("regularizer", name, REGULARIZERS)
-        entries[name] = _build(REGULARIZERS[name].params, params or {}, f"regularizer.{name}")
+        entries[name] = _build(REGULARIZERS.entry(name).params, params or {}, f"regularizer.{name}")
     if loss.penalty is not None:
         if REGULARIZERS[loss.penalty].penalty is None:
             valid = sorted(n for n, r in REGULARIZERS.items() if r.penalty is not None)
@@ -330,7 +337,7 @@ def _regularizer_entries(node: Any, loss: LossSpec) -> dict:
         if loss.penalty in entries:
             raise ConfigError(f"{loss.penalty} is set twice, by loss.penalty and by "
                               f"regularizer={loss.penalty}; drop one")
-        entries[loss.penalty] = PenaltyParams(weight=loss.penalty_weight)
+        entries[loss.penalty] = REGULARIZERS[loss.penalty].params(weight=loss.penalty_weight)
     return entries
 
 
@@ -339,59 +346,22 @@ def _with_regularizers(config: Config, node: Any) -> Config:
     stabilizers that live in the models set their ModelSpec fields."""
     entries = _regularizer_entries(node, config.loss)
     for name, params in entries.items():
-        _check_entry(f"regularizer.{name}", params, config.loss.name)
+        regularizers.check_entry(f"regularizer.{name}", name, params, config.loss.name)
     lazy = {p.every for p in entries.values() if isinstance(p, PenaltyParams) and p.every > 1}
     if len(lazy) > 1:
         raise ConfigError(f"lazy penalties must share one interval (got every={sorted(lazy)}); "
                           "StyleGAN2 rescales D's optimizer for a single interval")
-    m = config.model
-    sn, pack, mb = (entries.get(k) for k in ("spectral_norm", "pacgan", "mbstd"))
+    pack = entries.get("pacgan")
     if pack and pack.batch == "packs":  # Lin et al.'s code: D sees data.batch_size packs
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, batch_size=config.data.batch_size * pack.pack))
-    model = dataclasses.replace(
-        m, spectral_norm=m.spectral_norm or bool(sn and sn.d),
-        g_spectral_norm=m.g_spectral_norm or bool(sn and sn.g),
-        d_pack=pack.pack if pack else m.d_pack, d_mbstd=mb.group if mb else m.d_mbstd)
+    model = config.model
+    for name, params in sorted(entries.items()):  # stabilizers that live in the networks
+        if REGULARIZERS[name].model is not None:
+            model = dataclasses.replace(model, **REGULARIZERS[name].model(model, params))
     _check_batch_groups(model, config.data.batch_size)
     reg = RegSpec(tuple(sorted(entries.items())))
     return dataclasses.replace(config, model=model, regularizer=reg)
-
-
-def _check_entry(path: str, p: Any, loss: str) -> None:
-    from gaxp.augment import check_policy
-    from gaxp.regularizers import SMOOTHABLE_LOSSES
-
-    if isinstance(p, PenaltyParams):
-        _positive(f"{path}.weight", p.weight)
-        _positive(f"{path}.every", p.every)
-    elif isinstance(p, (AugmentParams, BcrParams)):
-        check_policy(f"{path}.policy", p.policy)
-    if isinstance(p, BcrParams):
-        _positive(f"{path}.real_weight", p.real_weight, allow_zero=True)
-        _positive(f"{path}.fake_weight", p.fake_weight, allow_zero=True)
-    elif isinstance(p, SmoothingParams):
-        if loss not in SMOOTHABLE_LOSSES:
-            raise ConfigError(f"{path} applies to loss {', '.join(SMOOTHABLE_LOSSES)} "
-                              f"(targets of a classifier), not loss.name={loss}")
-        if not 0.0 < p.real_target < 1.0:
-            raise ConfigError(f"{path}.real_target must be in (0, 1) (got {p.real_target})")
-    elif isinstance(p, NoiseParams):
-        _positive(f"{path}.sigma", p.sigma)
-        _positive(f"{path}.anneal_steps", p.anneal_steps, allow_zero=True)
-    elif isinstance(p, SpectralNormParams) and not (p.d or p.g):
-        raise ConfigError(f"{path} needs d=true or g=true")
-    elif isinstance(p, PackParams):
-        if p.pack < 1:
-            raise ConfigError(f"{path}.pack must be >= 1 (got {p.pack}; 1 is a plain GAN)")
-        if p.batch not in ("samples", "packs"):
-            raise ConfigError(f"{path}.batch must be samples or packs (got {p.batch!r})")
-    elif isinstance(p, MbstdParams) and p.group < 2:
-        raise ConfigError(f"{path}.group must be >= 2 (got {p.group})")
-    elif isinstance(p, PretrainParams):
-        _positive(f"{path}.steps", p.steps)
-    elif isinstance(p, DriftParams):
-        _positive(f"{path}.weight", p.weight)
 
 
 def _check_batch_groups(m: ModelSpec, batch: int) -> None:
@@ -408,9 +378,6 @@ def _check_batch_groups(m: ModelSpec, batch: int) -> None:
 
 def check_for_data(config: Config, shape: tuple, image: bool) -> None:
     """Checks that need the dataset's shape: the model's and the stabilizers' (before compiling)."""
-    from gaxp.augment import check_policy
-    from gaxp.models import ARCHS
-
     ARCHS[config.model.name].check(config.model, tuple(shape), image)
     m, needs = config.model, []
     needs += ["pack"] if m.d_pack > 1 else []
@@ -423,4 +390,4 @@ def check_for_data(config: Config, shape: tuple, image: bool) -> None:
     for name in ("diffaugment", "bcr"):
         params = config.regularizer.get(name)
         if params is not None:
-            check_policy(f"regularizer.{name}.policy", params.policy, image)
+            augment.check_policy(f"regularizer.{name}.policy", params.policy, image)

@@ -77,7 +77,7 @@ def initialize(trainer) -> bool:
 
     if xla_bridge.backends_are_initialized():
         raise ConfigError("jax.distributed must start before JAX uses a device; call "
-                          "gaxp.train.train(cfg) (or gaxp.distributed.initialize) first")
+                          "gaxp.training.train(cfg) (or gaxp.distributed.initialize) first")
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):  # e.g. mpi, set by the user
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     timeout = max(1, int(round(trainer.init_timeout)))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gaxp.errors import ConfigError
+from gaxp.randomness import gaxp_draws
 
 OPTIONS = {"step": int, "ema": bool, "json": str}
 
@@ -72,7 +73,7 @@ def with_overrides(node: dict, overrides: list[str]) -> Any:
     """Apply ``metrics=``/``metrics.*``/``data.*`` overrides to a run's config; validate it."""
     from omegaconf import OmegaConf
 
-    from gaxp.cli import compose_node
+    from gaxp.compose import compose_node
     from gaxp.config import load
 
     group = [o for o in overrides if o.startswith("metrics=")]
@@ -85,6 +86,7 @@ def with_overrides(node: dict, overrides: list[str]) -> Any:
     return load(node)
 
 
+@gaxp_draws
 def load_state(path: str, overrides: list[str] = (), *, step: int | None = None):
     """(config, run dir, step, the whole GANState, nets, dataset, mesh) of a run directory's
     checkpoint (the latest, or ``step``, or the one ``path`` names)."""
@@ -93,7 +95,7 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
     from gaxp import conditional, sharding
     from gaxp.checkpoint import Checkpointer, abstract_like
     from gaxp.state import init_state, make_nets
-    from gaxp.train import open_dataset
+    from gaxp.training import open_dataset
 
     run_dir, named = locate(path)
     config = with_overrides(run_node(run_dir), list(overrides))
@@ -121,26 +123,25 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
 
 def load_generator(path: str, overrides: list[str], *, step: int | None = None,
                    ema: bool = True) -> Loaded:
-    from gaxp import conditional
-    from gaxp.step import StepSpec
+    from gaxp.training import make_spec
 
     config, run_dir, step, state, nets, dataset, mesh = load_state(path, overrides, step=step)
-    spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size, cond=conditional.cond_spec(config.model),
-                    task=config.task)
+    spec = make_spec(config, nets, mesh)  # the same spec as in training: precision, growth, ...
     params = state.g_ema if ema else state.g_params
     return Loaded(config, run_dir, step, params, state.g_stats, spec, dataset, mesh)
 
 
+@gaxp_draws
 def evaluate(loaded: Loaded) -> dict:
     """Every configured metric of the loaded generator -> the JSON report."""
     from gaxp.metrics.evaluator import Evaluator
     from gaxp.step import generate
 
-    if loaded.config.task.name != "gan":  # image-to-image tasks: held-out pairs (gaxp.tasks)
-        from gaxp.tasks.evaluate import TranslationEvaluator
+    from gaxp.tasks import TASKS
 
-        ev = TranslationEvaluator(loaded.config, loaded.dataset, loaded.mesh, loaded.spec)
+    task = TASKS.entry(loaded.config.task.name)
+    if task.evaluator is not None:  # the task's own metrics (image-to-image: held-out pairs)
+        ev = task.evaluator(loaded.config, loaded.dataset, loaded.mesh, loaded.spec)
         return {"run_dir": str(loaded.run_dir), "step": loaded.step, "protocol": ev.protocol,
                 "metrics": ev(loaded.step, loaded.params, loaded.stats)}
     sample = lambda p, s, z, y=None: generate(loaded.spec, p, s, z, y, train=False)[0]  # noqa: E731
@@ -163,7 +164,7 @@ def table(report: dict, weights: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from gaxp.cli import fail, parse_options
+    from gaxp.compose import fail, parse_options
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -23,7 +23,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from gaxp.config import Config
+from gaxp.specs import Config
 from gaxp.errors import ConfigError
 from gaxp.models.progan import downsample, lerp, upsample
 

@@ -1,6 +1,6 @@
 """The step loop: the compiled step (one program per growth stage or task phase), then steps with
 logs, sample grids, in-loop evaluation, checkpoints, preemption and the divergence guard.
-``gaxp.train`` builds a run and hands it here; populations (``gaxp.population``) reuse it with
+``gaxp.training`` builds a run and hands it here; populations (``gaxp.population``) reuse it with
 their vmapped step."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from gaxp.checkpoint import Checkpointer
 from gaxp.errors import Diverged, Preempted
 from gaxp.preempt import StopRequests
 from gaxp.state import GANState
-from gaxp.step import StepSpec, train_step
+from gaxp.step import StepSpec
 
 if TYPE_CHECKING:
-    from gaxp.train import Batches, Outputs, Run
+    from gaxp.training import Batches, Outputs, Run
 
 log = logging.getLogger("gaxp")
 
@@ -36,9 +36,7 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: S
     t0 = time.perf_counter()
     spec = spec or grow.bind(run.spec, int(jax.device_get(state.step)))
     replicated = sharding.replicated(run.mesh)
-    step = (tasks.step_fn(run.config, spec) if tasks.is_translation(run.config)
-            else functools.partial(train_step, spec=spec))
-    fn = jax.jit(step, donate_argnums=0,
+    fn = jax.jit(tasks.step_fn(run.config, spec), donate_argnums=0,
                  out_shardings=(replicated, replicated))
     compiled = fn.lower(state, batch, key).compile(compiler_options=compiler_options)
     return compiled, time.perf_counter() - t0

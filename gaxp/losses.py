@@ -14,13 +14,25 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gaxp.registry import LOSSES, register
+
 Array = jax.Array
 
 
 class Loss(NamedTuple):
+    """What a ``loss`` entry returns: D's and G's loss as functions of D's raw outputs on a real
+    and a generated batch (each a scalar to minimise). ``g_needs_real``: G's loss reads the real
+    outputs too (the step then runs D on the real batch in the G step as well)."""
+
     d: Callable[[Array, Array], Array]
     g: Callable[[Array, Array], Array]
     g_needs_real: bool = False
+
+
+def get(spec) -> Loss:
+    """The ``Loss`` of a ``LossSpec``: its entry's factory, given its own settings if it has any."""
+    entry = LOSSES.entry(spec.name)
+    return entry.make(spec.params) if entry.params is not None else entry.make()
 
 
 def _mean(x: Array) -> Array:
@@ -97,11 +109,10 @@ def relativistic_g(real: Array, fake: Array) -> Array:
     return relativistic_d(fake, real)
 
 
-LOSSES: dict[str, Loss] = {
-    "minimax": Loss(minimax_d, minimax_g),
-    "ns": Loss(minimax_d, ns_g),
-    "wgan": Loss(wasserstein_d, wasserstein_g),
-    "hinge": Loss(hinge_d, wasserstein_g),
-    "lsgan": Loss(lsgan_d, lsgan_g),
-    "relativistic": Loss(relativistic_d, relativistic_g, g_needs_real=True),
-}
+# The built-in losses register exactly as a plugin's do.
+register.loss("minimax")(lambda: Loss(minimax_d, minimax_g))
+register.loss("ns")(lambda: Loss(minimax_d, ns_g))
+register.loss("wgan")(lambda: Loss(wasserstein_d, wasserstein_g))
+register.loss("hinge")(lambda: Loss(hinge_d, wasserstein_g))
+register.loss("lsgan")(lambda: Loss(lsgan_d, lsgan_g))
+register.loss("relativistic")(lambda: Loss(relativistic_d, relativistic_g, g_needs_real=True))

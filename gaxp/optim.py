@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gaxp.config import OptSpec
+from gaxp.specs import OptSpec
 
 
 def _adam(o: OptSpec, lr) -> optax.GradientTransformation:

@@ -23,183 +23,31 @@ population directory holds ``population.json`` and a ``summary.json`` over the m
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
-import math
 import time
-from dataclasses import asdict
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gaxp import run_dir, sharding
+from gaxp import run_dir, sharding, tasks
 from gaxp.checkpoint import Checkpointer, abstract_like
-from gaxp.config import Config, PopulationSpec
-from gaxp.errors import ConfigError, unknown
+from gaxp.errors import ConfigError
+from gaxp.members import (  # noqa: F401 - the population's config, re-exported
+    SHARDS, VARY, hparams, member_config, member_source, population_spec, seeds, shard_mode)
+from gaxp.specs import Config
 from gaxp.logging.writers import Progress
 from gaxp.loop import Loop, step_of
 from gaxp.preempt import StopRequests
+from gaxp.randomness import gaxp_draws
 from gaxp.state import init_state
-from gaxp.step import train_step
 
 log = logging.getLogger("gaxp")
 
-VARY = {
-    "seed": "trainer.seed (default: trainer.seed + member index)",
-    "g_lr": "optim.g.lr",
-    "d_lr": "optim.d.lr",
-    "gp_weight": "the weight of the run's gradient penalty (loss.penalty_weight or regularizer.<penalty>.weight)",
-    "ema_kimg": "trainer.ema.halflife_kimg",
-}
-SHARDS = ("auto", "members", "batch")
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def _penalty(config: Config) -> str:
-    names = [n for n, _ in config.regularizer.penalties]
-    if len(names) != 1:
-        have = f"it has {', '.join(names)}" if names else "it has none"
-        raise ConfigError("population.vary.gp_weight needs exactly one gradient penalty in the run "
-                          f"({have}); e.g. loss=wgan_gp or regularizer=r1")
-    return names[0]
-
-
-def population_spec(config: Config, node) -> PopulationSpec:
-    """Validate the ``population`` node against ``trainer.population`` (called by config.load)."""
-    node = node or {}
-    if not isinstance(node, dict):
-        raise ConfigError(f"population must be a mapping with keys vary, shard (got {node!r})")
-    extra = sorted(set(node) - {"vary", "shard"})
-    if extra:
-        raise ConfigError(f"unknown key population.{extra[0]}; valid keys: shard, vary")
-    n = config.trainer.population
-    if isinstance(n, bool) or n < 1:
-        raise ConfigError(f"trainer.population must be >= 1 (got {n})")
-    shard = node.get("shard") or "auto"
-    if shard not in SHARDS:
-        raise unknown("population.shard", shard, SHARDS)
-    vary = node.get("vary") or {}
-    if not isinstance(vary, dict):
-        raise ConfigError("population.vary must map names to lists, e.g. population.vary.g_lr=[1e-4,2e-4]")
-    entries = []
-    for name, values in sorted(vary.items()):
-        if name not in VARY:
-            raise unknown("population.vary key", name, VARY)
-        if values is None:
-            continue
-        where = f"population.vary.{name}"
-        if not isinstance(values, (list, tuple)):
-            raise ConfigError(f"{where} must be a list with one value per member, e.g. {where}=[1,2] "
-                              f"(got {values!r})")
-        if n == 1:
-            raise ConfigError(f"{where} has {len(values)} values but trainer.population=1; set "
-                              f"trainer.population={len(values)}")
-        if len(values) != n:
-            raise ConfigError(f"{where} has {len(values)} values but trainer.population={n}; give "
-                              "one value per member")
-        if name == "seed":
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise ConfigError(f"{where} must be a list of integers (got {list(values)})")
-            if len(set(values)) != n:
-                raise ConfigError(f"{where} repeats a seed ({list(values)}); members would be identical")
-        else:
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                   or v <= 0 for v in values):
-                raise ConfigError(f"{where} must be a list of numbers > 0 (got {list(values)})")
-            values = [float(v) for v in values]
-        if name == "gp_weight":
-            _penalty(config)
-        entries.append((name, tuple(values)))
-    if n > 1 and config.trainer.guard.inject_nan:
-        raise ConfigError("trainer.guard.inject_nan is a single-run debug hook; unset it with "
-                          "trainer.population > 1")
-    return PopulationSpec(tuple(entries), shard)
-
-
-def seeds(config: Config) -> list[int]:
-    n, given = config.trainer.population, config.population.get("seed")
-    return list(given) if given else [config.trainer.seed + i for i in range(n)]
-
-
-def member_config(config: Config, i: int, directory: Path) -> Config:
-    """Member ``i`` as a single run: its seed and varied values, written to ``directory``."""
-    v = {name: values[i] for name, values in config.population.vary}
-    t, o = config.trainer, config.optim
-    trainer = dataclasses.replace(t, seed=seeds(config)[i], population=1, progress=False,
-                                  ema=dataclasses.replace(t.ema, halflife_kimg=v.get("ema_kimg", t.ema.halflife_kimg)))
-    optim = dataclasses.replace(o, g=dataclasses.replace(o.g, lr=v.get("g_lr", o.g.lr)),
-                                d=dataclasses.replace(o.d, lr=v.get("d_lr", o.d.lr)))
-    loss, regs = config.loss, config.regularizer
-    if "gp_weight" in v:
-        name = _penalty(config)
-        p = dataclasses.replace(regs.get(name), weight=v["gp_weight"])
-        regs = dataclasses.replace(regs, entries=tuple((k, p if k == name else q) for k, q in regs.entries))
-        if loss.penalty == name:
-            loss = dataclasses.replace(loss, penalty_weight=v["gp_weight"])
-    return dataclasses.replace(config, trainer=trainer, optim=optim, loss=loss, regularizer=regs,
-                               population=PopulationSpec(), out_dir=str(directory))
-
-
-def member_source(source: dict, member: Config) -> dict:
-    """The member's composed config (for its run.json): ``gaxp-train`` of it is the same run."""
-    node = copy.deepcopy(source)
-    if not isinstance(node.get("trainer"), dict) or "optim" not in node:
-        return asdict(member)
-    t = node["trainer"]
-    t.update(seed=member.trainer.seed, population=1)
-    t.setdefault("ema", {})["halflife_kimg"] = member.trainer.ema.halflife_kimg
-    node["optim"]["g"]["lr"], node["optim"]["d"]["lr"] = member.optim.g.lr, member.optim.d.lr
-    penalties = member.regularizer.penalties
-    if len(penalties) == 1:
-        name, p = penalties[0]
-        if node.get("loss", {}).get("penalty") == name:
-            node["loss"]["penalty_weight"] = p.weight
-        elif isinstance(node.get("regularizer"), dict):
-            node["regularizer"][name] = dict(node["regularizer"].get(name) or {}, weight=p.weight)
-    node["population"] = {"vary": {k: None for k in VARY}, "shard": "auto"}
-    node["out_dir"] = member.out_dir
-    return node
-
-
-def hparams(config: Config, members: list[Config]) -> dict:
-    """The traced per-member hyperparameters the step reads (``gaxp.step``), float32 [N]."""
-    varied, hp = dict(config.population.vary), {}
-    f32 = lambda xs: np.asarray(xs, np.float32)  # noqa: E731
-    if "g_lr" in varied:
-        hp["g_lr_scale"] = f32([m.optim.g.lr / config.optim.g.lr for m in members])
-    if "d_lr" in varied:
-        hp["d_lr_scale"] = f32([m.optim.d.lr / config.optim.d.lr for m in members])
-    if "gp_weight" in varied:
-        name = _penalty(config)
-        hp["gp_weight"] = f32([m.regularizer.get(name).weight for m in members])
-    if "ema_kimg" in varied:
-        hp["ema_kimg"] = f32([m.trainer.ema.halflife_kimg for m in members])
-    return hp
-
-
 # ----------------------------------------------------------------------------- layout
-
-
-def shard_mode(config: Config, mesh) -> str:
-    n, d = config.trainer.population, mesh.devices.size
-    mode = config.population.shard
-    if mode == "auto":
-        return "members" if n % d == 0 and jax.process_count() == 1 else "batch"
-    if mode == "members":
-        if jax.process_count() > 1:
-            raise ConfigError("population.shard=members runs in a single process; use "
-                              "population.shard=batch with several processes")
-        if n % d:
-            raise ConfigError(f"population.shard=members needs trainer.population ({n}) divisible by "
-                              f"the {d} devices; use population.shard=batch or trainer.devices=<a divisor>")
-    return mode
 
 
 def member_slice(tree, i: int):
@@ -214,7 +62,7 @@ class PopBatches:
     """Each member's own data stream (its seed's order), stacked: [N, n_critic, batch, ...]."""
 
     def __init__(self, members: list, mode: str, mesh, n: int, batch: int):
-        self.members = members  # gaxp.train.Batches, one per member
+        self.members = members  # gaxp.training.Batches, one per member
         self.iterator = [b.iterator for b in members]
         if mode == "members":
             self.sharding, self.axis, self.glob = NamedSharding(mesh, P("data")), 0, n
@@ -329,9 +177,10 @@ class PopEvaluator:
 # ----------------------------------------------------------------------------- training
 
 
+@gaxp_draws
 def train(config: Config, source: dict) -> dict:
     """Train the population; returns the population summary (also ``<run>/summary.json``)."""
-    from gaxp import train as T
+    from gaxp import training as T
 
     run = T.setup(config)
     n = config.trainer.population
@@ -393,7 +242,7 @@ def train(config: Config, source: dict) -> dict:
 
     def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
         t0 = time.perf_counter()
-        step = jax.vmap(functools.partial(train_step, spec=spec),
+        step = jax.vmap(tasks.step_fn(config, spec),
                         spmd_axis_name="data" if mode == "members" else None)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
         compiled = fn.lower(state, batch, key, hp).compile()

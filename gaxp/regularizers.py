@@ -13,18 +13,23 @@ Where each stabilizer acts:
 * DiffAugment and instance noise change what D sees, in the D and the G step (``d_inputs``);
 * spectral norm, PacGAN packing and minibatch stddev live in the models (ModelSpec fields);
 * D pre-training skips the G update for the first steps (``gaxp.step``).
+
+Each is an entry of ``gaxp.registry.REGULARIZERS`` holding its own hooks (``penalty``,
+``d_term``, ``view``, ``check``), registered here exactly as a plugin registers its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gaxp import augment
-from gaxp import config as C
+from gaxp import specs as C
+from gaxp.errors import ConfigError
+from gaxp.registry import REGULARIZERS, register
 
 Array = jax.Array
 DFn = Callable[[Array], Array]
@@ -51,36 +56,38 @@ def _interpolate(d_fn: DFn, real: Array, fake: Array, key: Array) -> Array:
     return eps * real + (1.0 - eps) * fake
 
 
-def wgan_gp(d_fn: DFn, real: Array, fake: Array, key: Array) -> Array:
+def wgan_gp(d_fn: DFn, real: Array, fake: Array, key: Array, p=None) -> Array:
     """Two-sided gradient penalty of WGAN-GP (Gulrajani et al. 2017, Algorithm 1):
     ``E[(||grad D(x_hat)|| - 1)^2]`` at ``x_hat = eps * x + (1 - eps) * G(z)``, eps ~ U[0, 1]."""
+    del p
     return jnp.mean(jnp.square(_norms(d_fn, _interpolate(d_fn, real, fake, key)) - 1.0))
 
 
-def one_sided_gp(d_fn: DFn, real: Array, fake: Array, key: Array) -> Array:
+def one_sided_gp(d_fn: DFn, real: Array, fake: Array, key: Array, p=None) -> Array:
     """One-sided penalty (WGAN-LP, Petzka et al. 2018, "On the regularization of Wasserstein
     GANs"): ``E[max(0, ||grad D(x_hat)|| - 1)^2]``, only gradients steeper than 1 are penalized."""
+    del p
     norms = _norms(d_fn, _interpolate(d_fn, real, fake, key))
     return jnp.mean(jnp.square(jax.nn.relu(norms - 1.0)))
 
 
-def r1(d_fn: DFn, real: Array, fake: Array, key: Array) -> Array:
+def r1(d_fn: DFn, real: Array, fake: Array, key: Array, p=None) -> Array:
     """R1 (Mescheder et al. 2018, "Which training methods for GANs do actually converge?"):
     ``E_real[||grad D(x)||^2]``; the paper's ``gamma / 2`` is the configured weight."""
-    del fake, key
+    del fake, key, p
     return jnp.mean(jnp.sum(jnp.square(_grads(d_fn, real)), axis=1))
 
 
-def r2(d_fn: DFn, real: Array, fake: Array, key: Array) -> Array:
+def r2(d_fn: DFn, real: Array, fake: Array, key: Array, p=None) -> Array:
     """R2 (Mescheder et al. 2018): the squared gradient norm of D on generated samples."""
-    del real, key
+    del real, key, p
     return jnp.mean(jnp.sum(jnp.square(_grads(d_fn, fake)), axis=1))
 
 
-def dragan(d_fn: DFn, real: Array, fake: Array, key: Array, c: float = 0.5) -> Array:
+def dragan(d_fn: DFn, real: Array, fake: Array, key: Array, p=None, c: float = 0.5) -> Array:
     """DRAGAN (Kodali et al. 2017, "On convergence and stability of GANs"):
     ``E[(||grad D(x + delta)|| - 1)^2]`` with ``delta ~ N(0, (c * std(x))^2)`` around real data."""
-    del fake
+    del fake, p
     x_hat = real + c * jnp.std(real) * jax.random.normal(key, real.shape, real.dtype)
     return jnp.mean(jnp.square(_norms(d_fn, x_hat) - 1.0))
 
@@ -145,68 +152,172 @@ def drift(r: Array) -> Array:
     return jnp.mean(jnp.square(r.astype(jnp.float32)))
 
 
+class DTermContext(NamedTuple):
+    """What a ``d_term`` hook sees: the loss name, D as a function of its input (parameters held
+    by the caller), D's inputs and outputs on the real and fake batch, and its own key."""
+
+    loss: str
+    d_fn: DFn
+    real: Array
+    fake: Array
+    r: Array
+    f: Array
+    key: Array
+
+
+def _views(regs: C.RegSpec) -> list:
+    """The active view hooks with their key slot (its place among every registered view)."""
+    slots = sorted((e.order, n) for n, e in REGULARIZERS.items() if e.view is not None)
+    slot = {n: i for i, (_, n) in enumerate(slots)}
+    return [(slot[n], REGULARIZERS[n].view, p) for n, p in _ordered(regs, "view")]
+
+
+def _ordered(regs: C.RegSpec, hook: str) -> list:
+    """The run's entries that have ``hook``, in the order of their ``order`` (then name)."""
+    have = [(REGULARIZERS[n].order, n, p) for n, p in regs.entries
+            if getattr(REGULARIZERS[n], hook) is not None]
+    return [(n, p) for _, n, p in sorted(have, key=lambda t: t[:2])]
+
+
 def d_inputs(regs: C.RegSpec, xs: tuple, key: Array, step: Array) -> tuple[tuple, dict]:
-    """What D sees of each batch in ``xs``: DiffAugment, then instance noise (fresh draws per
-    batch). Used for real and fake in the D step and for D's inputs in the G step."""
-    aug, noise = regs.get("diffaugment"), regs.get("instance_noise")
+    """What D sees of each batch in ``xs``: every ``view`` hook (DiffAugment, then instance noise;
+    fresh draws per batch). Used for real and fake in the D step and for D's inputs in the G step."""
+    views = _views(regs)
     out, metrics = [], {}
     for i, x in enumerate(xs):
-        k_aug, k_noise = jax.random.split(jax.random.fold_in(key, i))
-        if aug is not None:
-            x = augment.diff_augment(x, aug.policy, k_aug)
-        if noise is not None:
-            sigma = noise_sigma(noise, step)
-            x = x + sigma * jax.random.normal(k_noise, x.shape, x.dtype)
-            metrics["train/instance_noise"] = sigma
+        k = jax.random.fold_in(key, i)
+        pair = jax.random.split(k)
+        for slot, view, p in views:
+            x, m = view(x, pair[slot] if slot < 2 else jax.random.fold_in(k, 1000 + slot), step, p)
+            metrics |= m
         out.append(x)
     return tuple(out), metrics
 
 
 def d_terms(regs: C.RegSpec, loss: str, d_fn: DFn, real: Array, fake: Array, r: Array,
             f: Array, key: Array, d_index: Array, penalty_weight=None) -> tuple[Array, dict]:
-    """Everything added to D's loss by the stabilizers, and their metrics (``train/<name>``).
+    """Everything added to D's loss by the stabilizers, and their metrics (``train/<name>``):
+    the gradient penalties (lazily, every ``p.every`` D updates), then every ``d_term`` hook.
     ``penalty_weight``: a traced weight replacing the configured one of the (single) gradient
     penalty (a population member's ``gp_weight``)."""
     total, metrics = jnp.zeros((), jnp.float32), {}
     for i, (name, p) in enumerate(regs.penalties):
         k = jax.random.fold_in(key, i)
         fn = REGULARIZERS[name].penalty
-        value = lazy(lambda fn=fn, k=k: fn(d_fn, real, fake, k), p.every, d_index)
+        value = lazy(lambda fn=fn, k=k, p=p: fn(d_fn, real, fake, k, p), p.every, d_index)
         weight = p.weight if penalty_weight is None else penalty_weight
         total = total + (weight * p.every) * value
         metrics[f"train/{name}"] = value
-    if (cr := regs.get("bcr")) is not None:
-        term, m = bcr(d_fn, real, fake, r, f, jax.random.fold_in(key, 1000), cr)
+    ctx = DTermContext(loss, d_fn, real, fake, r, f, key)
+    for name, p in _ordered(regs, "d_term"):
+        term, m = REGULARIZERS[name].d_term(ctx, p)
         total, metrics = total + term, metrics | m
-    if (ls := regs.get("label_smoothing")) is not None:
-        total = total + label_smoothing(loss, r, ls.real_target)
-    if (dr := regs.get("drift")) is not None:
-        value = drift(r)
-        total, metrics = total + dr.weight * value, metrics | {"train/drift": value}
     return total, metrics
 
 
-class Regularizer(NamedTuple):
-    params: type  # the frozen dataclass of its settings (gaxp.config)
-    penalty: Optional[Callable] = None  # gradient penalties only
+# ----------------------------------------------------------------------------- the entries
 
 
-REGULARIZERS: dict[str, Regularizer] = {
-    "wgan_gp": Regularizer(C.PenaltyParams, wgan_gp),
-    "one_sided_gp": Regularizer(C.PenaltyParams, one_sided_gp),
-    "r1": Regularizer(C.PenaltyParams, r1),
-    "r2": Regularizer(C.PenaltyParams, r2),
-    "dragan": Regularizer(C.PenaltyParams, dragan),
-    "bcr": Regularizer(C.BcrParams),
-    "diffaugment": Regularizer(C.AugmentParams),
-    "label_smoothing": Regularizer(C.SmoothingParams),
-    "instance_noise": Regularizer(C.NoiseParams),
-    "spectral_norm": Regularizer(C.SpectralNormParams),
-    "pacgan": Regularizer(C.PackParams),
-    "mbstd": Regularizer(C.MbstdParams),
-    "d_pretrain": Regularizer(C.PretrainParams),
-    "drift": Regularizer(C.DriftParams),
-}
+def _positive(path: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+
+for _name, _fn in (("wgan_gp", wgan_gp), ("one_sided_gp", one_sided_gp), ("r1", r1), ("r2", r2),
+                   ("dragan", dragan)):
+    register.penalty(_name)(_fn)
+
+
+def _check_policy(path: str, p, loss: str) -> None:
+    augment.check_policy(f"{path}.policy", p.policy)
+
+
+def _bcr_check(path: str, p: C.BcrParams, loss: str) -> None:
+    _check_policy(path, p, loss)
+    _positive(f"{path}.real_weight", p.real_weight, allow_zero=True)
+    _positive(f"{path}.fake_weight", p.fake_weight, allow_zero=True)
+
+
+register.regularizer(
+    "bcr", params=C.BcrParams, order=10, check=_bcr_check,
+    d_term=lambda c, p: bcr(c.d_fn, c.real, c.fake, c.r, c.f, jax.random.fold_in(c.key, 1000), p))
+
+
+def _smoothing_check(path: str, p: C.SmoothingParams, loss: str) -> None:
+    if loss not in SMOOTHABLE_LOSSES:
+        raise ConfigError(f"{path} applies to loss {', '.join(SMOOTHABLE_LOSSES)} "
+                          f"(targets of a classifier), not loss.name={loss}")
+    if not 0.0 < p.real_target < 1.0:
+        raise ConfigError(f"{path}.real_target must be in (0, 1) (got {p.real_target})")
+
+
+register.regularizer("label_smoothing", params=C.SmoothingParams, order=20, check=_smoothing_check,
+                     d_term=lambda c, p: (label_smoothing(c.loss, c.r, p.real_target), {}))
+
+
+def _drift_term(c: DTermContext, p: C.DriftParams):
+    value = drift(c.r)
+    return p.weight * value, {"train/drift": value}
+
+
+register.regularizer("drift", params=C.DriftParams, order=30, d_term=_drift_term,
+                     check=lambda path, p, loss: _positive(f"{path}.weight", p.weight))
+register.regularizer("diffaugment", params=C.AugmentParams, order=10, check=_check_policy,
+                     view=lambda x, k, step, p: (augment.diff_augment(x, p.policy, k), {}))
+
+
+def _noise_view(x: Array, key: Array, step: Array, p: C.NoiseParams):
+    sigma = noise_sigma(p, step)
+    return x + sigma * jax.random.normal(key, x.shape, x.dtype), {"train/instance_noise": sigma}
+
+
+def _noise_check(path: str, p: C.NoiseParams, loss: str) -> None:
+    _positive(f"{path}.sigma", p.sigma)
+    _positive(f"{path}.anneal_steps", p.anneal_steps, allow_zero=True)
+
+
+register.regularizer("instance_noise", params=C.NoiseParams, order=20, view=_noise_view,
+                     check=_noise_check)
+
+
+def _sn_check(path: str, p: C.SpectralNormParams, loss: str) -> None:
+    if not (p.d or p.g):
+        raise ConfigError(f"{path} needs d=true or g=true")
+
+
+def _pack_check(path: str, p: C.PackParams, loss: str) -> None:
+    if p.pack < 1:
+        raise ConfigError(f"{path}.pack must be >= 1 (got {p.pack}; 1 is a plain GAN)")
+    if p.batch not in ("samples", "packs"):
+        raise ConfigError(f"{path}.batch must be samples or packs (got {p.batch!r})")
+
+
+def _mbstd_check(path: str, p: C.MbstdParams, loss: str) -> None:
+    if p.group < 2:
+        raise ConfigError(f"{path}.group must be >= 2 (got {p.group})")
+
+
+# Stabilizers that live in the networks: their ModelSpec fields (gaxp.config folds them in).
+register.regularizer("spectral_norm", params=C.SpectralNormParams, check=_sn_check,
+                     model=lambda m, p: {"spectral_norm": m.spectral_norm or p.d,
+                                         "g_spectral_norm": m.g_spectral_norm or p.g})
+register.regularizer("pacgan", params=C.PackParams, check=_pack_check,
+                     model=lambda m, p: {"d_pack": p.pack})
+register.regularizer("mbstd", params=C.MbstdParams, check=_mbstd_check,
+                     model=lambda m, p: {"d_mbstd": p.group})
+# D pre-training: the step skips G's update for the first steps (gaxp.step.g_step_after_pretraining)
+register.regularizer("d_pretrain", params=C.PretrainParams,
+                     check=lambda path, p, loss: _positive(f"{path}.steps", p.steps))
+
+
+def check_entry(path: str, name: str, p, loss: str) -> None:
+    """Validate one configured stabilizer's settings (called by ``gaxp.config``)."""
+    entry = REGULARIZERS[name]
+    if entry.penalty is not None:
+        _positive(f"{path}.weight", p.weight)
+        _positive(f"{path}.every", p.every)
+    if entry.check is not None:
+        entry.check(path, p, loss)
 
 
 def advice(config: C.Config) -> list[str]:

@@ -16,7 +16,7 @@ import os
 import uuid
 from pathlib import Path
 
-from gaxp.config import Config
+from gaxp.specs import Config
 from gaxp.errors import ConfigError
 
 # Keys that may differ between a run and its resumption: where and how it logs and is evaluated,

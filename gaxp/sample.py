@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gaxp.errors import ConfigError
+from gaxp.randomness import gaxp_draws
 
 OPTIONS = {"n": int, "truncation": float, "interpolate": bool, "rows": int, "steps": int,
            "seed": int, "step": int, "ema": bool, "out": str, "class": str}
@@ -46,7 +47,7 @@ def slerp(a, b, t):
     return (jnp.sin((1 - t) * omega) / so) * a[:, None] + (jnp.sin(t * omega) / so) * b[:, None]
 
 
-def _check(o: dict) -> None:
+def check(o: dict) -> None:
     for k in ("n", "rows", "steps"):
         if o[k] < 1:
             raise ConfigError(f"{k} must be >= 1 (got {o[k]})")
@@ -80,16 +81,15 @@ def _labels(o: dict, n: int, num_classes: int, rows: int | None = None):
 
 
 def main(argv: list[str]) -> None:
-    from gaxp.cli import fail, parse_options
+    from gaxp.compose import fail, parse_options
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
     try:
         given, overrides = parse_options(argv[1:], OPTIONS, passthrough=("data",))
-        o = {"n": 64, "truncation": None, "interpolate": False, "rows": 4, "steps": 10, "seed": 0,
-             "step": None, "ema": True, "out": None, "class": None} | given
-        _check(o)
+        o = OPTION_DEFAULTS | given
+        check(o)
         from gaxp.evaluate import load_generator
 
         loaded = load_generator(argv[0], overrides + ["metrics=none"], step=o["step"],
@@ -101,11 +101,17 @@ def main(argv: list[str]) -> None:
     print(f"gaxp-sample: wrote {path} and {path.with_suffix('.npz')}", file=sys.stderr)
 
 
-def write_samples(loaded, o: dict) -> Path:
+OPTION_DEFAULTS = {"n": 64, "truncation": None, "interpolate": False, "rows": 4, "steps": 10,
+                   "seed": 0, "step": None, "ema": True, "out": None, "class": None}
+
+
+@gaxp_draws
+def draw(loaded, o: dict):
+    """Samples of the loaded generator for options ``o`` (``OPTION_DEFAULTS`` keys) ->
+    (samples in the data's range, z, requested labels or None, grid columns or None)."""
     import jax
     import jax.numpy as jnp
 
-    from gaxp.logging.grids import save_image_grid, save_scatter, to_uint8
     from gaxp.step import generate
 
     key = jax.random.fold_in(jax.random.key(o["seed"]), 0x5A)
@@ -129,6 +135,13 @@ def write_samples(loaded, o: dict) -> Path:
     x = np.concatenate([np.asarray(fn(loaded.params, loaded.stats, z[i:i + 500],
                                       None if y is None else y[i:i + 500]))
                         for i in range(0, len(z), 500)])
+    return x, z, y, cols
+
+
+def write_samples(loaded, o: dict) -> Path:
+    from gaxp.logging.grids import save_image_grid, save_scatter, to_uint8
+
+    x, z, y, cols = draw(loaded, o)
     out = Path(o["out"] or loaded.run_dir / "samples_cli")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{'interp' if o['interpolate'] else 'samples'}_step{loaded.step:07d}"

@@ -59,6 +59,9 @@ class ModelSpec:
     dropout: float = 0.0
     dropout_levels: int = 3
     dropout_at_test: bool = True
+    # The arch's own hyperparameters (gaxp.register.arch(..., params=...)): a frozen dataclass
+    # built from the model.* keys this spec does not have; None for archs without any.
+    params: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class LossSpec:
     clip: float = 0.0  # WGAN weight clipping of D parameters to [-clip, clip]; 0 = off
     penalty: Optional[str] = None  # a gaxp.regularizers entry, e.g. wgan_gp
     penalty_weight: float = 0.0
+    params: Any = None  # the loss's own settings (gaxp.register.loss(..., params=...)), or None
 
 
 @dataclass(frozen=True)
@@ -319,3 +323,4 @@ class Config:
     objective: Optional[ObjectiveSpec] = None  # what train returns to a sweeper (Optuna)
     task: TaskSpec = TaskSpec()  # gan, or an image-to-image task (gaxp.tasks)
     population: PopulationSpec = PopulationSpec()
+    plugins: tuple = ()  # modules imported before validation; their entries register (gaxp.registry)

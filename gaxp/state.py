@@ -15,7 +15,7 @@ import optax
 from flax import nnx, struct
 
 from gaxp import optim, tasks
-from gaxp.config import Config
+from gaxp.specs import Config
 from gaxp.models import ARCHS, adapter
 from gaxp.regularizers import lazy_optimizer
 

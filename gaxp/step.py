@@ -19,10 +19,11 @@ import optax
 from jax.sharding import NamedSharding
 
 from gaxp import conditional, regularizers
-from gaxp.config import EmaSpec, LossSpec, RegSpec, TaskSpec
-from gaxp.losses import LOSSES
+from gaxp.specs import EmaSpec, LossSpec, RegSpec, TaskSpec
+from gaxp import losses as losses_
 from gaxp.models import adapter
 from gaxp.optim import guard_counts, last_finite
+from gaxp.registry import register
 from gaxp.state import GANState, Nets
 
 TRACES = {"train_step": 0}  # incremented at trace time only: tests assert one compile per run
@@ -112,7 +113,7 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_i
     fake = jax.lax.stop_gradient(fake)
     (real, fake), view_metrics = regularizers.d_inputs(
         spec.regs, (real, fake), jax.random.fold_in(key, 2), state.step)
-    loss, cfg = LOSSES[spec.loss.name], spec.loss
+    loss, cfg = losses_.get(spec.loss), spec.loss
 
     def loss_fn(d_params):
         r, stats = discriminate(spec, d_params, state.d_stats, real, y, train=True, step=t)
@@ -149,7 +150,7 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=
         y_fake = conditional.fake_labels(spec.cond, jax.random.fold_in(key, 3), spec.batch,
                                          spec.z_sharding)  # P("data"): shards y's only axis
     k_view = jax.random.fold_in(key, 2)
-    loss = LOSSES[spec.loss.name]
+    loss = losses_.get(spec.loss)
     if loss.g_needs_real:
         (real,), _ = regularizers.d_inputs(spec.regs, (real,), jax.random.fold_in(k_view, 1),
                                            state.step)
@@ -236,6 +237,10 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: S
     if spec.grow is not None:
         metrics |= spec.grow.metrics(state.step)
     return state.replace(step=state.step + 1, g_ema=g_ema), metrics | guard_metrics(state, len(d_metrics))
+
+
+# task=gan: noise -> sample, registered exactly as a plugin's task is (gaxp.tasks has the others)
+register.task("gan", archs=(), needs_paired=False, batch_keys=("x",))(train_step)
 
 
 def guard_metrics(state: GANState, n_critic: int) -> dict:

@@ -60,10 +60,10 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
 
     from gaxp.config import load
     from gaxp.loop import compile_step
-    from gaxp.train import prepare
+    from gaxp.training import prepare
 
     overrides = MODELS[model]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "gaxp" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"data.batch_size={batch}", "logger=none",
                                           f"out_dir={out_dir}", f"trainer.devices={devices}", *extra])
     run, batches, ckpt, state, _ = prepare(load(cfg))

@@ -101,7 +101,7 @@ def speed() -> None:
     import jax.numpy as jnp
 
     from gaxp import sharding
-    from gaxp.cli import run_config
+    from gaxp.compose import run_config
     from gaxp.data import make_dataset
     from gaxp.metrics import inception
     from gaxp.metrics.evaluator import Evaluator

@@ -15,7 +15,7 @@ OPTIONS = {"steps": int, "batch_size": int, "lr": float, "seed": int, "name": st
 
 
 def main(argv: list[str]) -> None:
-    from gaxp.cli import fail, parse_options, run_config
+    from gaxp.compose import fail, parse_options, run_config
     from gaxp.errors import ConfigError
     from gaxp.metrics.classifier import train_and_save
 

@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "gaxp" / "conf"
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 

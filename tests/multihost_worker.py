@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "gaxp" / "conf"
 
 
 class _PairIterator:
@@ -51,11 +51,12 @@ class _PairDataset:
 def main(argv):
     from hydra import compose, initialize_config_dir
 
-    import gaxp.train
+    import gaxp.api
+    import gaxp.training
 
     if argv and argv[0] == "--dump":  # the final G and D parameters, as flat arrays
         dump, argv = argv[1], argv[2:]
-        digest = gaxp.train.param_digest
+        digest = gaxp.training.param_digest
 
         def capture(state):
             import jax
@@ -66,14 +67,14 @@ def main(argv):
             np.savez(dump, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves})
             return digest(state)
 
-        gaxp.train.param_digest = capture
+        gaxp.training.param_digest = capture
     if argv and argv[0] == "--emulate-pair":
         argv = argv[1:]
-        make = gaxp.train.make_dataset
-        gaxp.train.make_dataset = lambda *a, **k: _PairDataset(make, *a, **k)
+        make = gaxp.training.make_dataset
+        gaxp.training.make_dataset = lambda *a, **k: _PairDataset(make, *a, **k)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=list(argv))
-    summary = gaxp.train.train(cfg)
+    summary = gaxp.api.run(cfg)
     import jax
 
     summary.update(process_index=jax.process_index(), process_count=jax.process_count(),

@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from gaxp.train import train
+from gaxp.api import run as train
 
 # A 4-step toy run (checkpoint of step 4) written by gaxp at commit 80edf23, before GANState had
 # its optional `pool` field (CycleGAN's image history). Its command, as recorded in run.json:

@@ -15,7 +15,7 @@ from gaxp.data import make_dataset
 from gaxp.errors import ConfigError
 from gaxp.metrics.conditional import class_accuracy, nearest_mode, point_metrics
 from gaxp.models import ARCHS
-from gaxp.train import train
+from gaxp.api import run as train
 
 RING = ("model=mlp", "data=ring", "data.labeled=true", "data.batch_size=32")
 

@@ -15,7 +15,7 @@ from conftest import compose
 
 from gaxp.config import load
 from gaxp.errors import ConfigError
-from gaxp.train import train
+from gaxp.api import run as train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ("trainer.progress=false", "logger=none")

@@ -11,7 +11,7 @@ import pytest
 from gaxp.config import load
 from gaxp.errors import ConfigError
 from gaxp.evaluate import load_state
-from gaxp.train import train
+from gaxp.api import run as train
 
 # G without BatchNorm: a bias right before BatchNorm has a zero gradient up to rounding, and Adam
 # turns that rounding noise into full-size steps, so such biases differ between any two programs

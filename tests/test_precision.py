@@ -10,7 +10,8 @@ from gaxp.config import load
 from gaxp.models import layers
 from gaxp.step import generate, train_step
 from gaxp.loop import compile_step
-from gaxp.train import prepare, train
+from gaxp.api import run as train
+from gaxp.training import prepare
 
 DCGAN = ("model=dcgan", "model.g_width=8", "model.d_width=8", "data.batch_size=16",
          "trainer.devices=1")

@@ -18,7 +18,7 @@ from gaxp.errors import ConfigError
 from gaxp.models import ARCHS
 from gaxp.models.blocks import lrelu
 from gaxp.models.progan import EqConv, EqDense, downsample, pixel_norm, upsample
-from gaxp.train import train
+from gaxp.api import run as train
 
 SMALL = ("model=progan", "model.z_dim=16", "model.grow.resolutions=[4,8,16]",
          "model.grow.g_widths=[16,8,8]", "model.grow.d_widths=[16,8,8]", "data.image_size=16")

@@ -12,12 +12,13 @@ from gaxp import augment, regularizers as R
 from gaxp.config import NoiseParams, OptSpec, check_for_data, load
 from gaxp.data import make_dataset
 from gaxp.errors import ConfigError
-from gaxp.losses import LOSSES
+from gaxp.losses import LOSSES, get as _get_loss
+from gaxp.specs import LossSpec
 from gaxp.models import ARCHS, Arch, adapter
 from gaxp.models.blocks import minibatch_std, pack
 from gaxp.step import TRACES
 from gaxp.loop import compile_step
-from gaxp.train import prepare
+from gaxp.training import prepare
 
 W = jax.random.normal(jax.random.key(0), (6, 3))
 
@@ -95,7 +96,7 @@ def test_lazy_optimizer_rescales_lr_and_betas_by_k_over_k_plus_1():
 @pytest.mark.parametrize("name", ["minimax", "ns", "lsgan"])
 def test_label_smoothing_moves_only_the_real_target_to_0_9(name):
     r, f = jnp.array([-2.0, 0.3, 4.0]), jnp.array([1.0, -0.5, 2.5])
-    smoothed = LOSSES[name].d(r, f) + R.label_smoothing(name, r, 0.9)
+    smoothed = _get_loss(LossSpec(name)).d(r, f) + R.label_smoothing(name, r, 0.9)
     if name == "lsgan":
         expected = 0.5 * np.mean((r - 0.9) ** 2) + 0.5 * np.mean(f ** 2)
     else:

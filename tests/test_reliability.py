@@ -14,7 +14,7 @@ import pytest
 from conftest import xla_flags
 
 from gaxp.errors import ConfigError, Diverged
-from gaxp.train import train
+from gaxp.api import run as train
 
 BIN = Path(sys.executable).with_name("gaxp-train")
 TOY = ("model=mlp", "data=ring", "model.g_width=32", "model.d_width=32", "data.batch_size=32")
@@ -188,7 +188,7 @@ def test_a_state_with_nan_is_never_checkpointed(tiny, tmp_path):
 
     from gaxp.checkpoint import integrity
     from gaxp.config import load
-    from gaxp.train import prepare
+    from gaxp.training import prepare
 
     run, batches, ckpt, state, _ = prepare(load(tiny(*TOY)))
     assert ckpt.save(1, state, batches.iterator, {})

@@ -11,7 +11,7 @@ from gaxp.config import load
 from gaxp.models import adapter
 from gaxp.models.blocks import Norm
 from gaxp.loop import compile_step
-from gaxp.train import Batches, prepare
+from gaxp.training import Batches, prepare
 
 
 def _run_steps(tiny, tmp_path, devices, n, *overrides):

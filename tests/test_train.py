@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import CONF_DIR
 
-from gaxp.train import train
+from gaxp.api import run as train
 
 DCGAN_SMALL = ("model.g_width=8", "model.d_width=8", "data.batch_size=16")
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -17,7 +17,7 @@ from gaxp.models.srgan import pixel_shuffle, scale_stages
 from gaxp.models.unet import UNet
 from gaxp.tasks.evaluate import pixel_metrics
 from gaxp.tasks.steps import cycle_terms, pix2pix_loss, srgan_content
-from gaxp.train import train
+from gaxp.api import run as train
 
 
 def test_pixel_shuffle_matches_a_hand_computed_example():
@@ -168,7 +168,7 @@ def test_pix2pix_resumes_exactly(tiny, tmp_path):
     (("experiment=pix2pix_mnist_edges", "regularizer=[r1]"), "supports regularizer=spectral_norm"),
 ])
 def test_bad_translation_inputs_fail_before_compiling(tiny, overrides, message):
-    from gaxp.train import setup
+    from gaxp.training import setup
 
     with pytest.raises(ConfigError, match=message):
         setup(load(tiny(*overrides)))

@@ -16,7 +16,8 @@ from gaxp.errors import ConfigError
 from gaxp.models.unet import UNet
 from gaxp.tasks import pool
 from gaxp.loop import compile_step
-from gaxp.train import prepare, train
+from gaxp.api import run as train
+from gaxp.training import prepare
 
 
 def _unet(**kw):

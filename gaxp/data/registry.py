@@ -29,7 +29,8 @@ process (from `jax.process_index()`), so each process restores its own shard pos
 from __future__ import annotations
 
 from gaxp.data import images, paired, toy2d
-from gaxp.errors import ConfigError, unknown
+from gaxp.errors import ConfigError
+from gaxp.registry import SOURCES, register
 
 Dataset = images.ImageDataset | toy2d.PointDataset
 
@@ -40,23 +41,21 @@ def make_dataset(source: str, name: str, *, split: str = "train", image_size: in
     """Build dataset `name` of `source` (a key of SOURCES); this process reads its own shard.
     `labeled`: toy 2D points carry their mode index as label (image sets carry their labels
     whenever the data have them)."""
-    if source not in SOURCES:
-        raise unknown("data source", source, SOURCES)
+    entry = SOURCES.entry(source)
     if not 0 <= seed < 2**32:
         raise ConfigError(f"data seed must be in [0, 2**32), got {seed}")
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ConfigError(f"need 0 <= process_index < process_count, got {process_index} "
                           f"and {process_count}")
-    extra = {"labeled": True} if labeled and source == "toy2d" else {}
-    return SOURCES[source](name, split=split, image_size=image_size, data_dir=data_dir, seed=seed,
+    extra = {"labeled": True} if labeled and entry.labeled else {}
+    return entry.build(name, split=split, image_size=image_size, data_dir=data_dir, seed=seed,
                            process_index=process_index, process_count=process_count, **extra)
 
 
-SOURCES = {
-    "toy2d": toy2d.build,
-    "mnist": images.build_mnist,
-    "tfds": images.build_tfds,
-    "mnist_pairs": paired.build_mnist_pairs,  # image-to-image pairs (gaxp.tasks)
-    "folder": paired.build_folder,
-    "tfds_domains": paired.build_tfds_domains,  # cycle_gan/* splits trainA/trainB as domains
-}
+# The built-in sources register exactly as a plugin's do (gaxp.register.source).
+register.source("toy2d", labeled=True)(toy2d.build)
+register.source("mnist")(images.build_mnist)
+register.source("tfds")(images.build_tfds)
+register.source("mnist_pairs")(paired.build_mnist_pairs)  # image-to-image pairs (gaxp.tasks)
+register.source("folder")(paired.build_folder)
+register.source("tfds_domains")(paired.build_tfds_domains)  # cycle_gan/* trainA/trainB as domains

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from gaxp.config import WandbSpec
+from gaxp.specs import WandbSpec
 
 log = logging.getLogger("gaxp")
 

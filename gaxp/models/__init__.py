@@ -5,27 +5,19 @@ data shape, and checks before anything is built that it can produce that shape.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
 from gaxp.models import dcgan, mlp, progan, resnet, srgan, unet
+from gaxp.registry import ARCHS, ArchEntry, register  # noqa: F401 - ARCHS re-exported
 
 
-class Arch(NamedTuple):
-    build: Callable  # (ModelSpec, shape, image: bool, rngs) -> (G, D)
-    check: Callable  # (ModelSpec, shape, image: bool) -> None, raises ConfigError
-    # Stabilizers that need model support: PacGAN packing in D, minibatch stddev in D,
-    # spectral norm in G (gaxp.config checks a requested one is supported, before building).
-    supports: frozenset = frozenset({"pack", "mbstd", "g_spectral_norm"})
+Arch = ArchEntry  # an entry of the registry: build, check, supports, params
 
-
-ARCHS: dict[str, Arch] = {
-    "mlp": Arch(mlp.build, mlp.check),
-    "dcgan": Arch(dcgan.build, dcgan.check),
-    "resnet": Arch(resnet.build, resnet.check),
-    # Progressive growing (gaxp.grow compiles one program per stage); equalized lr, no spectral norm.
-    "progan": Arch(progan.build, progan.check, frozenset({"pack", "mbstd"})),
-    # Image-to-image (gaxp.tasks): shape = (target_shape, source_shape); G maps source images.
-    "pix2pix": Arch(unet.build_pix2pix, unet.check_pix2pix, frozenset({"g_spectral_norm"})),
-    "srgan": Arch(srgan.build, srgan.check, frozenset({"g_spectral_norm"})),
-    "cyclegan": Arch(unet.build_cyclegan, unet.check_cyclegan, frozenset({"g_spectral_norm"})),
-}
+# The built-in architectures register exactly as a plugin's do (gaxp.register.arch).
+register.arch("mlp", check=mlp.check)(mlp.build)
+register.arch("dcgan", check=dcgan.check)(dcgan.build)
+register.arch("resnet", check=resnet.check)(resnet.build)
+# Progressive growing (gaxp.grow compiles one program per stage); equalized lr, no spectral norm.
+register.arch("progan", check=progan.check, supports=("pack", "mbstd"))(progan.build)
+# Image-to-image (gaxp.tasks): shape = (target_shape, source_shape); G maps source images.
+register.arch("pix2pix", check=unet.check_pix2pix, supports=("g_spectral_norm",))(unet.build_pix2pix)
+register.arch("srgan", check=srgan.check, supports=("g_spectral_norm",))(srgan.build)
+register.arch("cyclegan", check=unet.check_cyclegan, supports=("g_spectral_norm",))(unet.build_cyclegan)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gaxp.config import ModelSpec
+from gaxp.specs import ModelSpec
 from gaxp.models import conditional
 from gaxp.models.blocks import (
     Dense, Down2x, Norm, Up2x, check_square_image, lrelu, minibatch_std, pack, up_levels,

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gaxp.config import ModelSpec
+from gaxp.specs import ModelSpec
 from gaxp.models import conditional
 from gaxp.models.blocks import Dense, Norm, lrelu, minibatch_std, pack
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gaxp.config import ModelSpec
+from gaxp.specs import ModelSpec
 from gaxp.errors import ConfigError
 from gaxp.models.blocks import lrelu, minibatch_std, pack
 from gaxp.models.layers import conv_transpose_2x

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gaxp.config import ModelSpec
+from gaxp.specs import ModelSpec
 from gaxp.models import conditional
 from gaxp.models.blocks import (
     Conv, Dense, check_square_image, minibatch_std, pack, up_levels,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gaxp.config import ModelSpec
+from gaxp.specs import ModelSpec
 from gaxp.errors import ConfigError
 from gaxp.models.blocks import Conv, Dense, Down2x, Norm, lrelu
 

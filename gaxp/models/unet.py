@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gaxp.config import ModelSpec
+from gaxp.specs import ModelSpec
 from gaxp.errors import ConfigError
 from gaxp.models.blocks import Conv, Down2x, Norm, Up2x, lrelu
 

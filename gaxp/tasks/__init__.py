@@ -13,45 +13,63 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable
 
-from gaxp.errors import ConfigError, unknown
-
-
-class Task(NamedTuple):
-    step: Optional[str]  # a function of gaxp.tasks.steps: (state, batch, key, *, spec, **extras)
-    # -> (state, metrics); None: gan (gaxp.step.train_step)
-    archs: tuple  # the models this task trains
-    needs_paired: bool = True  # c[i] must be the source of x[i]
-    batch_keys: tuple = ("x", "c")
+from gaxp.errors import ConfigError
+from gaxp.registry import TASKS, TaskEntry, register
 
 
-def _steps():
+def _lazy(name: str) -> Callable:
+    """A step of ``gaxp.tasks.steps``, imported when first called (it builds on the whole core)."""
+    def step(*args, **kwargs):
+        from gaxp.tasks import steps
+
+        return getattr(steps, name)(*args, **kwargs)
+
+    step.__qualname__ = step.__name__ = name
+    return step
+
+
+def _perceptual(config) -> dict:
+    """SRGAN's feature network as a constant of its step (``task.perceptual``)."""
+    if config.task.perceptual is None:
+        return {}
     from gaxp.tasks import steps
 
-    return steps
+    return {"features": steps.load_features(config.task.perceptual)}
 
 
-TASKS: dict[str, Task] = {
-    "gan": Task(None, (), False, ("x",)),  # gaxp.step.train_step
-    "pix2pix": Task("pix2pix_step", ("pix2pix",)),
-    "srgan": Task("srgan_step", ("srgan",)),
-    "cyclegan": Task("cyclegan_step", ("cyclegan",), needs_paired=False),
-}
+def _grid(run):
+    from gaxp.tasks.evaluate import Grid
 
-TRANSLATION_ARCHS = ("pix2pix", "srgan", "cyclegan")
+    return Grid(run)
+
+
+def _evaluator(config, dataset, mesh, spec):
+    from gaxp.tasks.evaluate import TranslationEvaluator
+
+    return TranslationEvaluator(config, dataset, mesh, spec)
+
+
+# The image-to-image tasks register exactly as a plugin's do; task=gan registers in gaxp.step.
+_I2I = dict(grid=_grid, evaluator=_evaluator)
+register.task("pix2pix", archs=("pix2pix",), **_I2I)(_lazy("pix2pix_step"))
+register.task("srgan", archs=("srgan",), extras=_perceptual, **_I2I)(_lazy("srgan_step"))
+register.task("cyclegan", archs=("cyclegan",), needs_paired=False, **_I2I)(_lazy("cyclegan_step"))
+Task = TaskEntry
+
 ALLOWED_REGULARIZERS = ("spectral_norm",)  # what the image-to-image steps support
 
 
 def is_translation(config) -> bool:
-    return config.task.name != "gan"
+    """An image-to-image task: its batches carry source images (``c``)."""
+    return "c" in TASKS.entry(config.task.name).batch_keys
 
 
 def check_config(config, regularizer_node) -> None:
     """Task settings that need no data (called by ``gaxp.config.load``)."""
     t = config.task
-    if t.name not in TASKS:
-        raise unknown("task", t.name, TASKS)
+    TASKS.entry(t.name)
     _check_phases(config)
     if t.name == "gan":
         return
@@ -106,15 +124,18 @@ _EXPERIMENTS = {"pix2pix": "pix2pix_mnist_edges", "srgan": "srgan_mnist",
 def check_data(config, dataset) -> None:
     """The task's needs of the data (paired source/target images), before anything is built."""
     t, m = config.task, config.model.name
-    if t.name == "gan":
-        if m in TRANSLATION_ARCHS:
-            raise ConfigError(f"model={m} is an image-to-image model; add task={m} (and its "
-                              f"data, e.g. experiment={_EXPERIMENTS[m]})")
-        return
     task = TASKS[t.name]
+    if not task.archs:  # noise -> sample: any arch that no other task claims
+        owner = next((n for n, e in TASKS.items() if m in e.archs), None)
+        if owner is not None:
+            hint = f", e.g. experiment={_EXPERIMENTS[owner]}" if owner in _EXPERIMENTS else ""
+            raise ConfigError(f"model={m} is an image-to-image model; add task={owner} (and its "
+                              f"data{hint})")
+        return
     if m not in task.archs:
         raise ConfigError(f"task={t.name} trains model={'/'.join(task.archs)}, not model={m}; "
-                          f"add model={task.archs[0]} (or use experiment={_EXPERIMENTS[t.name]})")
+                          f"add model={task.archs[0]}" + (f" (or use experiment={_EXPERIMENTS[t.name]})"
+                                                        if t.name in _EXPERIMENTS else ""))
     if getattr(dataset, "source_shape", None) is None or dataset.kind != "image":
         raise ConfigError(f"task={t.name} needs source/target images; data={config.data.source} "
                           "has none: use data=mnist_edges, mnist_sr, mnist_unpaired or "
@@ -150,7 +171,7 @@ def describe_phase(spec) -> str | None:
 
 def model_shape(config, dataset) -> tuple:
     """What the arch is built for: the data shape, or (target_shape, source_shape)."""
-    if config.task.name == "gan":
+    if not is_translation(config):
         return tuple(dataset.shape)
     return (tuple(dataset.shape), tuple(dataset.source_shape))
 
@@ -161,11 +182,9 @@ def batch_keys(config) -> tuple:
 
 def step_fn(config, spec) -> Callable:
     """The task's train step with its static spec (and extra constants) bound."""
-    task = TASKS[config.task.name]
-    extras = {}
-    if config.task.perceptual is not None:
-        extras["features"] = _steps().load_features(config.task.perceptual)
-    return functools.partial(getattr(_steps(), task.step), spec=spec, **extras)
+    task = TASKS.entry(config.task.name)
+    extras = task.extras(config) if task.extras is not None else {}
+    return functools.partial(task.step, spec=spec, **extras)
 
 
 def init_pool(config, shape) -> dict | None:

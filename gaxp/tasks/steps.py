@@ -3,7 +3,7 @@
 Each step makes one D update (G held fixed) then one G update (D held fixed), then the EMA of G,
 exactly like ``gaxp.step.train_step``, and reuses its pieces: ``_apply`` (optimizer update scaled
 by ``lr_scale``, the non-finite guard, the NaN-injection debug hook), ``ema_beta`` and
-``guard_metrics``. The adversarial terms are the configured ``loss`` (``LOSSES``). Batches hold
+``guard_metrics``. The adversarial terms are the configured ``loss`` (``gaxp.losses.get``). Batches hold
 ``x`` (targets, domain B) and ``c`` (sources, domain A) as [1, batch, ...] uint8 or float arrays.
 
 * Pix2Pix (Isola et al. 2017): D(c, x) vs D(c, G(c)), D's loss halved as in the paper;
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gaxp.losses import LOSSES
+from gaxp import losses as losses_
 from gaxp.models import adapter
 from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, step_key, to_float
 from gaxp.tasks import pool
@@ -83,7 +83,7 @@ def pix2pix_loss(adv: jax.Array, fake: jax.Array, target: jax.Array, *, adv_weig
 def pix2pix_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     TRACES["train_step"] += 1
     c, x = _pair(batch)
-    G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
+    G, D, loss, t = _net(spec, "g"), _net(spec, "d"), losses_.get(spec.loss), spec.task
     noise = jax.random.fold_in(step_key(key, state), 1)  # the U-Net's dropout masks
     fake = jax.lax.stop_gradient(G(state.g_params, state.g_stats, c, train=True, noise=noise)[0])
 
@@ -149,7 +149,7 @@ def srgan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec, features=N
     c, x = _pair(batch)
     if spec.phase == "pretrain":
         return srgan_pretrain(spec, state, c, x)
-    G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
+    G, D, loss, t = _net(spec, "g"), _net(spec, "d"), losses_.get(spec.loss), spec.task
     fake = jax.lax.stop_gradient(G(state.g_params, state.g_stats, c, train=True)[0])
 
     def d_loss(d_params):
@@ -192,7 +192,7 @@ def cycle_terms(g_ab, g_ba, a: jax.Array, b: jax.Array, identity: bool = True) -
 def cyclegan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
     TRACES["train_step"] += 1
     a, b = _pair(batch)  # c: domain A, x: domain B
-    G, D, loss, t = _net(spec, "g"), _net(spec, "d"), LOSSES[spec.loss.name], spec.task
+    G, D, loss, t = _net(spec, "g"), _net(spec, "d"), losses_.get(spec.loss), spec.task
     fake_b = jax.lax.stop_gradient(G(state.g_params, state.g_stats, a, train=True, direction="ab")[0])
     fake_a = jax.lax.stop_gradient(G(state.g_params, state.g_stats, b, train=True, direction="ba")[0])
     pool_metrics = {}

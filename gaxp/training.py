@@ -21,7 +21,8 @@ import numpy as np
 from gaxp import conditional, distributed, grow, regularizers, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, check_for_data, load, plain
-from gaxp.population import shard_mode as population_shard
+from gaxp.errors import ConfigError
+from gaxp.members import shard_mode as population_shard
 from gaxp.preempt import StopRequests
 from gaxp.data import make_dataset
 from gaxp.logging.grids import save_image_grid, save_scatter
@@ -30,6 +31,7 @@ from gaxp.loop import Loop, step_of
 from gaxp.state import GANState, init_state, make_nets
 from gaxp.step import TRACES, StepSpec, ema_beta, generate
 from gaxp import tasks
+from gaxp.randomness import gaxp_draws
 
 log = logging.getLogger("gaxp")
 
@@ -77,6 +79,16 @@ def open_dataset(config: Config):
                         labeled=d.labeled)
 
 
+def make_spec(config: Config, nets, mesh) -> StepSpec:
+    """The static step spec of a validated config (with ``model.num_classes`` from the data):
+    the one place it is assembled, for training, ``gaxp-eval``, ``gaxp-sample`` and the API."""
+    return StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
+                    batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
+                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
+                    precision=config.trainer.precision, grow=grow.growth(config),
+                    cond=conditional.cond_spec(config.model), task=config.task)
+
+
 def setup(config: Config) -> Run:
     """Everything that can fail on user input, before any compilation."""
     _quiet_libraries()
@@ -96,12 +108,7 @@ def setup(config: Config) -> Run:
     conditioned = conditional.with_classes(config, dataset)
     directory, restore = run_dir.resolve_everywhere(config)
     config = conditioned
-    nets = make_nets(config, shape, image)
-    spec = StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
-                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
-                    precision=config.trainer.precision, grow=grow.growth(config),
-                    cond=conditional.cond_spec(config.model), task=config.task)
+    spec = make_spec(config, make_nets(config, shape, image), mesh)
     if jax.process_index() == 0:
         for line in regularizers.advice(config):
             log.warning("gaxp: %s", line)
@@ -170,11 +177,8 @@ class Outputs:
         decay = ema_beta(replace(t.ema, rampup=None), run.config.data.batch_size, 0)
         self.sampled = "EMA G" if float(decay) > 1e-6 else "G"
         # Image-to-image tasks draw source | output | target columns instead (gaxp.tasks).
-        self.grid = None
-        if tasks.is_translation(run.config):
-            from gaxp.tasks.evaluate import Grid
-
-            self.grid = Grid(run)
+        task = tasks.TASKS.entry(run.config.task.name)
+        self.grid = task.grid(run) if task.grid is not None else None
 
     @property
     def wandb_id(self) -> str | None:
@@ -236,6 +240,7 @@ def _prior_wandb_id(directory: Path) -> str | None:
         return None
 
 
+@gaxp_draws
 def prepare(config: Config) -> tuple[Run, Batches, Checkpointer, GANState, dict]:
     """Everything before compiling: validate and set up the run, open its data and checkpoints,
     and create the state (or restore it with the data position). Used by ``train`` and by
@@ -251,10 +256,9 @@ def make_evaluator(run: Run):
     """The run's in-loop evaluator (``gaxp.metrics``), or None when no metrics are configured."""
     if not run.config.metrics.names:
         return None
-    if tasks.is_translation(run.config):
-        from gaxp.tasks.evaluate import TranslationEvaluator
-
-        return TranslationEvaluator(run.config, run.dataset, run.mesh, run.spec)
+    task = tasks.TASKS.entry(run.config.task.name)
+    if task.evaluator is not None:  # the task's own metrics (image-to-image: L1, PSNR, SSIM, FD)
+        return task.evaluator(run.config, run.dataset, run.mesh, run.spec)
     from gaxp.metrics.evaluator import Evaluator
 
     sample = lambda p, s, z, y=None: generate(run.spec, p, s, z, y, train=False)[0]  # noqa: E731
@@ -280,14 +284,14 @@ def run_summary(config: Config, result: dict, meta: dict, start: int, traces: in
     return summary
 
 
+@gaxp_draws
 def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)
     source = asdict(config) if isinstance(cfg, Config) else plain(cfg)  # load()-able when composed
     if config.trainer.population > 1:
-        from gaxp import population
-
-        return population.train(config, source)
+        raise ConfigError("trainer.population > 1 is trained by gaxp.population.train (or "
+                          "gaxp.train / gaxp-train, which choose it)")
     run, batches, ckpt, state, meta = prepare(config)
     evaluator = make_evaluator(run)
     protocol = evaluator.protocol if evaluator else None
