@@ -82,7 +82,7 @@ def _train_task(cfg):
 
     from gaxp.errors import GaxpError, Preempted
     from gaxp.api import run as train
-    from gaxp.registry import load_plugins
+    from gaxp.config import load_plugins
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -113,7 +113,8 @@ def train_main() -> None:
 
     command = parse_argv(sys.argv[1:])
     if not command.informational:
-        problem = check_overrides(sys.argv[1:], config_name=command.config_name,
+        problem = check_overrides(command.overrides + (["-m"] if command.multirun else []),
+                                  config_name=command.config_name,
                                   config_dir=command.config_dir)
         if problem:
             fail("gaxp-train", problem)

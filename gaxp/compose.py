@@ -221,7 +221,7 @@ def check_overrides(args: list[str], *, config_name: str = "train",
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from gaxp.registry import load_plugins
+    from gaxp.config import load_plugins
 
     overrides = [a for a in args if not a.startswith("-")]
     try:
@@ -237,25 +237,45 @@ def check_overrides(args: list[str], *, config_name: str = "train",
             first, searched, problem = _first_combination(parsed, loader, config_name, searchpath)
             if problem:
                 return problem
-            cfg = compose(config_name, overrides=first, return_hydra_config=True)
+            try:
+                cfg = compose(config_name, overrides=first, return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                return _compose_error(e, first, config_name)
     except (HydraException, OmegaConfBaseException) as e:
-        return _compose_error(e, first, config_name)
+        return _compose_error(e, [], config_name)
     except ConfigError as e:
         return str(e)
     for key in searched:
         if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
             return f"the search space names {key}, which is not a config key"
+    multirun = bool({"-m", "--multirun"} & set(args))
     try:
         load_plugins(OmegaConf.select(cfg, "plugins", default=None) or ())
+        if not multirun:  # a sweep's jobs are checked one by one (a failing job is recorded)
+            _validate(cfg)
     except ConfigError as e:
         return str(e)
-    multirun = bool({"-m", "--multirun"} & set(args))
     out = Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     why = _writable(out)
     if why:
         return (f"cannot write to the output directory {out}: {why}; choose another with "
                 f"runs_root=<dir> or hydra.{'sweep' if multirun else 'run'}.dir=<dir>")
     return _check_search_space(cfg)
+
+
+def _validate(cfg) -> None:
+    """The whole config of a single run through ``gaxp.config.load`` (ConfigError), before Hydra
+    creates or touches its run directory."""
+    from omegaconf import OmegaConf, open_dict
+
+    from gaxp.config import load
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if "out_dir" not in cfg or OmegaConf.is_interpolation(cfg, "out_dir"):
+            cfg.out_dir = str(cfg.hydra.run.dir)
+        del cfg["hydra"]
+    load(cfg)
 
 
 def compose_run(overrides: list[str], *, config_name: str = "train", config_dir: str | None = None):

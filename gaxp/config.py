@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gaxp import augment, data, losses, members, models, optim, regularizers, tasks  # noqa: F401
 from gaxp.errors import ConfigError, unknown
-from gaxp.registry import ARCHS, LOSSES, REGULARIZERS, SOURCES, load_plugins
+from gaxp.registry import ARCHS, LOSSES, REGULARIZERS, SOURCES
+from gaxp.registry import load_plugins as _import_plugins
 from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where callers find them
     GrowSpec,
     ModelSpec,
@@ -49,6 +50,12 @@ from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where calle
     TaskSpec,
     Config,
 )
+
+
+def load_plugins(modules) -> None:
+    """Import the plugin modules after gaxp's own entries (imported with this module), so a name
+    a plugin registers twice is reported at the plugin."""
+    _import_plugins(modules)
 
 
 def _is_optional(tp) -> tuple[bool, Any]:

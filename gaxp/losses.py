@@ -110,9 +110,31 @@ def relativistic_g(real: Array, fake: Array) -> Array:
 
 
 # The built-in losses register exactly as a plugin's do.
-register.loss("minimax")(lambda: Loss(minimax_d, minimax_g))
-register.loss("ns")(lambda: Loss(minimax_d, ns_g))
-register.loss("wgan")(lambda: Loss(wasserstein_d, wasserstein_g))
-register.loss("hinge")(lambda: Loss(hinge_d, wasserstein_g))
-register.loss("lsgan")(lambda: Loss(lsgan_d, lsgan_g))
-register.loss("relativistic")(lambda: Loss(relativistic_d, relativistic_g, g_needs_real=True))
+@register.loss("minimax")
+def minimax() -> Loss:
+    return Loss(minimax_d, minimax_g)
+
+
+@register.loss("ns")
+def ns() -> Loss:
+    return Loss(minimax_d, ns_g)
+
+
+@register.loss("wgan")
+def wgan() -> Loss:
+    return Loss(wasserstein_d, wasserstein_g)
+
+
+@register.loss("hinge")
+def hinge() -> Loss:
+    return Loss(hinge_d, wasserstein_g)
+
+
+@register.loss("lsgan")
+def lsgan() -> Loss:
+    return Loss(lsgan_d, lsgan_g)
+
+
+@register.loss("relativistic")
+def relativistic() -> Loss:
+    return Loss(relativistic_d, relativistic_g, g_needs_real=True)

@@ -49,7 +49,8 @@ class Registry(dict):
     def entry(self, name: str, what: Optional[str] = None):
         """The entry, or ``unknown <kind> 'x'; valid: ...`` (plugins' names included)."""
         if name not in self:
-            raise unknown(what or self.kind, name, self)
+            error = unknown(what or self.kind, name, self)
+            raise ConfigError(f"{error}; an entry of your own needs its module in plugins=[...]")
         return self[name]
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,19 @@ from gaxp.metrics.inception_score import inception_score
 from gaxp.metrics.kid import kid
 from gaxp.metrics.modes import mode_coverage
 from gaxp.metrics.prdc import knn_sq_radii, prdc
+from gaxp.registry import METRICS
 from gaxp.step import to_float
 
 log = logging.getLogger("gaxp.metrics")
+
+
+class MetricContext(NamedTuple):
+    """What a registered metric sees besides the samples: the dataset (``kind``, ``name``,
+    ``shape``; 2D mixtures: ``modes``, ``sigma``), the ``metrics`` settings and the classes."""
+
+    dataset: Any
+    spec: Any
+    num_classes: int | None
 MAX_REAL = 10_000
 
 
@@ -60,6 +70,12 @@ def resolve_names(spec, dataset, conditional: bool = False) -> tuple[str, ...]:
         return names
     for name in spec.names:
         kind, net = features.parse_metric(name)
+        if kind == "registered":
+            kinds = METRICS[name].kinds
+            if dataset.kind not in kinds:
+                raise ConfigError(f"metric {name} measures {' or '.join(kinds)} data; "
+                                  f"{dataset.name} is {dataset.kind}")
+            continue
         if (net is None) != points:
             need = "2D toy data" if net is None else "image data"
             raise ConfigError(f"metric {name} needs {need}; {dataset.name} is {dataset.kind}")
@@ -150,6 +166,7 @@ class Evaluator(Scheduled):
                        for k, n in self.nets.items()}
         self._warned: set[str] = set()
         self._ref: dict = {}  # reference statistics per network, loaded once
+        self._real = None  # reference images of the registered metrics, gathered once
         self.protocol = self._protocol()
 
     def _check_counts(self) -> None:
@@ -229,9 +246,23 @@ class Evaluator(Scheduled):
 
     # ------------------------------------------------------------------ metrics
 
+    def _registered(self, name: str, samples: np.ndarray) -> dict:
+        """A registered metric: ``compute(fake, real, ctx)`` with the real reference examples
+        (images in [-1, 1]; None for 2D points, whose mixture is ``ctx.dataset``)."""
+        real = None
+        if not self.points:
+            if self._real is None:
+                self._real = to_float(self.reference.gather(np.arange(self.n_real))["x"])
+            real = np.asarray(self._real)
+        ctx = MetricContext(self.data, self.spec, self.num_classes)
+        out = METRICS[name].compute(samples, real, ctx)
+        return {(k if "/" in k else f"eval/{k}"): float(v) for k, v in out.items()}
+
     def _metric(self, name: str, samples: np.ndarray, cache: dict) -> dict:
         kind, net = features.parse_metric(name)
         s = self.spec
+        if kind == "registered":
+            return self._registered(name, samples)
         if kind == "modes":
             out = mode_coverage(samples, self.data.modes, self.data.sigma,
                                 min_count=s.mode_min_count)

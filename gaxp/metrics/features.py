@@ -21,6 +21,7 @@ import jax
 
 from gaxp.errors import ConfigError
 from gaxp.metrics import classifier, inception
+from gaxp.registry import METRICS
 
 INCEPTION_METRICS = ("fid", "is", "kid", "prdc")
 CLASSIFIER_PREFIXES = ("fd_", "is_", "kid_", "prdc_")
@@ -48,9 +49,12 @@ def parse_metric(name: str) -> tuple[str, str | None]:
             return prefix[:-1], name[len(prefix):]
     if name in POINT_METRICS:
         return name, None
+    if name in METRICS:  # a registered metric (gaxp.register.metric): computes its own values
+        return "registered", None
+    registered = "".join(f", {n}" for n in sorted(METRICS))
     raise ConfigError(f"unknown metric {name!r}; valid: auto, {', '.join(INCEPTION_METRICS)}, "
                       f"{', '.join(p + '<classifier>' for p in CLASSIFIER_PREFIXES)}, modes, "
-                      f"cond, {COND_PREFIX}<classifier>")
+                      f"cond, {COND_PREFIX}<classifier>{registered}")
 
 
 def load_inception(spec, data: dict) -> FeatureNet:

@@ -71,7 +71,7 @@ def check_config(config, regularizer_node) -> None:
     t = config.task
     TASKS.entry(t.name)
     _check_phases(config)
-    if t.name == "gan":
+    if not is_translation(config):
         return
     if config.trainer.population > 1:
         raise ConfigError(f"task={t.name} trains one model per run; populations "
