@@ -1,4 +1,5 @@
-"""Measure the evaluation figures quoted in the README (each section prints one line or a few).
+"""Measure the evaluation figures quoted in experiments/metric_figures/README.md (each section
+prints one line or a few).
 
     GAXP_MNIST_TEST_DIR=../shared/data/mnist python scripts/metric_figures.py [--sections ...]
 
