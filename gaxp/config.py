@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gaxp import augment, data, losses, members, models, optim, regularizers, tasks  # noqa: F401
+from gaxp import (augment, data, losses, members, models, optim, regularizers,  # noqa: F401
+                  step, tasks)  # gaxp's own entries register on import (step: task=gan)
 from gaxp.errors import ConfigError, unknown
 from gaxp.registry import ARCHS, LOSSES, REGULARIZERS, SOURCES
 from gaxp.registry import load_plugins as _import_plugins

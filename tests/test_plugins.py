@@ -1,6 +1,6 @@
 """A researcher's own package, outside the gaxp tree, selected and swept by the real `gaxp-train`:
 a loss, a penalty, an architecture, a data source, a metric and a task, each with its own settings
-(tests/plugin_pkg/my_gan, copied to a temporary directory). Also the bad inputs of plugins and the
+(experiments/extending/my_gan, copied to a temporary directory). Also the bad inputs of plugins and the
 Hydra flags gaxp must leave to Hydra."""
 
 import json
@@ -14,7 +14,7 @@ import pytest
 from conftest import xla_flags
 
 BIN = Path(sys.executable).with_name("gaxp-train")
-PKG = Path(__file__).resolve().parent / "plugin_pkg"
+PKG = Path(__file__).resolve().parents[1] / "experiments" / "extending"
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ("plugins=[my_gan.ideas]", "hydra.searchpath=[pkg://my_gan.conf]")
 TINY = ("trainer.progress=false", "logger=none", "trainer.log_every=5", "trainer.sample_every=10",
@@ -25,7 +25,7 @@ TINY = ("trainer.progress=false", "logger=none", "trainer.log_every=5", "trainer
 @pytest.fixture
 def plugin_dir(tmp_path):
     """The plugin package in a directory of its own (not importable from the repository)."""
-    shutil.copytree(PKG, tmp_path / "pkg")
+    shutil.copytree(PKG / "my_gan", tmp_path / "pkg" / "my_gan")
     return tmp_path / "pkg"
 
 

@@ -1,6 +1,7 @@
-"""A researcher's own ideas, registered with gaxp from outside the gaxp tree (tests/test_plugins.py
-copies this package into a temporary directory): a loss, a penalty, an architecture, a data source,
-a metric and a task, each with the settings it declares."""
+"""A researcher's own ideas, registered with gaxp from outside gaxp's package: a loss, a penalty,
+an architecture, a data source, a metric and a task, each with the settings it declares. The worked
+example of docs/extending.md (results in experiments/extending/README.md); tests/test_plugins.py
+copies this package into a temporary directory and drives it through the real gaxp-train."""
 
 import dataclasses
 
