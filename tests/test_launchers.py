@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import xla_flags
 
-from gaxp import cli
+from gaxp import cli, compose
 
 BIN = Path(sys.executable).with_name("gaxp-train")
 
@@ -47,7 +47,7 @@ def test_slurm_launcher_extends_the_plugin_with_gaxp_defaults():
 
 
 def test_slurm_launcher_without_the_plugin_is_one_line(monkeypatch):
-    monkeypatch.setattr(cli, "_has_submitit", lambda: False)
+    monkeypatch.setattr(compose, "_has_submitit", lambda: False)
     message = cli.check_overrides(["-m", "hydra/launcher=slurm", "trainer.seed=0,1"])
     assert message.startswith("hydra/launcher=slurm needs the hydra-submitit-launcher plugin")
     assert "\n" not in message
