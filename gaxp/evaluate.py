@@ -88,47 +88,39 @@ def with_overrides(node: dict, overrides: list[str]) -> Any:
 
 @gaxp_draws
 def load_state(path: str, overrides: list[str] = (), *, step: int | None = None):
-    """(config, run dir, step, the whole GANState, nets, dataset, mesh) of a run directory's
-    checkpoint (the latest, or ``step``, or the one ``path`` names)."""
+    """(the run assembled as training assembles it (``gaxp.run.Run``), step, the whole GANState)
+    of a run directory's checkpoint (the latest, or ``step``, or the one ``path`` names)."""
     import jax
 
-    from gaxp import conditional, sharding
+    from gaxp import sharding
     from gaxp.checkpoint import Checkpointer, abstract_like
-    from gaxp.state import init_state, make_nets
-    from gaxp.training import open_dataset
+    from gaxp.run import assemble
+    from gaxp.state import init_state
 
     run_dir, named = locate(path)
     config = with_overrides(run_node(run_dir), list(overrides))
-    dataset = open_dataset(config)
-    config = conditional.with_classes(config, dataset)
-    from gaxp import tasks
-
-    tasks.check_data(config, dataset)
-    shape, image = tasks.model_shape(config, dataset), dataset.kind == "image"
-    mesh = sharding.make_mesh(None)
-    nets = make_nets(config, shape, image)
+    run = assemble(config, sharding.make_mesh(None), directory=run_dir)  # as training built it
+    config, nets = run.config, run.spec.nets
     ckpt = Checkpointer(run_dir / "checkpoints", config.trainer.keep, async_save=False)
     try:
         step = step if step is not None else named if named is not None else ckpt.latest_step()
         if step is None or step not in ckpt.manager.all_steps():
             raise ConfigError(f"no checkpoint {step if step is not None else ''} in "
                               f"{run_dir / 'checkpoints'}; steps: {list(ckpt.manager.all_steps())}")
-        make = functools.partial(init_state, config, nets, shape, image)
-        abstract = abstract_like(jax.eval_shape(make, jax.random.key(0)), sharding.replicated(mesh))
+        make = functools.partial(init_state, config, nets, run.shape, run.image)
+        abstract = abstract_like(jax.eval_shape(make, jax.random.key(0)),
+                                 sharding.replicated(run.mesh))
         state = ckpt.restore_state(step, abstract)
     finally:
         ckpt.close()
-    return config, run_dir, step, state, nets, dataset, mesh
+    return run, step, state
 
 
 def load_generator(path: str, overrides: list[str], *, step: int | None = None,
                    ema: bool = True) -> Loaded:
-    from gaxp.training import make_spec
-
-    config, run_dir, step, state, nets, dataset, mesh = load_state(path, overrides, step=step)
-    spec = make_spec(config, nets, mesh)  # the same spec as in training: precision, growth, ...
+    run, step, state = load_state(path, overrides, step=step)
     params = state.g_ema if ema else state.g_params
-    return Loaded(config, run_dir, step, params, state.g_stats, spec, dataset, mesh)
+    return Loaded(run.config, run.dir, step, params, state.g_stats, run.spec, run.dataset, run.mesh)
 
 
 @gaxp_draws

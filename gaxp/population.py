@@ -35,7 +35,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gaxp import run_dir, sharding, tasks
 from gaxp.checkpoint import Checkpointer, abstract_like
-from gaxp.errors import ConfigError
 from gaxp.members import (  # noqa: F401 - the population's config, re-exported
     SHARDS, VARY, hparams, member_config, member_source, population_spec, seeds, shard_mode)
 from gaxp.specs import Config
@@ -198,9 +197,8 @@ def train(config: Config, source: dict) -> dict:
         runs.append(dataclasses.replace(run, config=mc, dir=directory, dataset=T.open_dataset(mc)))
     hp = jax.device_put(hparams(config, members), state_sharding)
     batches = PopBatches([T.Batches(r) for r in runs], mode, run.mesh, n, config.data.batch_size)
-    shape, image = tuple(run.dataset.shape), run.dataset.kind == "image"
     # run.config: with model.num_classes read from the data (conditional GANs)
-    make = functools.partial(init_state, run.config, run.spec.nets, shape, image)
+    make = functools.partial(init_state, run.config, run.spec.nets, run.shape, run.image)
     member_abstract = abstract_like(jax.eval_shape(make, jax.random.key(0)), sharding.replicated(run.mesh))
     ckpt = PopCheckpointer([Checkpointer(r.dir / "checkpoints", config.trainer.keep) for r in runs],
                            member_abstract, state_sharding)
@@ -210,7 +208,7 @@ def train(config: Config, source: dict) -> dict:
     else:
         state, meta = jax.jit(jax.vmap(make), out_shardings=state_sharding)(keys(0)), {}
     start = step_of(state)
-    ids = meta.pop("wandb_ids", None) or [T._prior_wandb_id(r.dir) for r in runs]
+    ids = meta.pop("wandb_ids", None) or [T.prior_wandb_id(r.dir) for r in runs]
     outs = []
     for i, r in enumerate(runs):
         wandb = r.config.logger.wandb

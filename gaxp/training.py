@@ -11,41 +11,28 @@ import functools
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
 from gaxp import conditional, distributed, grow, regularizers, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
-from gaxp.config import Config, check_for_data, load, plain
+from gaxp.config import Config, load, plain
 from gaxp.errors import ConfigError
 from gaxp.members import shard_mode as population_shard
 from gaxp.preempt import StopRequests
-from gaxp.data import make_dataset
 from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.loop import Loop, step_of
-from gaxp.state import GANState, init_state, make_nets
-from gaxp.step import TRACES, StepSpec, ema_beta, generate
+from gaxp.run import Run, assemble, make_spec, open_dataset  # noqa: F401 - re-exported
+from gaxp.state import GANState, init_state
+from gaxp.step import TRACES, ema_beta, generate
 from gaxp import tasks
 from gaxp.randomness import gaxp_draws
 
 log = logging.getLogger("gaxp")
-
-
-@dataclass
-class Run:
-    config: Config
-    dir: Path
-    restore: bool
-    mesh: Any
-    dataset: Any
-    local_batch: int
-    spec: StepSpec
-    is_main: bool
 
 
 def param_digest(state: GANState) -> str:
@@ -69,26 +56,6 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def open_dataset(config: Config):
-    """The run's data source as configured: this process's shard, shuffled with the run's seed
-    (a population opens one per member with the member's config)."""
-    d = config.data
-    return make_dataset(d.source, d.name, split=d.split, image_size=d.image_size,
-                        data_dir=d.data_dir, seed=config.trainer.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count(),
-                        labeled=d.labeled)
-
-
-def make_spec(config: Config, nets, mesh) -> StepSpec:
-    """The static step spec of a validated config (with ``model.num_classes`` from the data):
-    the one place it is assembled, for training, ``gaxp-eval``, ``gaxp-sample`` and the API."""
-    return StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
-                    batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
-                    inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
-                    precision=config.trainer.precision, grow=grow.growth(config),
-                    cond=conditional.cond_spec(config.model), task=config.task)
-
-
 def setup(config: Config) -> Run:
     """Everything that can fail on user input, before any compilation."""
     _quiet_libraries()
@@ -98,31 +65,22 @@ def setup(config: Config) -> Run:
         local_batch = config.data.batch_size  # each member's batch stays on its member's device
     else:
         local_batch = sharding.check_batch(config.data.batch_size, mesh)
-    dataset = open_dataset(config)
-    image = dataset.kind == "image"
-    tasks.check_data(config, dataset)  # task=pix2pix/srgan/cyclegan: source/target pairs
-    shape = tasks.model_shape(config, dataset)  # image-to-image archs: (target, source) shapes
-    check_for_data(config, shape, image)
-    # Conditional GANs: labels present, model.num_classes from the data (the run's key and
-    # directory stay those of the config as given).
-    conditioned = conditional.with_classes(config, dataset)
+    run = assemble(config, mesh, local_batch=local_batch)  # every check of the data, then the nets
+    # the run's key and directory are those of the config as given (before model.num_classes)
     directory, restore = run_dir.resolve_everywhere(config)
-    config = conditioned
-    spec = make_spec(config, make_nets(config, shape, image), mesh)
-    if jax.process_index() == 0:
-        for line in regularizers.advice(config):
+    run = replace(run, dir=directory, restore=restore)
+    if run.is_main:
+        for line in regularizers.advice(run.config):
             log.warning("gaxp: %s", line)
-        if spec.grow is not None:
-            log.info("gaxp: %s", grow.describe(spec.grow, config.trainer.steps))
-    return Run(config, directory, restore, mesh, dataset, local_batch, spec,
-               is_main=jax.process_index() == 0)
+        if run.spec.grow is not None:
+            log.info("gaxp: %s", grow.describe(run.spec.grow, config.trainer.steps))
+    return run
 
 
 def _init(run: Run, checkpointer: Checkpointer, data_iter) -> tuple[GANState, dict]:
     """A fresh replicated state, or the latest checkpoint restored into the same layout."""
-    c, shape = run.config, tasks.model_shape(run.config, run.dataset)
-    image = run.dataset.kind == "image"
-    make = functools.partial(init_state, c, run.spec.nets, shape, image)
+    c = run.config
+    make = functools.partial(init_state, c, run.spec.nets, run.shape, run.image)
     key = jax.random.fold_in(jax.random.key(c.trainer.seed), 0)
     replicated = sharding.replicated(run.mesh)
     if run.restore and checkpointer.latest_step() is not None:
@@ -232,7 +190,7 @@ class Outputs:
                 w.close()
 
 
-def _prior_wandb_id(directory: Path) -> str | None:
+def prior_wandb_id(directory: Path) -> str | None:
     """The W&B id of an earlier attempt of this run directory (so a restart continues that run)."""
     try:
         return json.loads((directory / "run.json").read_text()).get("wandb_id")
@@ -297,7 +255,7 @@ def train(cfg) -> dict:
     protocol = evaluator.protocol if evaluator else None
     start = int(jax.device_get(state.step))
     meta = {"config_key": run_dir.config_key(config), **meta}
-    out = Outputs(run, start, meta.get("wandb_id") or _prior_wandb_id(run.dir))
+    out = Outputs(run, start, meta.get("wandb_id") or prior_wandb_id(run.dir))
     meta["wandb_id"] = out.wandb_id
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "run.json", {

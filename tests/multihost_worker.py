@@ -52,6 +52,7 @@ def main(argv):
     from hydra import compose, initialize_config_dir
 
     import gaxp.api
+    import gaxp.run
     import gaxp.training
 
     if argv and argv[0] == "--dump":  # the final G and D parameters, as flat arrays
@@ -70,8 +71,8 @@ def main(argv):
         gaxp.training.param_digest = capture
     if argv and argv[0] == "--emulate-pair":
         argv = argv[1:]
-        make = gaxp.training.make_dataset
-        gaxp.training.make_dataset = lambda *a, **k: _PairDataset(make, *a, **k)
+        make = gaxp.run.make_dataset
+        gaxp.run.make_dataset = lambda *a, **k: _PairDataset(make, *a, **k)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=list(argv))
     summary = gaxp.api.run(cfg)

@@ -21,7 +21,7 @@ TOY = ("model=mlp", "data=ring", "model.g_width=32", "model.d_width=32", "model.
 
 
 def _params(run_dir):
-    state = load_state(str(run_dir))[3]
+    state = load_state(str(run_dir))[2]
     return jax.device_get({"g": state.g_params, "d": state.d_params, "ema": state.g_ema})
 
 

@@ -12,7 +12,7 @@ from gaxp import augment, regularizers as R
 from gaxp.config import NoiseParams, OptSpec, check_for_data, load
 from gaxp.data import make_dataset
 from gaxp.errors import ConfigError
-from gaxp.losses import LOSSES, get as _get_loss
+from gaxp.losses import get as _get_loss
 from gaxp.specs import LossSpec
 from gaxp.models import ARCHS, Arch, adapter
 from gaxp.models.blocks import minibatch_std, pack
