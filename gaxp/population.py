@@ -176,6 +176,28 @@ class PopEvaluator:
 # ----------------------------------------------------------------------------- training
 
 
+def _member_summaries(run, runs, members, result, meta, start, state, evaluator, protocol, vary,
+                      traces, out) -> list:
+    """Each member's summary.json (and W&B summary); the rows of the population's summary."""
+    from gaxp import training as T
+
+    rows = []
+    for i, (r, mc) in enumerate(zip(runs, members)):
+        final = {k: _member_value(v, i) for k, v in result["final"].items()}
+        summary = T.run_summary(mc, result, meta, start, traces, member_slice(state, i), r.dir, final,
+                                evaluator and evaluator.last[i], protocol)
+        summary["population"] = {"dir": str(run.dir), "member": i}
+        rows.append({"member": i, "dir": str(r.dir), "seed": mc.trainer.seed,
+                     **{name: values[i] for name, values in vary.items() if name != "seed"},
+                     "digest": summary["digest"], "final": final,
+                     **({"eval": summary["eval"]} if "eval" in summary else {})})
+        if run.is_main:
+            run_dir.write_json_atomic(r.dir / "summary.json", summary)
+            if out.members[i].wandb:
+                out.members[i].wandb.summarize(summary)
+    return rows
+
+
 @gaxp_draws
 def train(config: Config, source: dict) -> dict:
     """Train the population; returns the population summary (also ``<run>/summary.json``)."""
@@ -216,7 +238,7 @@ def train(config: Config, source: dict) -> dict:
             wandb = dataclasses.replace(wandb, group=wandb.group or run.dir.name)
             r = dataclasses.replace(r, config=dataclasses.replace(
                 r.config, logger=dataclasses.replace(r.config.logger, wandb=wandb)))
-        outs.append(T.Outputs(r, start, ids[i], name=f"{run.dir.name}-m{i:02d}"))
+        outs.append(T.Outputs(r, start, ids[i], name=T.run_name(r.config, member=i)))
     ckpt.wandb_ids = [o.wandb_id for o in outs]
     out = PopOutputs(run, outs, start)
     evaluator = T.make_evaluator(run)
@@ -250,26 +272,15 @@ def train(config: Config, source: dict) -> dict:
         with StopRequests() as stop:
             loop = Loop(run, batches, out, ckpt, meta, evaluator, key=keys(1), compile_fn=compile_fn)
             result = loop.run_steps(state, stop)
+        state = result.pop("state")
+        rows = _member_summaries(run, runs, members, result, meta, start, state, evaluator,
+                                 protocol, vary, T.TRACES["train_step"] - traces_before, out)
     finally:
         ckpt.close()
         out.close()
-    state = result.pop("state")
     steps = step_of(state)
     kimg = steps * config.data.batch_size * config.loss.n_critic / 1000
     traces = T.TRACES["train_step"] - traces_before
-    rows = []
-    for i, (r, mc) in enumerate(zip(runs, members)):
-        final = {k: _member_value(v, i) for k, v in result["final"].items()}
-        summary = T.run_summary(mc, result, meta, start, traces, member_slice(state, i), r.dir, final,
-                                evaluator and evaluator.last[i], protocol)
-        summary["population"] = {"dir": str(run.dir), "member": i}
-        row = {"member": i, "dir": str(r.dir), "seed": mc.trainer.seed,
-               **{name: values[i] for name, values in vary.items() if name != "seed"},
-               "digest": summary["digest"], "final": final,
-               **({"eval": summary["eval"]} if "eval" in summary else {})}
-        if run.is_main:
-            run_dir.write_json_atomic(r.dir / "summary.json", summary)
-        rows.append(row)
     summary = {"population": n, "shard": mode, "steps": steps, "kimg_per_member": kimg,
                "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
                "compile_s": result["compile_s"], "images_per_s": result["images_per_s"] * n,

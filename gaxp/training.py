@@ -121,7 +121,7 @@ class Outputs:
             self.jsonl = JsonlWriter(run.dir / "metrics.jsonl", start) if run.config.logger.jsonl else None
             if run.config.logger.wandb is not None:
                 wandb = WandbWriter(run.config.logger.wandb, run.dir, asdict(run.config), wandb_id,
-                                    name=name or run.dir.name)
+                                    name=name or run_name(run.config))
         self.wandb = wandb
         self.progress = Progress(t.steps, start, enabled=t.progress and run.is_main)
         z_key = jax.random.fold_in(jax.random.key(t.seed), 2)
@@ -188,6 +188,16 @@ class Outputs:
         for w in (self.jsonl, self.wandb):
             if w is not None:
                 w.close()
+
+
+def run_name(config: Config, member: int | None = None) -> str:
+    """What a run is, for W&B: ``<model>-<loss>[+<stabilizer>...][-<task>]-s<seed>`` (a
+    population: ``-pop<n>``; its members ``-s<seed>-m<i>``), e.g. ``dcgan-ns-s0``."""
+    parts = [config.model.name, config.loss.name + "".join(f"+{n}" for n in config.regularizer.names)]
+    parts += [config.task.name] if config.task.name != "gan" else []
+    n = config.trainer.population
+    parts += [f"pop{n}"] if n > 1 and member is None else [f"s{config.trainer.seed}"]
+    return "-".join(parts) + (f"-m{member:02d}" if member is not None else "")
 
 
 def prior_wandb_id(directory: Path) -> str | None:
@@ -267,12 +277,14 @@ def train(cfg) -> dict:
     try:
         with StopRequests() as stop:
             result = Loop(run, batches, out, ckpt, meta, evaluator).run_steps(state, stop)
+        state = result.pop("state")
+        summary = run_summary(config, result, meta, start, TRACES["train_step"] - traces_before,
+                              state, run.dir, result["final"], evaluator and evaluator.last, protocol)
+        if run.is_main:
+            run_dir.write_json_atomic(run.dir / "summary.json", summary)
+            if out.wandb:
+                out.wandb.summarize(summary)
     finally:
         ckpt.close()
         out.close()
-    state = result.pop("state")
-    summary = run_summary(config, result, meta, start, TRACES["train_step"] - traces_before, state,
-                          run.dir, result["final"], evaluator and evaluator.last, protocol)
-    if run.is_main:
-        run_dir.write_json_atomic(run.dir / "summary.json", summary)
     return summary

@@ -97,6 +97,11 @@ def test_wandb_config_gets_the_protocol(tiny, tmp_path, env):
     [log] = (tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     records = log.read_bytes()  # offline runs keep the config update in the run's record log
     assert b"eval_protocol" in records and b"mode_min_count" in records
+    assert b"\x42\x09mlp-ns-s0" in records  # the run record's display_name (field 8): what it is
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # the W&B summary carries the digest, the wall time and the final evaluation
+    assert summary["digest"].encode() in records and b"wall_time_s" in records
+    assert b"eval/hq_frac" in records
 
 
 def test_a_failing_metric_is_logged_and_training_continues(tiny, tmp_path, env, monkeypatch,

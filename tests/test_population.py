@@ -102,8 +102,9 @@ def test_population_outputs_and_wandb_group(tiny, tmp_path):
         runs = list((d / "wandb").glob("offline-run-*"))
         assert len(runs) == 1
         data = next(runs[0].glob("*.wandb")).read_bytes()
-        # the run record's protobuf fields: run_group (6) = "pop", display_name (8) = "pop-m0i"
-        assert b"\x32\x03pop" in data and b"\x42\x07pop-m%02d" % i in data
+        # the run record's protobuf fields: run_group (6) = "pop", display_name (8): what it is
+        name = f"mlp-ns-s{i}-m{i:02d}".encode()
+        assert b"\x32\x03pop" in data and b"\x42" + bytes([len(name)]) + name in data
         ids.append(member["wandb_id"])
     assert len(set(ids)) == 2 and all(ids)
     with pytest.raises(ConfigError, match="is a population; give one member"):

@@ -140,6 +140,17 @@ class WandbWriter:
     def update_config(self, values: dict) -> None:
         self._call(lambda: self.run.config.update(values, allow_val_change=True))
 
+    def summarize(self, summary: dict) -> None:
+        """The run's W&B summary: its final metrics and evaluation (with the protocol), the
+        parameter digest, steps, kimg and wall time (what summary.json holds)."""
+        final = dict(summary.get("final") or {})
+        evals = dict(summary.get("eval") or {})
+        protocol = evals.pop("protocol", None)
+        keep = {k: summary[k] for k in ("digest", "steps", "kimg", "wall_time_s", "images_per_s",
+                                         "compile_s", "rollbacks") if k in summary}
+        values = {**final, **evals, **keep, **({"eval_protocol": protocol} if protocol else {})}
+        self._call(lambda: self.run.summary.update(values))
+
     def log_image(self, step: int, key: str, path: Path) -> None:
         self._call(lambda: self.run.log({"step": step, key: self.wandb.Image(str(path))}))
 
