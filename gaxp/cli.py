@@ -26,6 +26,20 @@ def _fail(prog: str, message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def register_resolvers() -> None:
+    """``${gaxp.suffix:}``: six random characters (lowercase letters and digits, ~31 bits) that
+    keep default run directories of runs started in the same second apart, on one machine or
+    many. Cached per composed config, so every job of a sweep sees the same sweep directory."""
+    import secrets
+    import string
+
+    from omegaconf import OmegaConf
+
+    chars = string.ascii_lowercase + string.digits
+    OmegaConf.register_new_resolver("gaxp.suffix", lambda: "".join(secrets.choice(chars) for _ in range(6)),
+                                    use_cache=True, replace=True)
+
+
 PLUGIN_LAUNCHERS = ("slurm",)  # conf/hydra/launcher entries that extend a plugin's launcher
 
 
@@ -130,6 +144,7 @@ def check_overrides(args: list[str]) -> str | None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    register_resolvers()
     overrides = [a for a in args if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -320,6 +335,7 @@ def train_main() -> None:
     """``gaxp-train [overrides] [-m]``: train one GAN, or a sweep with ``-m``."""
     import hydra
 
+    register_resolvers()
     problem = check_overrides(sys.argv[1:]) if "--help" not in sys.argv and "-h" not in sys.argv else None
     if problem:
         _fail("gaxp-train", problem)
