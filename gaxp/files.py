@@ -27,7 +27,8 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO,
 # ... of which these can only come from a write (EIO and EACCES can come from a read too)
 ONLY_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")
-_QUOTED = re.compile(r"Failed writing: \"([^\"]+)\"|\"(/[^\"]+)\"")
+_FAILED_FILE = re.compile(r'Failed writing: "([^"]+)"')  # TensorStore names the file, then its database
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
 
 
 def errno_of(e: BaseException) -> int | None:
@@ -58,8 +59,8 @@ def failed_file(e: BaseException, default) -> str:
     """The file a failed write names (``OSError.filename``, TensorStore's quoted path)."""
     if isinstance(e, OSError) and e.filename:
         return str(e.filename)
-    found = _QUOTED.search(str(e))
-    return (found.group(1) or found.group(2)) if found else str(default)
+    found = _FAILED_FILE.search(str(e)) or _QUOTED_PATH.search(str(e))
+    return found.group(1) if found else str(default)
 
 
 def _unlink(path: Path) -> None:
