@@ -28,7 +28,9 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +100,42 @@ def integrity(state: Any) -> tuple[bool, str]:
 
 
 class _NoWriteErrorTracebacks(logging.Filter):
-    """Drops Orbax's ERROR records (with tracebacks, from several threads) of a failed write."""
+    """Drops the ERROR records of a failed write that Orbax (through absl, from several threads)
+    and asyncio ("exception was never retrieved", for each of the other writes of that save)
+    log with tracebacks: gaxp reports the failure itself, once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+        if record.levelno < logging.ERROR:
             return True
         exc = record.exc_info[1] if record.exc_info else None
         return not is_write_error(exc or Exception(record.getMessage()))
 
 
+def _quiet_unraisable(previous):
+    """When a save fails, TensorStore's other writes of that save finish after Orbax has closed
+    the event loop that awaited them; each then reports ``RuntimeError: Event loop is closed``
+    (raised in ``call_soon_threadsafe``) through ``sys.unraisablehook``: tens of tracebacks for
+    one failure that gaxp reports itself. Those are dropped; anything else goes to ``previous``."""
+
+    def hook(args):
+        last = traceback.extract_tb(args.exc_traceback)[-1:] if args.exc_traceback else []
+        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed" \
+                and last and last[0].name == "_check_closed":
+            return
+        previous(args)
+
+    hook.gaxp = True
+    return hook
+
+
 _QUIET = _NoWriteErrorTracebacks()
+
+
+def _quiet_write_errors() -> None:
+    for name in ("absl", "asyncio"):  # Orbax logs through absl
+        logging.getLogger(name).addFilter(_QUIET)
+    if not getattr(sys.unraisablehook, "gaxp", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 class Checkpointer:
@@ -117,14 +145,16 @@ class Checkpointer:
         self.on_write_error = on_write_error
         self.pending: int | None = None  # the step whose asynchronous save is in flight
         self.failed: WriteFailed | None = None  # the latest save's failure (warn mode)
-        logging.getLogger("absl").addFilter(_QUIET)  # Orbax logs through absl
-        options = ocp.CheckpointManagerOptions(
+        _quiet_write_errors()
+        self.options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # a save cut off by a crash leaves only a tmp dir
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta"),
-        )
+        self.manager = self._manager()
+
+    def _manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self.options,
+                                     item_names=("state", "data", "meta"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -177,6 +207,14 @@ class Checkpointer:
         if self.on_write_error != "warn" or final:
             raise err from None
         self.failed = err
+        # Orbax keeps the failed future of the save's metadata and raises it again at every
+        # later wait: the next save starts from a fresh manager
+        old, self.manager = self.manager, self._manager()
+        try:
+            old.close()
+        except Exception as again:  # noqa: BLE001
+            if not is_write_error(again):
+                raise
         log.warning("gaxp: %s; training goes on and the next checkpoint tries again "
                     "(trainer.on_write_error=warn)", err)
 
