@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import xla_flags
 
@@ -169,6 +170,7 @@ def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmp
     raises. summary.json and metrics.jsonl keep their content when a write to them fails."""
     from gaxp.checkpoint import Checkpointer, integrity
     from gaxp.config import load
+    from gaxp.logging.grids import save_image_grid
     from gaxp.logging.writers import JsonlWriter
     from gaxp.run_dir import write_json_atomic
     from gaxp.train import prepare
@@ -198,7 +200,10 @@ def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmp
     with pytest.raises(WriteFailed, match=r"the metrics of step 2 to .*metrics.jsonl: No space left"):
         metrics.log(2, {f"k{i}": float(i) for i in range(2 * PAGE // 8)})
     assert [r["step"] for r in _rows(disk / "metrics.jsonl")] == [1]
-    assert not _partials(disk)
+    with pytest.raises(WriteFailed, match=r"a sample grid to .*step_2.png: No space left on device"):
+        save_image_grid(np.zeros((64, 28, 28, 1), np.float32) + np.linspace(-1, 1, 28)[:, None],
+                        disk / "step_2.png")
+    assert not (disk / "step_2.png").exists() and not _partials(disk)
 
     filler.unlink()  # room again: the next save is written
     assert c.save(3, state, batches.iterator, {})
