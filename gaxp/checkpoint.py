@@ -105,7 +105,7 @@ class _NoWriteErrorTracebacks(logging.Filter):
     log with tracebacks: gaxp reports the failure itself, once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
+        if record.levelno < logging.ERROR or (record.name == "absl" and "orbax" not in record.pathname):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         return not is_write_error(exc or Exception(record.getMessage()))

@@ -93,6 +93,24 @@ def test_kill_9_leaves_no_stale_lock_and_resume_logs_every_step_once(tmp_path):
     assert [r["step"] for r in _rows(run / "metrics.jsonl")] == list(range(10, 1501, 10))
 
 
+def test_a_population_holds_every_member_directory(tmp_path):
+    """A member directory of a running population cannot be resumed alone by another process."""
+    run = tmp_path / "pop"
+    pop = _cli([*TOY, "trainer.population=2", "trainer.steps=3000", "trainer.ckpt_every=50",
+                "trainer.log_every=50", f"hydra.run.dir={run}"], tmp_path)
+    member = run / "members" / "01"
+    _wait_for(pop, lambda: (member / "checkpoints" / "50").is_dir(), "member 1's first checkpoint")
+    other = _cli([*TOY, "trainer.steps=3000", f"trainer.resume={member}"], tmp_path)
+    _, err = other.communicate(timeout=120)
+    assert pop.poll() is None, "the population ended before the second process was refused"
+    assert other.returncode == RunDirInUse.exit_code, err[-2000:]
+    assert f"error: {member} is in use by another gaxp run (pid {pop.pid} on " in err
+    pop.send_signal(signal.SIGTERM)  # enough: stop it
+    _, err = pop.communicate(timeout=120)
+    assert pop.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert all(not (d / run_dir.LOCK_FILE).read_text() for d in (run, member, run / "members" / "00"))
+
+
 def test_eight_runs_started_together_get_eight_default_directories(tmp_path):
     procs = [_cli([*TOY, "trainer.steps=2", "trainer.log_every=1", f"trainer.seed={i}",
                    f"runs_root={tmp_path / 'outputs'}"], tmp_path) for i in range(8)]
@@ -111,6 +129,16 @@ def test_eight_runs_started_together_get_eight_default_directories(tmp_path):
     assert seeds == set(range(8))
     # the lock file's holder is recorded while a run holds it, and cleared after
     assert all(not (d / run_dir.LOCK_FILE).read_text() for d in dirs)
+    # trainer.resume=true still finds the matching run among the suffixed directories
+    more = _cli([*TOY, "trainer.steps=4", "trainer.log_every=1", "trainer.seed=3",
+                 "trainer.resume=true", f"runs_root={tmp_path / 'outputs'}"], tmp_path)
+    _, err = more.communicate(timeout=300)
+    assert more.returncode == 0, err[-2000:]
+    seed3 = next(d for d in dirs
+                 if json.loads((d / "run.json").read_text())["config"]["trainer"]["seed"] == 3)
+    summary = json.loads((seed3 / "summary.json").read_text())
+    assert summary["resumed_from"] == 2 and summary["steps"] == 4
+    assert [r["step"] for r in _rows(seed3 / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_the_lock_is_one_per_process_and_reentrant(tmp_path):
