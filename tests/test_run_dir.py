@@ -112,6 +112,7 @@ def test_a_population_holds_every_member_directory(tmp_path):
     assert all(not (d / run_dir.LOCK_FILE).read_text() for d in (run, member, run / "members" / "00"))
 
 
+@pytest.mark.slow  # eight processes at once: ~90 s on 2 cores
 def test_eight_runs_started_together_get_eight_default_directories(tmp_path):
     procs = [_cli([*TOY, "trainer.steps=2", "trainer.log_every=1", f"trainer.seed={i}",
                    f"runs_root={tmp_path / 'outputs'}"], tmp_path) for i in range(8)]
