@@ -333,9 +333,14 @@ def _train_task(cfg):
 
 def train_main() -> None:
     """``gaxp-train [overrides] [-m]``: train one GAN, or a sweep with ``-m``."""
+    import logging
+
     import hydra
 
     register_resolvers()
+    # A log file (Hydra's <run dir>/*.log) on a full disk must not print a traceback for each
+    # record: the console still shows them, and the run reports the failed write in one line.
+    logging.raiseExceptions = False
     problem = check_overrides(sys.argv[1:]) if "--help" not in sys.argv and "-h" not in sys.argv else None
     if problem:
         _fail("gaxp-train", problem)
