@@ -66,11 +66,15 @@ def ensure_writable(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
+        try:
+            probe.write_text("ok")
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot write to the output directory {path}: {e.strerror}; "
-                          "choose another with hydra.run.dir=<dir>") from None
+        if e.errno in ONLY_WRITES[:2]:  # disk full or over quota: not the config's fault
+            raise WriteFailed(path, f"{e.strerror}; free some space, or choose another directory "
+                              "with hydra.run.dir=<dir>") from None
+        raise _cannot_write(path, e) from None
     return path
 
 
@@ -319,7 +323,7 @@ except ImportError:  # pragma: no cover - Hydra is a dependency; this keeps the 
 class LockRunDir(_Callback):
     """Hydra callback (``hydra.callbacks`` in train.yaml): ``gaxp-train`` holds ``hydra.run.dir``
     before Hydra writes ``.hydra/`` and its log there, so a second process on the same directory
-    changes nothing in it. A multi-process run is left to ``resolve`` (process 0 holds the
+    changes nothing in it, and a full disk is one line rather than Hydra's traceback. A multi-process run is left to ``resolve`` (process 0 holds the
     directory once ``jax.distributed`` says which process is 0)."""
 
     def on_run_start(self, config, **kwargs) -> None:
@@ -329,7 +333,7 @@ class LockRunDir(_Callback):
         try:
             if mode == "manual" or (mode == "auto" and distributed.detect() is not None):
                 return
-            hold(Path(str(config.hydra.run.dir)))
+            _claim(Path(str(config.hydra.run.dir)))  # held, and writable (not a full disk)
         except GaxpError as e:
             print(f"gaxp-train: error: {e}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)

@@ -226,3 +226,16 @@ def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmp
     stop.close()
     assert sorted(p.name for p in ckpts.iterdir()) == ["1", "3"] and not _partials(disk)
     metrics.close()
+
+
+def test_a_full_disk_at_the_start_is_one_line_before_hydra_writes(tmp_path, tmpfs):
+    """Hydra writes .hydra/ before the run starts; on a full disk that was its traceback."""
+    disk = tmpfs(tmp_path / "disk", 1024 * 1024)
+    _fill(disk)
+    run = disk / "run"
+    done = _cli([*TOY, "trainer.steps=5", f"hydra.run.dir={run}"], tmp_path)
+    assert done.returncode == WriteFailed.exit_code, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"gaxp-train: error: could not write {run}: No space left on "
+                                   "device; free some space, or choose another directory with "
+                                   "hydra.run.dir=<dir>")
+    assert [p.name for p in run.iterdir()] == [".gaxp.lock"]  # and it is empty: nobody holds it
