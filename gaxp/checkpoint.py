@@ -13,6 +13,13 @@ them; a checkpoint that fails to read or does not match is reported, moved aside
 ``checkpoints-damaged/`` (nothing is deleted) and the previous one is tried. Orbax has no content
 check of its own, hence this one. A checkpoint that reads but holds arrays of other names or shapes
 than the run's config builds is a config error, not damage: it is reported and left in place.
+
+A save that cannot be written (disk full, quota, read-only file system) surfaces when Orbax's
+asynchronous write is waited for (the next save, ``wait`` or ``close``): its temporary directory
+is removed, the earlier checkpoints are untouched, and ``WriteFailed`` names the file and the
+cause. With ``on_write_error="warn"`` a failed periodic save is one warning and the next save
+tries again; the last save of a run (``close``) must succeed either way. Orbax's own tracebacks
+of such a failure (logged from its threads) are left out: gaxp reports it once, in one line.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +41,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gaxp import distributed
-from gaxp.errors import ConfigError
+from gaxp.errors import ConfigError, WriteFailed
+from gaxp.files import cause, failed_file, is_write_error
 
 log = logging.getLogger("gaxp")
 
@@ -89,33 +99,124 @@ def integrity(state: Any) -> tuple[bool, str]:
     return bool(finite), np.asarray(sums, np.uint32).tobytes().hex()
 
 
+class _NoWriteErrorTracebacks(logging.Filter):
+    """Drops the ERROR records of a failed write that Orbax (through absl, from several threads)
+    and asyncio ("exception was never retrieved", for each of the other writes of that save)
+    log with tracebacks: gaxp reports the failure itself, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or (record.name == "absl" and "orbax" not in record.pathname):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not is_write_error(exc or Exception(record.getMessage()))
+
+
+def _quiet_unraisable(previous):
+    """When a save fails, TensorStore's other writes of that save finish after Orbax has closed
+    the event loop that awaited them; each then reports ``RuntimeError: Event loop is closed``
+    (raised in ``call_soon_threadsafe``) through ``sys.unraisablehook``: tens of tracebacks for
+    one failure that gaxp reports itself. Those are dropped; anything else goes to ``previous``."""
+
+    def hook(args):
+        last = traceback.extract_tb(args.exc_traceback)[-1:] if args.exc_traceback else []
+        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed" \
+                and last and last[0].name == "_check_closed":
+            return
+        previous(args)
+
+    hook.gaxp = True
+    return hook
+
+
+_QUIET = _NoWriteErrorTracebacks()
+
+
+def _quiet_write_errors() -> None:
+    for name in ("absl", "asyncio"):  # Orbax logs through absl
+        logging.getLogger(name).addFilter(_QUIET)
+    if not getattr(sys.unraisablehook, "gaxp", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
 class Checkpointer:
-    def __init__(self, directory: Path, keep: int, *, async_save: bool = True):
+    def __init__(self, directory: Path, keep: int, *, async_save: bool = True,
+                 on_write_error: str = "stop"):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
+        self.on_write_error = on_write_error
+        self.pending: int | None = None  # the step whose asynchronous save is in flight
+        self.failed: WriteFailed | None = None  # the latest save's failure (warn mode)
+        _quiet_write_errors()
+        self.options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # a save cut off by a crash leaves only a tmp dir
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta"),
-        )
+        self.manager = self._manager()
+
+    def _manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self.options,
+                                     item_names=("state", "data", "meta"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iter: Any, meta: dict) -> bool:
         """Start an async save of ``step``; returns False (writing nothing) if the state holds a
-        non-finite value. The blocking part is the integrity pass and Orbax's device-to-host copy."""
+        non-finite value. The blocking part is the integrity pass and Orbax's device-to-host copy.
+        A previous save that failed to write raises ``WriteFailed`` here (or warns, see above)."""
         finite, checksum = integrity(state)
         if not finite:
             log.warning("gaxp: step %d: the state holds NaN/Inf; no checkpoint written", step)
             return False
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_written(state)),
-            data=grain.checkpoint.CheckpointSave(data_iter),
-            meta=ocp.args.JsonSave(meta | {"integrity": checksum}),
-        ), force=True)
+        self._settle(final=False)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_written(state)),
+                data=grain.checkpoint.CheckpointSave(data_iter),
+                meta=ocp.args.JsonSave(meta | {"integrity": checksum}),
+            ), force=True)
+        except Exception as e:  # noqa: BLE001 - a write error is reported, anything else re-raised
+            self._failed(step, e, final=False)
+            return True
+        self.pending = step
         return True
+
+    def _settle(self, final: bool) -> None:
+        """Wait for the save in flight; a failed one is reported (``_failed``)."""
+        step, self.pending = self.pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._failed(step, e, final)
+            return
+        if step is not None:
+            self.failed = None
+        if final and self.failed is not None:  # the last save of the run did not happen
+            err, self.failed = self.failed, None
+            raise err
+
+    def _failed(self, step: int | None, e: Exception, final: bool) -> None:
+        """A save that failed: remove what it left, then raise ``WriteFailed`` (or warn)."""
+        if not is_write_error(e):
+            raise e
+        if step is not None and jax.process_index() == 0:
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        self.manager.reload()  # forget the step Orbax had already listed
+        err = WriteFailed(failed_file(e, self.directory / str(step)), cause(e),
+                          f"checkpoint {step}" if step is not None else "a checkpoint")
+        if self.on_write_error != "warn" or final:
+            raise err from None
+        self.failed = err
+        # Orbax keeps the failed future of the save's metadata and raises it again at every
+        # later wait: the next save starts from a fresh manager
+        old, self.manager = self.manager, self._manager()
+        try:
+            old.close()
+        except Exception as again:  # noqa: BLE001
+            if not is_write_error(again):
+                raise
+        log.warning("gaxp: %s; training goes on and the next checkpoint tries again "
+                    "(trainer.on_write_error=warn)", err)
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.
@@ -212,11 +313,18 @@ class Checkpointer:
         return _read(out.state, abstract_state)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._settle(final=False)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the last save, which must have been written (``WriteFailed`` if not)."""
+        try:
+            self._settle(final=True)
+        finally:
+            try:
+                self.manager.close()
+            except Exception as e:  # noqa: BLE001 - a failure already reported by _settle
+                if not is_write_error(e):
+                    raise
 
 
 class DamagedCheckpoint(Exception):

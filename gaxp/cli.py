@@ -16,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from gaxp.compose import CONF_DIR, check_overrides, fail, parse_argv  # noqa: F401 - re-exported
+from gaxp.compose import (CONF_DIR, check_overrides, fail, parse_argv,  # noqa: F401 - re-exported
+                          register_resolvers)
 
 
 def eval_main() -> None:
@@ -109,8 +110,14 @@ def train_main() -> None:
     """``gaxp-train [overrides] [-m]``: train one GAN, or a sweep with ``-m``. gaxp is a Hydra app:
     Hydra's flags (``--cfg job``, ``--info``, ``-sc install=bash``, ``--config-dir``, ...) work as
     Hydra documents them; gaxp's early checks see the same config search path."""
+    import logging
+
     import hydra
 
+    register_resolvers()
+    # A log file (Hydra's <run dir>/*.log) on a full disk must not print a traceback for each
+    # record: the console still shows them, and the run reports the failed write in one line.
+    logging.raiseExceptions = False
     command = parse_argv(sys.argv[1:])
     if not command.informational:
         problem = check_overrides(command.overrides + (["-m"] if command.multirun else []),

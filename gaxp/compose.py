@@ -53,6 +53,21 @@ def parse_argv(argv: list[str]) -> Command:
                    bool(args.multirun), info)
 
 
+def register_resolvers() -> None:
+    """``${gaxp.suffix:}``: six random characters (lowercase letters and digits, ~31 bits) that
+    keep default run directories of runs started in the same second apart, on one machine or
+    many. Cached per composed config, so every job of a sweep sees the same sweep directory."""
+    import secrets
+    import string
+
+    from omegaconf import OmegaConf
+
+    chars = string.ascii_lowercase + string.digits
+    OmegaConf.register_new_resolver("gaxp.suffix",
+                                    lambda: "".join(secrets.choice(chars) for _ in range(6)),
+                                    use_cache=True, replace=True)
+
+
 @contextlib.contextmanager
 def initialized(config_dir: str | None = None):
     """Hydra initialized on gaxp's configs (plus ``--config-dir``, first, as Hydra does); yields
@@ -62,6 +77,7 @@ def initialized(config_dir: str | None = None):
 
     if config_dir is not None and not os.path.isdir(config_dir):
         raise ConfigError(f"--config-dir {config_dir} is not a directory")
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_module(CONF_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()

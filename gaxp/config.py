@@ -305,7 +305,8 @@ def load(cfg: DictConfig | dict) -> Config:
 
 def _check_scale(t: TrainerSpec) -> None:
     """Precision and multi-process settings."""
-    for key, valid in (("precision", ("fp32", "bf16")), ("distributed", ("auto", "manual", "off"))):
+    for key, valid in (("precision", ("fp32", "bf16")), ("distributed", ("auto", "manual", "off")),
+                       ("on_write_error", ("stop", "warn"))):
         if getattr(t, key) not in valid:
             raise ConfigError(f"trainer.{key} must be one of: {', '.join(valid)} "
                               f"(got {getattr(t, key)!r})")

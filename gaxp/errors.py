@@ -6,6 +6,11 @@
   good checkpoint is intact.
 - ``Preempted``: SIGTERM/SIGINT; a checkpoint was written and the message says how to resume
   (exit code 128 + signal number, the shell convention).
+- ``WriteFailed``: a file of the run could not be written (disk full, quota, read-only file
+  system, ...); the message names the file, the cause, the last intact checkpoint and the resume
+  command (exit code 74, ``EX_IOERR`` of sysexits.h).
+- ``RunDirInUse``: another live process holds the run directory's lock (exit code 75,
+  ``EX_TEMPFAIL``: try again once it has finished, or use another directory).
 """
 
 
@@ -27,6 +32,25 @@ class Preempted(GaxpError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class WriteFailed(GaxpError):
+    """``what`` (e.g. "checkpoint 40") could not be written to ``path`` because of ``cause``.
+    ``after`` is filled in by the run (``gaxp.run_dir.one_run``): what is intact, how to resume."""
+
+    exit_code = 74
+
+    def __init__(self, path, cause: str, what: str = ""):
+        self.path, self.cause, self.what, self.after = str(path), cause, what, ""
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        what = f"{self.what} to " if self.what else ""
+        return f"could not write {what}{self.path}: {self.cause}{self.after}"
+
+
+class RunDirInUse(GaxpError):
+    exit_code = 75
 
 
 def unknown(kind: str, name: str, valid) -> ConfigError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jax
@@ -18,6 +17,7 @@ from gaxp import grow, sharding, tasks
 from gaxp.checkpoint import Checkpointer
 from gaxp.errors import Diverged, Preempted
 from gaxp.preempt import StopRequests
+from gaxp.run_dir import resume_command
 from gaxp.state import GANState
 from gaxp.step import StepSpec
 
@@ -188,7 +188,7 @@ class Loop:
         self.ckpt.wait()
         where = self.run.dir
         return Preempted(f"stopped by {stop.name} at step {step}; checkpoint saved in "
-                         f"{where / 'checkpoints'}; resume with: {_resume_command(where)}",
+                         f"{where / 'checkpoints'}; resume with: {resume_command(where)}",
                          stop.signum)
 
 
@@ -196,12 +196,3 @@ def step_of(state: GANState) -> int:
     """The train step of a state (of every member of a population: they step together)."""
     return int(np.max(jax.device_get(state.step)))
 
-
-def _resume_command(directory: Path) -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        args = [a for a in HydraConfig.get().overrides.task if not a.startswith("trainer.resume=")]
-    except (ImportError, ValueError):
-        args = []
-    return " ".join(["gaxp-train", *args, f"trainer.resume={directory}"])

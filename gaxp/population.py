@@ -213,7 +213,7 @@ def train(config: Config, source: dict) -> dict:
     for i in range(n):
         directory = run.dir / "members" / f"{i:02d}"
         if run.is_main:
-            directory.mkdir(parents=True, exist_ok=True)
+            run_dir.hold(directory)  # one process per member directory too
         mc = member_config(config, i, directory)
         members.append(mc)
         runs.append(dataclasses.replace(run, config=mc, dir=directory, dataset=T.open_dataset(mc)))
@@ -222,7 +222,8 @@ def train(config: Config, source: dict) -> dict:
     # run.config: with model.num_classes read from the data (conditional GANs)
     make = functools.partial(init_state, run.config, run.spec.nets, run.shape, run.image)
     member_abstract = abstract_like(jax.eval_shape(make, jax.random.key(0)), sharding.replicated(run.mesh))
-    ckpt = PopCheckpointer([Checkpointer(r.dir / "checkpoints", config.trainer.keep) for r in runs],
+    ckpt = PopCheckpointer([Checkpointer(r.dir / "checkpoints", config.trainer.keep,
+                                         on_write_error=config.trainer.on_write_error) for r in runs],
                            member_abstract, state_sharding)
     keys = lambda j: jnp.stack([jax.random.fold_in(jax.random.key(s), j) for s in seeds(config)])  # noqa: E731
     if run.restore and ckpt.latest_step() is not None:

@@ -236,6 +236,7 @@ class TrainerSpec:
     process_id: Optional[int] = None  # manual
     init_timeout: float = 300.0  # seconds to wait for every process to join
     population: int = 1  # members trained together in one vmapped step (gaxp.population)
+    on_write_error: str = "stop"  # stop | warn: a periodic checkpoint that cannot be written
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,8 @@ def prepare(config: Config) -> tuple[Run, Batches, Checkpointer, GANState, dict]
     scripts and tests that drive the compiled step themselves."""
     run = setup(config)
     batches = Batches(run)
-    ckpt = Checkpointer(run.dir / "checkpoints", config.trainer.keep)
+    ckpt = Checkpointer(run.dir / "checkpoints", config.trainer.keep,
+                        on_write_error=config.trainer.on_write_error)
     state, meta = _init(run, ckpt, batches.iterator)
     return run, batches, ckpt, state, meta
 
@@ -253,6 +254,7 @@ def run_summary(config: Config, result: dict, meta: dict, start: int, traces: in
 
 
 @gaxp_draws
+@run_dir.one_run  # run directories locked for the call; write errors name the checkpoint to resume
 def train(cfg) -> dict:
     """Train one GAN as configured; returns the summary also written to ``summary.json``."""
     config = cfg if isinstance(cfg, Config) else load(cfg)

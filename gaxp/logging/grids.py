@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gaxp.files import atomic_path
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Floats in [-1, 1] -> uint8 pixels in [0, 255] (rounded, clipped)."""
@@ -32,7 +34,8 @@ def save_image_grid(images: np.ndarray, path: Path, scale: int = 2, cols: int | 
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    with atomic_path(path, "a sample grid") as tmp:  # a full disk leaves no half-written PNG
+        img.save(tmp)
     return path
 
 
@@ -63,6 +66,9 @@ def save_scatter(points: np.ndarray, path: Path, modes: np.ndarray | None = None
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path, "a sample plot") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path

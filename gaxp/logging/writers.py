@@ -1,6 +1,9 @@
 """Metric writers. Only process 0 writes; every other process gets a no-op.
 
-- ``JsonlWriter``: one JSON object per log step in ``metrics.jsonl`` (appends on resume).
+- ``JsonlWriter``: one JSON object per log step in ``metrics.jsonl`` (appends on resume). Each
+  row is one append; a row that cannot be written (disk full) is cut off again and the run stops
+  with ``WriteFailed``; rewrites (resume, rollback) replace the file atomically, so a failure
+  never shortens it.
 - ``WandbWriter``: a W&B run, offline unless the user is logged in or asks for online; its id is
   stored in the checkpoint metadata so a resumed run continues the same W&B run.
 - ``Progress``: a tqdm bar with the latest losses and images/s.
@@ -18,6 +21,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gaxp.specs import WandbSpec
+from gaxp.errors import WriteFailed
+from gaxp.files import append, cause, write_atomic
 
 log = logging.getLogger("gaxp")
 
@@ -32,30 +37,43 @@ class JsonlWriter:
         self.path = Path(path)
         if self.path.exists() and start_step:
             self._truncate_after(start_step)
-        self.file = open(self.path, "a", buffering=1)
+        self._open()
+
+    def _open(self) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise WriteFailed(self.path, cause(e)) from None
+        self.size = os.fstat(self.fd).st_size
+
+    def _rows(self) -> list[str]:
+        return [ln for ln in self.path.read_text().splitlines() if ln.strip()]
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint we resume from (they will be redone)."""
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [ln for ln in self._rows() if json.loads(ln).get("step", 0) <= step]
+        write_atomic(self.path, "".join(ln + "\n" for ln in keep))
 
     def rewind(self, step: int) -> None:
         """Move rows after ``step`` to ``metrics.rolled_back.jsonl`` (a divergence rollback)."""
-        self.file.close()
-        rows = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-        later = [ln for ln in rows if json.loads(ln).get("step", 0) > step]
-        with open(self.path.with_name("metrics.rolled_back.jsonl"), "a") as f:
-            f.write("".join(ln + "\n" for ln in later))
+        os.close(self.fd)
+        later = [ln for ln in self._rows() if json.loads(ln).get("step", 0) > step]
+        aside = self.path.with_name("metrics.rolled_back.jsonl")
+        old = aside.read_text() if aside.exists() else ""
+        write_atomic(aside, old + "".join(ln + "\n" for ln in later))
         self._truncate_after(step)
-        self.file = open(self.path, "a", buffering=1)
+        self._open()
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": step} | {k: _jsonable(v) for k, v in metrics.items()}
-        self.file.write(json.dumps(row) + "\n")
+        self.size = append(self.fd, (json.dumps(row) + "\n").encode(), self.size, self.path,
+                           f"the metrics of step {step}")
 
     def close(self) -> None:
-        self.file.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def wandb_logged_in() -> bool:

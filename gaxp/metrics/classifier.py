@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from gaxp.errors import ConfigError
+from gaxp.files import write_atomic
 from gaxp.step import to_float
 
 ARCH = "lenet-32-64-128"
@@ -131,7 +132,7 @@ def save(directory: Path, params, *, name: str, dataset, info: dict) -> dict:
     meta = {"name": name, "arch": ARCH, "dataset": dataset.name, "shape": list(dataset.shape),
             "num_classes": dataset.num_classes, "feature_dim": FEATURE_DIM,
             "sha256": params_sha256(params), **info}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_atomic(directory / "meta.json", json.dumps(meta, indent=2), "the classifier's metadata")
     return meta
 
 

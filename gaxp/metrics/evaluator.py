@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -27,6 +26,7 @@ import numpy as np
 
 from gaxp import sharding
 from gaxp.errors import ConfigError
+from gaxp.files import atomic_path
 from gaxp.metrics import classifier, features
 from gaxp.metrics import conditional as cond_metrics
 from gaxp.metrics.fid import frechet_distance, moments
@@ -232,9 +232,8 @@ class Evaluator(Scheduled):
         stats = {"features": f, "logits": logits, "mu": mu, "sigma": sigma}
         if jax.process_index() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
-            np.savez(tmp, **stats)
-            os.replace(tmp, path)
+            with atomic_path(path, "cached reference statistics") as tmp:
+                np.savez(tmp, **stats)
         return stats
 
     def generate(self, params, stats) -> np.ndarray:
