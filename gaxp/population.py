@@ -199,6 +199,7 @@ def _member_summaries(run, runs, members, result, meta, start, state, evaluator,
 
 
 @gaxp_draws
+@run_dir.one_run  # the run and member directories locked for the call; write errors name the resume
 def train(config: Config, source: dict) -> dict:
     """Train the population; returns the population summary (also ``<run>/summary.json``)."""
     from gaxp import training as T

@@ -288,7 +288,7 @@ def explain(e: WriteFailed, directory: Path | None) -> WriteFailed:
 
 
 def one_run(fn):
-    """Decorates the function that trains a run (``gaxp.train.train``). When it ends, the run
+    """Decorates the function that trains a run (``gaxp.training.train``, ``gaxp.population.train``). When it ends, the run
     directories locked during the call are released (so the same process, or another, may take
     them next). A ``WriteFailed`` is completed with the last intact checkpoint and the resume
     command; an ``OSError`` that can only come from a write (disk full, quota, read-only file
