@@ -173,7 +173,7 @@ def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmp
     from gaxp.logging.grids import save_image_grid
     from gaxp.logging.writers import JsonlWriter
     from gaxp.run_dir import write_json_atomic
-    from gaxp.train import prepare
+    from gaxp.training import prepare
 
     import jax
 
