@@ -267,3 +267,27 @@ def test_fixture_inputs_are_what_the_script_documents(fixture):
         want = load_mnist("test", mnist)[0][:16]
         assert hashlib.sha256(want.tobytes()).hexdigest() == digest
     np.testing.assert_array_equal(_parity_script().colour_digits(), fixture["colour"])
+
+
+def test_without_logits_the_inception_score_is_dropped_with_one_line(pt_path, tmp_path, caplog,
+                                                                     monkeypatch):
+    import logging
+
+    from conftest import compose
+    from gaxp import sharding
+    from gaxp.config import load
+    from gaxp.data import make_dataset
+    from gaxp.metrics.evaluator import Evaluator
+
+    monkeypatch.setenv("GAXP_CACHE", str(tmp_path))
+    config = load(compose("metrics=inception", "metrics.split=train", "metrics.names=[fid,is]",
+                          f"metrics.inception_weights={pt_path}", "metrics.n_fake=20",
+                          "metrics.n_real=20"))
+    with caplog.at_level(logging.WARNING, logger="gaxp.metrics"):
+        ev = Evaluator(config, make_dataset("mnist", "mnist"), sharding.make_mesh(None),
+                       lambda *a: None, z_dim=4)
+    assert ev.names == ("fid",)
+    lines = [r.getMessage() for r in caplog.records if "Inception Score" in r.getMessage()]
+    assert len(lines) == 1 and "no 1008-way logits" in lines[0] and "no IS reported" in lines[0]
+    assert ev.protocol["networks"]["inception"]["weights_checksum"].endswith(
+        inception_weights.PT_SHA1)
