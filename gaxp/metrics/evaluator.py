@@ -40,23 +40,24 @@ log = logging.getLogger("gaxp.metrics")
 MAX_REAL = 10_000
 
 
-def resolve_names(spec, dataset, conditional: bool = False) -> tuple[str, ...]:
+def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> tuple[str, ...]:
     """``auto`` -> metrics for the data kind (and the class-conditional ones for a conditional
-    generator); checks that each metric fits the data and the model."""
+    generator); checks that each metric fits the data and the model. With the run's DataSpec, a
+    classifier that gaxp trains on first use (MNIST) counts as available."""
     points = dataset.kind == "points"
     if spec.names == ("auto",):
         if points:
             return ("modes", "cond") if conditional else ("modes",)
         prefixes = features.CLASSIFIER_PREFIXES + ((features.COND_PREFIX,) if conditional else ())
         names = tuple(f"{p}{dataset.name}" for p in prefixes
-                      if features.classifier_available(spec, dataset.name))
+                      if features.classifier_available(spec, dataset.name, data_spec))
         if features.inception_available(spec):
             names += features.INCEPTION_METRICS
         if not names:
             raise ConfigError(f"metrics=default found no feature network for {dataset.name}: train "
                               f"its classifier (python scripts/train_classifier.py "
-                              f"data={dataset.name}) or put the Inception weights in the cache "
-                              "(metrics.download=true when online), or use metrics=none")
+                              f"data={dataset.name}) or convert the Inception weights once "
+                              "(metrics=inception, or gaxp-fid), or use metrics=none")
         return names
     for name in spec.names:
         kind, net = features.parse_metric(name)
@@ -106,7 +107,8 @@ class Evaluator(Scheduled):
         self.spec, self.data, self.mesh = config.metrics, dataset, mesh
         spec = self.spec
         self.num_classes = num_classes
-        self.names = resolve_names(spec, dataset, conditional=bool(num_classes))
+        self.names = resolve_names(spec, dataset, conditional=bool(num_classes),
+                                   data_spec=config.data)
         self.points = dataset.kind == "points"
         self.n_fake = spec.n_fake or (2500 if self.points else 10_000)
         self.batch = -(-spec.batch_size // mesh.devices.size) * mesh.devices.size
@@ -123,7 +125,7 @@ class Evaluator(Scheduled):
             if self.n_real > available:
                 raise ConfigError(f"metrics.n_real={self.n_real} but {d.name}/{spec.split} has "
                                   f"{available} examples; lower metrics.n_real")
-        info = {"name": dataset.name, "shape": tuple(dataset.shape)}
+        info = {"name": dataset.name, "shape": tuple(dataset.shape), "spec": config.data}
         self.nets = {}
         for name in self.names:
             self._load_net(features.parse_metric(name)[1], info)
@@ -162,7 +164,8 @@ class Evaluator(Scheduled):
         if "is" not in self.names or net is None or net.logits:
             return self.names
         name = f"is_{self.data.name}"
-        usable = name in self.names or features.classifier_available(self.spec, self.data.name)
+        usable = name in self.names or features.classifier_available(
+            self.spec, self.data.name, info["spec"])
         names = tuple(n for n in self.names if n != "is")
         if usable and name not in names:
             names += (name,)

@@ -71,8 +71,12 @@ def load_inception(spec, data: dict) -> FeatureNet:
 
 
 def load_classifier(spec, data: dict, name: str) -> FeatureNet:
+    """Classifier ``name`` (trained on first use when it is that of ``data["spec"]``, the run's
+    DataSpec, and gaxp can train it), checked for its dataset, image shape and accuracy."""
+    classifier.ensure(name, data.get("spec"), spec.cache_dir)
     params, meta = classifier.load(name, spec.cache_dir)
     classifier.check_matches(meta, data["name"], tuple(data["shape"]))
+    classifier.check_accuracy(meta)
     model = classifier.LeNet(meta["num_classes"])
     fn = lambda v, x: model.apply(v, x.astype(jax.numpy.float32))  # noqa: E731
     protocol = {"network": f"classifier {name} ({meta['arch']})", "weights_sha256": meta["sha256"],
@@ -89,8 +93,11 @@ def inception_available(spec) -> bool:
     return inception_weights.cached(spec.inception_weights, classifier.cache_root(spec.cache_dir))
 
 
-def classifier_available(spec, name: str) -> bool:
-    return (classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json").exists()
+def classifier_available(spec, name: str, data_spec=None) -> bool:
+    """In the cache, or trainable on first use for the run's own dataset (``data_spec``)."""
+    cached = (classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json").exists()
+    return cached or (data_spec is not None and data_spec.name == name
+                      and name in classifier.TRAINABLE)
 
 
 FEATURES = {
