@@ -107,6 +107,10 @@ def test_bad_inputs_are_one_line_with_exit_code_2(tmp_path, capsys):
     err = _fail([stats, small, "--kid-subset-size", "20"], capsys)
     assert "KID with subsets of 20 needs at least 20 samples" in err
     assert "unrecognized arguments" in _fail([stats, small, "--bogus"], capsys)
+    wrong = tmp_path / "default_1.pt"
+    wrong.write_bytes(b"not the weights")
+    err = _fail([empty.parent, stats, "--weights", wrong, "--cache-dir", tmp_path / "c"], capsys)
+    assert f"expected {inception_weights.PT_SHA1}" in err and not (tmp_path / "c").exists()
 
 
 def test_no_network_and_no_weights_say_how_to_get_them(tmp_path, capsys, monkeypatch):

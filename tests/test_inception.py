@@ -291,3 +291,25 @@ def test_without_logits_the_inception_score_is_dropped_with_one_line(pt_path, tm
     assert len(lines) == 1 and "no 1008-way logits" in lines[0] and "no IS reported" in lines[0]
     assert ev.protocol["networks"]["inception"]["weights_checksum"].endswith(
         inception_weights.PT_SHA1)
+
+
+def test_a_short_run_logs_inception_fid_with_its_protocol(pt_path, tiny, tmp_path, monkeypatch):
+    """metrics=inception in the training loop, on 8 virtual devices, with the converted weights."""
+    import json
+
+    from gaxp.train import train
+
+    monkeypatch.setenv("GAXP_CACHE", str(tmp_path / "cache"))
+    summary = train(tiny("model.g_width=8", "model.d_width=8", "data.batch_size=16",
+                         "metrics=inception", "metrics.names=[fid,kid,prdc]",
+                         f"metrics.inception_weights={pt_path}", "metrics.split=train",
+                         "metrics.n_fake=16", "metrics.n_real=16", "metrics.batch_size=16",
+                         "metrics.kid_subsets=2", "metrics.kid_subset_size=8",
+                         "trainer.steps=2", "metrics.every=2"))
+    final = summary["eval"]
+    assert final["eval/fid"] > 0 and np.isfinite(final["eval/kid"])
+    assert 0 <= final["eval/precision"] <= 1
+    protocol = json.loads((tmp_path / "run" / "run.json").read_text())["eval_protocol"]
+    net = protocol["networks"]["inception"]
+    assert net["weights_checksum"] == f"sha1:{inception_weights.PT_SHA1}"
+    assert "ResizeBilinear" in net["resize"] and protocol["n_fake"] == 16
