@@ -12,7 +12,7 @@ Sources, in the order ``load`` tries them when no path is given:
 A given path may be either file; it is recognised by its checksum (SHA-1 of ``default_1.pt``,
 SHA-256 of the ``.pth``), and any other file is refused. ``default_1.pt`` is read by the restricted
 reader of ``gaxp.metrics.torchscript_reader``. The converted variables are written atomically as
-``.npz`` plus a ``.json`` record (source, checksum, SHA-256 of the ``.npz``), checked on every
+``.npz`` plus a ``.json`` record (source, checksum, SHA-256 of the arrays), checked on every
 load; a refused file or a failed conversion caches nothing.
 """
 
@@ -127,8 +127,15 @@ def _cache_paths(cache_dir: Path, kind: str) -> tuple[Path, Path]:
     return base.with_suffix(".npz"), base.with_suffix(".json")
 
 
-def _sha256(path: Path) -> str:
-    return file_digests(path)[1]
+def _content_sha256(flat: dict[str, np.ndarray]) -> str:
+    """SHA-256 over names, shapes and bytes (not the zip's bytes: those carry timestamps, so two
+    processes converting at once still agree)."""
+    h = hashlib.sha256()
+    for key in sorted(flat):
+        arr = np.ascontiguousarray(flat[key], np.float32)
+        h.update(f"{key}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -141,9 +148,9 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def _nest(flat) -> dict:
+def _nest(flat: dict) -> dict:
     tree: dict = {}
-    for key in flat.files:
+    for key in flat:
         *parents, leaf = key.split("/")
         node = tree
         for part in parents:
@@ -157,9 +164,10 @@ def _write_cache(cache_dir: Path, kind: str, variables: dict) -> None:
     npz.parent.mkdir(parents=True, exist_ok=True)
     tmp = npz.with_name(f".{npz.stem}.{os.getpid()}.tmp.npz")
     try:
-        np.savez(tmp, **_flat(variables))
+        flat = _flat(variables)
+        np.savez(tmp, **flat)
         record = {"kind": kind, "checksum": KINDS[kind][0], "source": KINDS[kind][2],
-                  "logits": KINDS[kind][3], "npz_sha256": _sha256(tmp),
+                  "logits": KINDS[kind][3], "content_sha256": _content_sha256(flat),
                   "resize": inception.RESIZE}
         tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(record, indent=2))
@@ -174,12 +182,16 @@ def _read_cache(cache_dir: Path, kind: str) -> Weights | None:
     if not (npz.is_file() and meta.is_file()):
         return None
     record = json.loads(meta.read_text())
-    if record.get("checksum") != KINDS[kind][0] or record.get("npz_sha256") != _sha256(npz):
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            flat = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        flat = {}
+    if record.get("checksum") != KINDS[kind][0] or \
+            record.get("content_sha256") != _content_sha256(flat):
         raise ConfigError(f"the cached Inception weights {npz} do not match their record "
                           f"{meta.name}; delete both and run again to convert them afresh")
-    with np.load(npz, allow_pickle=False) as z:
-        variables = _nest(z)
-    return Weights(variables, kind, KINDS[kind][0], KINDS[kind][2], KINDS[kind][3], npz)
+    return Weights(_nest(flat), kind, KINDS[kind][0], KINDS[kind][2], KINDS[kind][3], npz)
 
 
 def convert_file(path: Path, kind: str) -> dict:
