@@ -34,6 +34,13 @@ def sample_main() -> None:
     main(sys.argv[1:])
 
 
+def fid_main() -> None:
+    """``gaxp-fid A B [--n N ...]``: FID and KID between folders, stats, runs or dataset splits."""
+    from gaxp.metrics.fid_cli import main
+
+    main(sys.argv[1:])
+
+
 def _record_failure(error: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 

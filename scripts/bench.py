@@ -10,6 +10,7 @@ same process, interleaved with the JAX rounds, and prints the ratio.
     python scripts/bench.py                       # dcgan + mlp at batch 64 and 256, markdown
     python scripts/bench.py --models dcgan --batch 64 --json out.json
     python scripts/bench.py --precision bf16 --no-torch   # bfloat16 step vs float32, interleaved
+    python scripts/bench.py --inception --batch 50 --rounds 3 --steps 1   # FID Inception images/s
 """
 
 from __future__ import annotations
@@ -335,12 +336,48 @@ def bench_reliability(model: str, batch: int, args) -> dict:
             "state_mb": sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20}
 
 
+def bench_inception(batch: int, args, peak: float) -> dict:
+    """FID Inception feature extraction (gaxp.metrics.inception.apply: 28 px uint8 MNIST-sized
+    images -> 8-bit levels, TF1 bilinear resize to 299 px, InceptionV3 to the 2048-d pool) on
+    random weights (the speed does not depend on their values): images/s, XLA's GFLOP per image,
+    and the fraction of the measured matmul peak."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gaxp.metrics import inception
+
+    variables = jax.jit(inception.InceptionV3(logits=False).init)(
+        jax.random.key(0), jnp.zeros((1, inception.SIZE, inception.SIZE, 3)))
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1), np.uint8))
+    t0 = time.perf_counter()
+    compiled = jax.jit(inception.apply).lower(variables, x).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    gflop = float(cost.get("flops", 0.0)) / 1e9 if cost else 0.0
+    compiled(variables, x)[0].block_until_ready()  # warm-up
+    times = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            out = compiled(variables, x)
+        out[0].block_until_ready()
+        times.append((time.perf_counter() - t0) / args.steps * 1000)
+    ms = statistics.median(times)
+    return {"model": "inception", "batch": batch, "devices": 1, "step_ms": ms,
+            "images_per_s": batch / ms * 1000, "compile_s": compile_s,
+            "gflop_per_step": gflop, "gflop_per_image": gflop / batch,
+            "gflop_per_s": gflop / ms * 1000, "peak_fraction": gflop / ms * 1000 / peak,
+            "device": jax.devices()[0].device_kind}
+
+
 def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
             "speedup_vs_torch", "precision", "fp32_ms", "speedup_vs_fp32", "options_ms",
             "speedup_from_options"]
-    if rows and ("guard_cost" in rows[0] or "members" in rows[0]):
+    if rows and ("guard_cost" in rows[0] or "members" in rows[0] or "gflop_per_image" in rows[0]):
         cols = list(rows[0])
     lines = [f"matmul peak: {peak:.0f} GFLOP/s" if peak else "", "", "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
@@ -380,6 +417,9 @@ def main(argv=None) -> int:
     p.add_argument("--end-to-end", type=int, default=0, metavar="STEPS",
                    help="with --population: time whole gaxp-train processes of STEPS steps (the "
                         "population vs N runs one after another) instead of the compiled steps")
+    p.add_argument("--inception", action="store_true",
+                   help="instead: FID Inception feature extraction images/s and peak fraction "
+                        "(at each --batch; --rounds x --steps batches timed)")
     p.add_argument("--reliability", action="store_true",
                    help="instead: cost of the non-finite guard, checkpoint save/restore times")
     p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
@@ -398,6 +438,9 @@ def main(argv=None) -> int:
             for b in args.batch:
                 rows.append(bench(m, b, args))
                 print(json.dumps(rows[-1]), flush=True)
+    elif args.inception:
+        peak = matmul_peak()
+        rows = [bench_inception(b, args, peak) for b in args.batch]
     elif args.reliability:
         peak = 0.0
         rows = []

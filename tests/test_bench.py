@@ -57,3 +57,14 @@ def test_population_end_to_end_runs_real_processes(tmp_path):
     # one population process against two single runs: each single run pays its own start-up
     assert row["sequential_s"] > row["population_s"] > 0
     assert row["end_to_end_vs_sequential"] == pytest.approx(row["sequential_s"] / row["population_s"])
+
+
+def test_inception_row_reports_images_per_s_and_peak_fraction(tmp_path):
+    out = tmp_path / "bench.json"
+    assert _bench().main(["--inception", "--batch", "2", "--rounds", "1", "--steps", "1",
+                          "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["model"] == "inception" and row["images_per_s"] > 0
+    assert 10.0 < row["gflop_per_image"] < 12.5  # XLA counts 2 FLOP per multiply-add: ~5.5 G MACs
+    assert row["peak_fraction"] == pytest.approx(row["gflop_per_s"] / result["peak_gflop_per_s"])

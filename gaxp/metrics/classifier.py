@@ -1,14 +1,22 @@
 """Domain classifiers for small-image metrics: a LeNet-style CNN (LeCun et al. 1998) per dataset,
-trained by ``scripts/train_classifier.py`` and found afterwards by name.
+trained on first use by the metrics that need it (``ensure``; or ahead of time by
+``scripts/train_classifier.py``) and found afterwards by name.
 
 Its 128-d penultimate activations are the feature space of ``fd_<name>``, ``kid_<name>`` and
 ``prdc_<name>``; its logits give the classifier Inception Score ``is_<name>`` (the MNIST-classifier
 IS of GAN papers, e.g. Odena et al. 2017; Miyato et al. 2018 use the same idea).
 
 A classifier lives in ``<cache>/classifiers/<name>/``: ``params/`` (Orbax) and ``meta.json``
-(dataset, image shape, test accuracy, SHA-256 of the parameters). ``<cache>`` is
-``metrics.cache_dir``, else ``$GAXP_CACHE``, else ``~/.cache/gaxp``. Loading re-computes the
-checksum and refuses a classifier whose dataset or image shape differs from the evaluated data.
+(dataset, image shape, accuracy and where it was measured, SHA-256 of the parameters).
+``<cache>`` is ``metrics.cache_dir``, else ``$GAXP_CACHE``, else ``~/.cache/gaxp``. Loading
+re-computes the checksum and refuses a classifier whose dataset or image shape differs from the
+evaluated data.
+
+Accuracy is measured on the dataset's test split when it can be read, else on a stratified
+held-out 10% of the training split (``stratified_split``: every class, in proportion; MNIST's
+embedded digits are sorted by class, so a plain tail would hold out only 9s). A classifier under
+``MIN_ACCURACY`` (97%) is refused: ``train_and_save`` does not cache it, and the metrics do not
+load one (``check_accuracy``).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +40,8 @@ from gaxp.step import to_float
 
 ARCH = "lenet-32-64-128"
 FEATURE_DIM = 128
+MIN_ACCURACY = 0.97
+TRAINABLE = ("mnist",)  # datasets whose classifier the metrics train on first use
 
 
 def cache_root(configured: str | None = None) -> Path:
@@ -92,18 +103,29 @@ def accuracy(model, params, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> 
     return hits / len(x)
 
 
+def stratified_split(y: np.ndarray, fraction: float = 0.1, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) index arrays: ``ceil(fraction * count)`` random examples of every class
+    held out (at least one per class), the rest for training; both sorted."""
+    rng = np.random.default_rng(seed)
+    held = [rng.choice(idx, max(1, int(np.ceil(fraction * len(idx)))), replace=False)
+            for idx in (np.flatnonzero(y == c) for c in np.unique(y))]
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(y)), held), held
+
+
 def train(dataset, *, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
           test: tuple[np.ndarray, np.ndarray] | None = None, log=print) -> tuple[dict, dict]:
     """Train a LeNet on ``dataset``'s labeled split; (params, info with accuracy on ``test``, else
-    on the last 10% of the training split, which is then held out of training)."""
+    on a stratified held-out 10% of the training split, which is then not trained on)."""
     if dataset.kind != "image" or not dataset.num_classes:
         raise ConfigError(f"a domain classifier needs labeled images; {dataset.name} is not")
     data = dataset.examples(dataset.num_examples)
     x, y = data["x"], data["y"]
     eval_split = dataset.split if test is None else "test"
     if test is None:
-        cut = int(0.9 * len(x))
-        x, y, test = x[:cut], y[:cut], (x[cut:], y[cut:])
+        fit, held = stratified_split(y, 0.1, seed)
+        x, y, test = x[fit], y[fit], (x[held], y[held])
     model, tx = LeNet(dataset.num_classes), optax.adam(optax.cosine_decay_schedule(lr, steps))
     key = jax.random.key(seed)
     params = model.init(key, jnp.zeros((1, *x.shape[1:])))["params"]
@@ -116,8 +138,21 @@ def train(dataset, *, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3
             log(f"step {i}/{steps}: loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
     acc = accuracy(model, params, *test)
     info = {"accuracy": acc, "accuracy_split": eval_split if eval_split == "test" else
-            f"{eval_split} (held-out 10%)", "n_eval": len(test[0]), "steps": steps}
+            f"{eval_split} (stratified held-out 10%)", "n_eval": len(test[0]),
+            "eval_classes": int(len(np.unique(test[1]))), "steps": steps,
+            "train_s": round(time.perf_counter() - t0, 1)}
     return params, info
+
+
+def check_accuracy(meta: dict, minimum: float | None = None) -> None:
+    """Refuse a classifier under the accuracy it was required to reach (default 97%)."""
+    minimum = meta.get("min_accuracy", MIN_ACCURACY) if minimum is None else minimum
+    if meta.get("accuracy", 0.0) < minimum:
+        raise ConfigError(f"classifier {meta.get('name')!r} has {meta.get('accuracy', 0):.2%} "
+                          f"accuracy on {meta.get('accuracy_split', '?')}, under the required "
+                          f"{minimum:.0%}: its metrics would be meaningless; retrain it (delete "
+                          f"it, or python scripts/train_classifier.py data={meta.get('dataset')} "
+                          "steps=4000)")
 
 
 def save(directory: Path, params, *, name: str, dataset, info: dict) -> dict:
@@ -134,6 +169,31 @@ def save(directory: Path, params, *, name: str, dataset, info: dict) -> dict:
             "sha256": params_sha256(params), **info}
     write_atomic(directory / "meta.json", json.dumps(meta, indent=2), "the classifier's metadata")
     return meta
+
+
+def _unwritable(directory: Path) -> str | None:
+    probe = Path(directory).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".gaxp-write-test-"))
+    except OSError as e:
+        return f"{probe}: {e.strerror}"
+    return None
+
+
+def ensure(name: str, data_spec, cache_dir: str | None = None, log=print) -> None:
+    """Train and cache classifier ``name`` on first use when it is the classifier of the run's
+    own dataset and that dataset is one gaxp knows how to train it for (``TRAINABLE``)."""
+    if (cache_root(cache_dir) / "classifiers" / name / "meta.json").exists():
+        return
+    if data_spec is None or name != data_spec.name or name not in TRAINABLE:
+        return
+    log(f"training the {name} classifier once for the metrics (cached in "
+        f"{cache_root(cache_dir) / 'classifiers' / name})")
+    train_and_save(data_spec, name=name, cache_dir=cache_dir, log=log)
 
 
 def load(name: str, cache_dir: str | None = None) -> tuple[dict, dict]:
@@ -167,9 +227,12 @@ def check_matches(meta: dict, dataset_name: str, shape: tuple) -> None:
 
 def train_and_save(data_spec, *, name: str | None = None, steps: int = 2000,
                    batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-                   cache_dir: str | None = None, log=print) -> dict:
+                   cache_dir: str | None = None, min_accuracy: float = MIN_ACCURACY,
+                   log=print) -> dict:
     """Train the classifier of ``data_spec`` (a DataSpec) and save it as ``name`` (default: the
-    dataset's name) in the cache; evaluates on the test split when it can be read."""
+    dataset's name) in the cache; evaluates on the test split when it can be read, else on a
+    stratified held-out 10%. Under ``min_accuracy`` it is refused and not saved (a lower value
+    is recorded in its metadata: only tests of the plumbing lower it)."""
     from gaxp.data import make_dataset
 
     d = data_spec
@@ -184,10 +247,16 @@ def train_and_save(data_spec, *, name: str | None = None, steps: int = 2000,
     except ConfigError as e:
         log(f"no test split ({e}); measuring accuracy on a held-out 10% of train")
         test = None
-    params, info = train(dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         test=test, log=log)
     name = name or dataset.name
     directory = cache_root(cache_dir) / "classifiers" / name
+    why = _unwritable(directory)
+    if why:
+        raise ConfigError(f"cannot write the classifier to {directory}: {why}; set "
+                          "metrics.cache_dir or $GAXP_CACHE to a writable folder")
+    params, info = train(dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                         test=test, log=log)
+    info["min_accuracy"] = min_accuracy
+    check_accuracy({"name": name, "dataset": dataset.name, **info})
     meta = save(directory, params, name=name, dataset=dataset, info=info)
     log(f"saved classifier {name!r} to {directory}: accuracy {info['accuracy']:.4f} on "
         f"{info['accuracy_split']}, sha256 {meta['sha256'][:16]}...")

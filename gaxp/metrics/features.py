@@ -1,8 +1,9 @@
 """Feature networks: what each metric embeds images with, and the protocol it records.
 
 ``FEATURES`` maps a network kind to a loader ``(spec, data) -> FeatureNet``:
-- ``inception``: the FID InceptionV3 (2048-d pool features, 1008 logits) from the standard weight
-  file (SHA-256 checked), images resized to 299 px bilinearly (``gaxp.metrics.inception``);
+- ``inception``: the FID InceptionV3 (2048-d pool features; 1008 logits only with pytorch-fid's
+  weight file) from the checked, converted and cached weights (``gaxp.metrics.inception_weights``),
+  images preprocessed as the TF FID graph does (``gaxp.metrics.inception``);
 - ``classifier``: a domain classifier trained by ``scripts/train_classifier.py`` (128-d features,
   class logits), found by name in the cache (``gaxp.metrics.classifier``).
 
@@ -20,7 +21,7 @@ from typing import Any, Callable
 import jax
 
 from gaxp.errors import ConfigError
-from gaxp.metrics import classifier, inception
+from gaxp.metrics import classifier, inception, inception_weights
 from gaxp.registry import METRICS
 
 INCEPTION_METRICS = ("fid", "is", "kid", "prdc")
@@ -34,8 +35,9 @@ class FeatureNet:
     name: str  # "inception" or the classifier's name
     variables: Any
     fn: Callable  # (variables, images in [-1, 1]) -> (features, logits); jittable
-    checksum: str  # SHA-256 of the weights
+    checksum: str  # of the weights (SHA-256; the Inception .pt: "sha1:...")
     protocol: dict = field(default_factory=dict)
+    logits: bool = True  # False: fn's logits are empty (no Inception Score from this network)
 
 
 def parse_metric(name: str) -> tuple[str, str | None]:
@@ -57,20 +59,29 @@ def parse_metric(name: str) -> tuple[str, str | None]:
                       f"cond, {COND_PREFIX}<classifier>{registered}")
 
 
+def inception_protocol(weights: inception_weights.Weights) -> dict:
+    return {"network": "InceptionV3 (TF FID graph 2015-12-05)", "weights": weights.source,
+            "weights_checksum": weights.checksum,
+            "resize": f"{inception.SIZE} px, {inception.RESIZE}",
+            "features": "pool3 2048-d",
+            "logits": "fc 1008-way" if weights.logits else "none (IS from a classifier)"}
+
+
 def load_inception(spec, data: dict) -> FeatureNet:
-    path = inception.weights_path(spec.inception_weights, classifier.cache_root(spec.cache_dir),
-                                  download=spec.download)
-    variables = inception.load_weights(path)
-    protocol = {"network": "InceptionV3 (TF 2015-12-05, pytorch-fid port)",
-                "weights": inception.WEIGHTS_FILE, "weights_sha256": inception.WEIGHTS_SHA256,
-                "resize": f"{inception.SIZE} px, {inception.RESIZE}", "features": "pool3 2048-d",
-                "logits": "fc 1008-way"}
-    return FeatureNet("inception", variables, inception.apply, inception.WEIGHTS_SHA256, protocol)
+    weights = inception_weights.load(spec.inception_weights, classifier.cache_root(spec.cache_dir),
+                                     download=spec.download, log=print)
+    return FeatureNet("inception", weights.variables, inception.apply,
+                      f"{weights.checksum}|{inception.RESIZE}", inception_protocol(weights),
+                      logits=weights.logits)
 
 
 def load_classifier(spec, data: dict, name: str) -> FeatureNet:
+    """Classifier ``name`` (trained on first use when it is that of ``data["spec"]``, the run's
+    DataSpec, and gaxp can train it), checked for its dataset, image shape and accuracy."""
+    classifier.ensure(name, data.get("spec"), spec.cache_dir)
     params, meta = classifier.load(name, spec.cache_dir)
     classifier.check_matches(meta, data["name"], tuple(data["shape"]))
+    classifier.check_accuracy(meta)
     model = classifier.LeNet(meta["num_classes"])
     fn = lambda v, x: model.apply(v, x.astype(jax.numpy.float32))  # noqa: E731
     protocol = {"network": f"classifier {name} ({meta['arch']})", "weights_sha256": meta["sha256"],
@@ -82,16 +93,16 @@ def load_classifier(spec, data: dict, name: str) -> FeatureNet:
 
 
 def inception_available(spec) -> bool:
-    """Whether the Inception weights are where ``load_inception`` would look (no download)."""
-    try:
-        inception.weights_path(spec.inception_weights, classifier.cache_root(spec.cache_dir))
-        return True
-    except ConfigError:
-        return False
+    """Whether the converted Inception weights are in the cache (or a path is given): what
+    ``metrics=default`` takes as a sign to add the Inception metrics (nothing is fetched)."""
+    return inception_weights.cached(spec.inception_weights, classifier.cache_root(spec.cache_dir))
 
 
-def classifier_available(spec, name: str) -> bool:
-    return (classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json").exists()
+def classifier_available(spec, name: str, data_spec=None) -> bool:
+    """In the cache, or trainable on first use for the run's own dataset (``data_spec``)."""
+    cached = (classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json").exists()
+    return cached or (data_spec is not None and data_spec.name == name
+                      and name in classifier.TRAINABLE)
 
 
 FEATURES = {

