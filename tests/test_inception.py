@@ -269,26 +269,34 @@ def test_fixture_inputs_are_what_the_script_documents(fixture):
     np.testing.assert_array_equal(_parity_script().colour_digits(), fixture["colour"])
 
 
-def test_without_logits_the_inception_score_is_dropped_with_one_line(pt_path, tmp_path, caplog,
+def test_without_logits_the_classifier_reports_the_inception_score(pt_path, tmp_path, caplog,
                                                                      monkeypatch):
     import logging
+
+    import jax.numpy as jnp
 
     from conftest import compose
     from gaxp import sharding
     from gaxp.config import load
     from gaxp.data import make_dataset
+    from gaxp.metrics import classifier
     from gaxp.metrics.evaluator import Evaluator
 
     monkeypatch.setenv("GAXP_CACHE", str(tmp_path))
+    params = classifier.LeNet(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    classifier.save(tmp_path / "classifiers" / "mnist", params, name="mnist",
+                    dataset=make_dataset("mnist", "mnist"),  # plumbing only: not trained
+                    info={"accuracy": 0.0, "accuracy_split": "none", "min_accuracy": 0.0})
     config = load(compose("metrics=inception", "metrics.split=train", "metrics.names=[fid,is]",
                           f"metrics.inception_weights={pt_path}", "metrics.n_fake=20",
                           "metrics.n_real=20"))
     with caplog.at_level(logging.WARNING, logger="gaxp.metrics"):
         ev = Evaluator(config, make_dataset("mnist", "mnist"), sharding.make_mesh(None),
                        lambda *a: None, z_dim=4)
-    assert ev.names == ("fid",)
+    assert ev.names == ("fid", "is_mnist") and set(ev.nets) == {"inception", "mnist"}
     lines = [r.getMessage() for r in caplog.records if "Inception Score" in r.getMessage()]
-    assert len(lines) == 1 and "no 1008-way logits" in lines[0] and "no IS reported" in lines[0]
+    assert len(lines) == 1 and "no 1008-way logits" in lines[0]
+    assert "reporting the classifier IS is_mnist instead" in lines[0]
     assert ev.protocol["networks"]["inception"]["weights_checksum"].endswith(
         inception_weights.PT_SHA1)
 
