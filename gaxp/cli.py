@@ -84,6 +84,24 @@ def _objective(cfg, summary: dict | None, multirun: bool):
     return float(value) if math.isfinite(value) else worst
 
 
+QUALITY = ("eval/fid", "eval/kid", "eval/fd_mnist", "eval/is_mnist", "eval/precision_mnist",
+           "eval/recall_mnist", "eval/modes", "eval/hq_frac")
+
+
+def quality(summary: dict) -> str:
+    """The final evaluation for the last console line: ``FID 41.2 (500 vs 500 mnist/train),
+    fd_mnist 12.1, ...; `` (nothing when the run evaluated nothing)."""
+    evals = summary.get("eval") or {}
+    shown = [f"{k.removeprefix('eval/')} {evals[k]:.4g}" for k in QUALITY if k in evals]
+    if not shown:
+        return ""
+    p = evals.get("protocol") or {}
+    if "eval/fid" in evals and "n_real" in p:
+        shown[0] = shown[0].replace("fid", "FID") + \
+            f" ({p['n_fake']} vs {p['n_real']} {p.get('reference', 'real')})"
+    return ", ".join(shown) + "; "
+
+
 def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -109,7 +127,7 @@ def _train_task(cfg):
         _record_failure(f"{type(e).__name__}: {e}")
         return _objective(cfg, None, multirun)
     print(f"gaxp-train: done: {summary['steps']} steps, {summary['images_per_s']:.0f} images/s, "
-          f"outputs in {summary['run_dir']}", file=sys.stderr)
+          f"{quality(summary)}outputs in {summary['run_dir']}", file=sys.stderr)
     return _objective(cfg, summary, multirun)
 
 

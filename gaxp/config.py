@@ -255,8 +255,9 @@ def _check_metrics(m: MetricsSpec) -> None:
             parse_metric(str(name))
         if len(set(m.names)) != len(m.names):
             raise ConfigError(f"metrics.names lists a metric twice: {list(m.names)}")
-    for key in ("every", "n_fake", "n_real", "batch_size", "kid_subsets", "is_splits", "pr_k",
-                "dc_k", "mode_min_count"):
+    _positive("metrics.every", m.every, allow_zero=True)  # 0: only at the last step
+    for key in ("n_fake", "n_real", "batch_size", "kid_subsets", "is_splits", "pr_k", "dc_k",
+                "mode_min_count"):
         _positive(f"metrics.{key}", getattr(m, key))
     if m.kid_subset_size < 2:
         raise ConfigError(f"metrics.kid_subset_size must be >= 2 (got {m.kid_subset_size})")

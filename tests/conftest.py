@@ -45,7 +45,17 @@ def compose(*overrides: str, out_dir: str | Path = "/nonexistent"):
         return hydra_compose("train", overrides=[f"out_dir={out_dir}", *overrides])
 
 
-FAST = ("trainer.progress=false", "logger=none")
+FAST = ("trainer.progress=false", "logger=none", "metrics=none")
+
+
+def no_final_eval(args) -> list:
+    """``args`` of a gaxp-train subprocess plus ``metrics=none`` when they choose no metrics (and no
+    experiment, whose metrics stay): the default job's final evaluation (Inception, the MNIST
+    classifier trained on first use) takes minutes on a CPU; its own tests ask for it."""
+    args = [str(a) for a in args]
+    chosen = any(a.split("=")[0].lstrip("+~").split(".")[0] in ("metrics", "experiment")
+                 or a in ("--cfg", "--info", "-sc", "--help") for a in args)
+    return args if chosen else ["metrics=none", *args]
 
 
 @pytest.fixture

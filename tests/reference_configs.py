@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 DIGESTS = Path(__file__).resolve().parent / "data" / "reference_digests.json"
-SMALL = ("trainer.log_every=1", "trainer.sample_every=100", "trainer.ckpt_every=100",
+SMALL = ("trainer.log_every=1", "trainer.sample_every=100", "trainer.ckpt_every=100", "metrics=none",
          "trainer.progress=false", "logger=none")
 REFERENCE = {
     "dcgan": ("trainer.steps=3", "data.batch_size=16"),

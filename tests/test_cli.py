@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import xla_flags
+from conftest import xla_flags, no_final_eval
 
 BIN = Path(sys.executable).with_name("gaxp-train")
 
@@ -16,7 +16,7 @@ BIN = Path(sys.executable).with_name("gaxp-train")
 def gaxp_train(*args, cwd, devices=1, timeout=300):
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline",
                XLA_FLAGS=xla_flags(devices))
-    return subprocess.run([str(BIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([str(BIN), *no_final_eval(args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

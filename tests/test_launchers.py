@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import xla_flags
+from conftest import xla_flags, no_final_eval
 
 from gaxp import cli, compose
 
@@ -23,7 +23,7 @@ def test_submitit_local_sweep_runs_both_jobs(tmp_path):
             "trainer.steps=3", "trainer.log_every=3", "trainer.ckpt_every=3",
             "trainer.sample_every=3", "trainer.seed=0,1", f"hydra.sweep.dir={sweep}"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-    proc = subprocess.run([str(BIN), *args], cwd=tmp_path, env=env, capture_output=True,
+    proc = subprocess.run([str(BIN), *no_final_eval(args)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]

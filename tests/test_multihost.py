@@ -14,7 +14,7 @@ from conftest import xla_flags
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 BIN = Path(sys.executable).with_name("gaxp-train")
-TOY = ("model=mlp", "data=ring", "model.g_width=32", "model.d_width=32", "data.batch_size=32",
+TOY = ("model=mlp", "data=ring", "metrics=none", "model.g_width=32", "model.d_width=32", "data.batch_size=32",
        "logger=none", "trainer.progress=false", "trainer.log_every=2", "trainer.ckpt_every=4",
        "trainer.sample_every=4", "optim.g.name=sgd", "optim.d.name=sgd", "optim.g.lr=1e-2",
        "optim.d.lr=1e-2")

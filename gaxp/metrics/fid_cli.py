@@ -220,7 +220,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gaxp.cli import fail
+    from gaxp.compose import fail
 
     try:
         args = parser().parse_args(argv)
