@@ -45,7 +45,7 @@ def compose(*overrides: str, out_dir: str | Path = "/nonexistent"):
         return hydra_compose("train", overrides=[f"out_dir={out_dir}", *overrides])
 
 
-FAST = ("trainer.progress=false", "logger=none", "metrics=none")
+FAST = ("trainer.progress=false", "logger=none")
 
 
 def no_final_eval(args) -> list:
@@ -53,9 +53,9 @@ def no_final_eval(args) -> list:
     experiment, whose metrics stay): the default job's final evaluation (Inception, the MNIST
     classifier trained on first use) takes minutes on a CPU; its own tests ask for it."""
     args = [str(a) for a in args]
-    chosen = any(a.split("=")[0].lstrip("+~").split(".")[0] in ("metrics", "experiment", "hparams_search")
+    chosen = any(a.split("=")[0].lstrip("+~") in ("metrics", "experiment", "hparams_search")
                  or a in ("--cfg", "--info", "-sc", "--help") for a in args)
-    return args if chosen else ["metrics=none", *args]
+    return args if chosen else [*args, "metrics=none"]
 
 
 @pytest.fixture
@@ -63,6 +63,7 @@ def tiny(tmp_path):
     """compose() with fast defaults and a fresh run directory (runs_root also under tmp)."""
 
     def make(*overrides: str, name: str = "run"):
-        return compose(*FAST, f"runs_root={tmp_path}", *overrides, out_dir=tmp_path / name)
+        return compose(*FAST, f"runs_root={tmp_path}", *no_final_eval(overrides),
+                       out_dir=tmp_path / name)
 
     return make

@@ -305,7 +305,7 @@ def test_a_short_run_logs_inception_fid_with_its_protocol(pt_path, tiny, tmp_pat
     """metrics=inception in the training loop, on 8 virtual devices, with the converted weights."""
     import json
 
-    from gaxp.train import train
+    from gaxp.training import train
 
     monkeypatch.setenv("GAXP_CACHE", str(tmp_path / "cache"))
     summary = train(tiny("model.g_width=8", "model.d_width=8", "data.batch_size=16",
