@@ -14,11 +14,11 @@ import contextlib
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 from gaxp.errors import ConfigError
+from gaxp.files import unwritable
 
 CONF_MODULE = "gaxp.conf"
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -117,17 +117,12 @@ def _has_submitit() -> bool:
 
 
 def _writable(path: Path) -> str | None:
-    """Why ``path`` cannot be created and written (checked on its nearest existing ancestor)."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory"
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".gaxp-write-test-"))
-    except OSError as e:
-        return e.strerror
-    return None
+    """Why ``path`` cannot be created and written, or None."""
+    why = unwritable(path)
+    if why is None:
+        return None
+    probe, reason = why
+    return f"{probe} is not a directory" if reason == "not a directory" else reason
 
 
 def _unknown_key(path: str, others: list[str], config_name: str) -> str:

@@ -112,3 +112,20 @@ def append(fd: int, data: bytes, size: int, path, what: str = "") -> int:
             pass
         raise WriteFailed(path, cause(e), what) from None
     return size + len(data)
+
+
+def unwritable(path: Path) -> tuple[Path, str] | None:
+    """Why ``path`` could not be created and written, checked on its nearest existing ancestor
+    (a directory made and removed there): (that ancestor, the reason), or None when it can."""
+    import tempfile
+
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return probe, "not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".gaxp-write-test-"))
+    except OSError as e:
+        return probe, e.strerror or type(e).__name__
+    return None

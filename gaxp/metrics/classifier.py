@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 import optax
 
 from gaxp.errors import ConfigError
+from gaxp.files import unwritable
 from gaxp.files import write_atomic
 from gaxp.step import to_float
 
@@ -172,16 +172,11 @@ def save(directory: Path, params, *, name: str, dataset, info: dict) -> dict:
 
 
 def _unwritable(directory: Path) -> str | None:
-    probe = Path(directory).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a folder"
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".gaxp-write-test-"))
-    except OSError as e:
-        return f"{probe}: {e.strerror}"
-    return None
+    why = unwritable(directory)
+    if why is None:
+        return None
+    probe, reason = why
+    return f"{probe} is not a folder" if reason == "not a directory" else f"{probe}: {reason}"
 
 
 def ensure(name: str, data_spec, cache_dir: str | None = None, log=print) -> None:
