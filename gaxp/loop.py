@@ -59,6 +59,7 @@ class Loop:
         self.saved = -1  # the last step checkpointed
         self.t_run = time.perf_counter()
         self.programs, self.compile_s, self.stages = {}, 0.0, []  # compiled steps per growth stage
+        self.eval_s = 0.0  # in-loop evaluation: not part of the training throughput
 
     def program(self, step: int, state: GANState, batch: dict):
         """The compiled step for the growth stage and task phase of ``step`` (``state.step``),
@@ -134,14 +135,17 @@ class Loop:
                 self.out.samples_png(step, state)
             if self.evaluator is not None and self.evaluator.due(step, t.steps):
                 echo = self.out.progress.bar.write if self.run.is_main else None
+                t_eval = time.perf_counter()
                 evals = self.evaluator(step, state.g_ema, state.g_stats, echo)
+                self.eval_s += time.perf_counter() - t_eval
                 self.out.log(step, evals)
                 metrics = metrics | evals if step == t.steps else metrics
         wall = time.perf_counter() - self.t_run
         steps_run = t.steps - start
         stages = grow.stage_figures(self.stages, t.steps, time.perf_counter(), self.images_per_step)
         return {"compile_s": self.compile_s, "run_s": wall, "state": state, "final": metrics,
-                "images_per_s": steps_run * self.images_per_step / wall if steps_run else 0.0,
+                "images_per_s": (steps_run * self.images_per_step / max(wall - self.eval_s, 1e-9)
+                                 if steps_run else 0.0),
                 **({"stages": stages} if stages else {})}
 
     def _log(self, step: int, m: dict, step_log: int, t_log: float) -> dict:
