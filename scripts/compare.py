@@ -199,6 +199,17 @@ def table(summary: dict, metrics: list[str], failures: list[dict], shared: dict,
     return "\n".join(lines) + "\n"
 
 
+def ranked(summary: dict, metric: str, maximize: bool) -> list[str]:
+    """Variants by the mean final value of ``metric``, best first; those without it last."""
+    def key(name):
+        stats = summary[name].get(metric, {}).get("final")
+        if stats is None or not np.isfinite(stats["mean"]):
+            return (1, 0.0, name)
+        return (0, -stats["mean"] if maximize else stats["mean"], name)
+
+    return sorted(summary, key=key)
+
+
 def _slug(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric)
 
@@ -295,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rename", nargs="+", default=[], metavar="NEW=VARIANT",
                    help="row names, in this order, e.g. GAN=regularizer.pacgan.pack=1")
     p.add_argument("--final-only", action="store_true", help="table: final values, not best")
+    p.add_argument("--rank", metavar="METRIC",
+                   help="order the rows by this metric's mean final value, best first (--maximize "
+                        "metrics: highest), e.g. --rank eval/fid; default: by name")
     p.add_argument("--samples", action="store_true",
                    help="also <out>/samples.png: each variant's last sample image (lowest seed)")
     a = p.parse_args(argv)
@@ -312,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     out = a.out or (a.sweep / "compare" if a.sweep else Path("compare"))
     out.mkdir(parents=True, exist_ok=True)
+    if a.rank and a.rank not in a.metrics:
+        p.error(f"--rank {a.rank} must be one of --metrics ({', '.join(a.metrics)})")
     summary = summarize(runs, a.metrics, set(a.maximize))
+    if a.rank and not order:
+        order = ranked(summary, a.rank, a.rank in a.maximize)
     kinds = ("final",) if a.final_only else ("final", "best")
     md = table(summary, a.metrics, failures, shared, order, kinds)
     (out / "compare.md").write_text(md)

@@ -77,7 +77,7 @@ def test_a_plugin_loss_is_swept_and_ranked_against_built_ins(plugin_dir, tmp_pat
     sweep = tmp_path / "sweep"
     assert len(list(sweep.glob("*/summary.json"))) == 6 and not (sweep / "failures.jsonl").exists()
     cmp = run(str(sweep), "--metrics", "eval/hq_frac", "--maximize", "eval/hq_frac",
-              "--out", str(tmp_path / "cmp"), cwd=tmp_path,
+              "--rank", "eval/hq_frac", "--final-only", "--out", str(tmp_path / "cmp"), cwd=tmp_path,
               cmd=[sys.executable, str(ROOT / "scripts" / "compare.py")])
     assert cmp.returncode == 0, cmp.stderr[-3000:]
     table = (tmp_path / "cmp" / "compare.md").read_text()
@@ -85,6 +85,9 @@ def test_a_plugin_loss_is_swept_and_ranked_against_built_ins(plugin_dir, tmp_pat
         assert variant in table
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert "loss=soft_hinge" in json.dumps(data)
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| `")]
+    means = [float(r[4].split("±")[0]) for r in rows]
+    assert len(means) == 3 and means == sorted(means, reverse=True)  # ranked, best first
 
 
 BROKEN = {
