@@ -87,8 +87,8 @@ class RegularizerEntry(NamedTuple):
       ``gaxp.specs.PenaltyParams`` (``weight``, ``every``: lazy regularization);
     - ``d_term(ctx, p) -> (scalar, metrics)``: a term added to D's loss (``ctx``: ``DTermContext``);
     - ``view(x, key, step, p) -> (x, metrics)``: changes what D sees, real and fake, in both steps;
-    - ``model(p) -> {ModelSpec field: value}``: a stabilizer that lives in the networks;
-    - ``check(path, p, config)``: validation beyond the dataclass types (raise ConfigError).
+    - ``model(model_spec, p) -> {ModelSpec field: value}``: a stabilizer that lives in the networks;
+    - ``check(path, p, loss_name)``: validation beyond the dataclass types (raise ConfigError).
     """
 
     params: type
