@@ -130,6 +130,8 @@ def _with_params(node: dict, spec: type, registry, path: str) -> dict:
     name = node.get("name", spec.name if hasattr(spec, "name") else None)
     entry = registry.entry(name, path) if isinstance(name, str) else None
     extra = {k: v for k, v in node.items() if k not in own}
+    if isinstance(node.get("params"), dict):  # a Config written back as a dict (asdict)
+        extra = {**node["params"], **extra}
     node = {k: v for k, v in node.items() if k in own and k != "params"}
     declared = getattr(entry, "params", None)
     if declared is None:
