@@ -63,7 +63,11 @@ def tiny(tmp_path):
     """compose() with fast defaults and a fresh run directory (runs_root also under tmp)."""
 
     def make(*overrides: str, name: str = "run"):
-        return compose(*FAST, f"runs_root={tmp_path}", *no_final_eval(overrides),
-                       out_dir=tmp_path / name)
+        cfg = compose(*FAST, f"runs_root={tmp_path}", *no_final_eval(overrides),
+                      out_dir=tmp_path / name)
+        if cfg.metrics.names == ["auto"] and cfg.metrics.every == 0 and not any(
+                str(o).split("=")[0] == "metrics" for o in overrides):
+            cfg.metrics.names = []  # an experiment's run without the default job's final evaluation
+        return cfg
 
     return make

@@ -67,8 +67,9 @@ def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> t
         if points:
             return ("modes", "cond") if conditional else ("modes",)
         prefixes = features.CLASSIFIER_PREFIXES + ((features.COND_PREFIX,) if conditional else ())
-        names = tuple(f"{p}{dataset.name}" for p in prefixes
-                      if features.classifier_available(spec, dataset.name, data_spec))
+        usable = features.classifier_available(spec, dataset.name, data_spec,
+                                               shape=tuple(dataset.shape))
+        names = tuple(f"{p}{dataset.name}" for p in prefixes if usable)
         if features.inception_available(spec) or spec.download:  # cached, or fetched on first use
             names += features.INCEPTION_METRICS
         if not names:
@@ -147,6 +148,8 @@ class Evaluator(Scheduled):
                 else dataset.records
             available = len(self.reference)
             self.n_real = spec.n_real or min(MAX_REAL, available)
+            if spec.names == ("auto",):  # metrics chosen for the data: at most what it has
+                self.n_real = min(self.n_real, available)
             if self.n_real > available:
                 raise ConfigError(f"metrics.n_real={self.n_real} but {d.name}/{spec.split} has "
                                   f"{available} examples; lower metrics.n_real")
@@ -202,7 +205,7 @@ class Evaluator(Scheduled):
             return self.names
         name = f"is_{self.data.name}"
         usable = name in self.names or features.classifier_available(
-            self.spec, self.data.name, info["spec"])
+            self.spec, self.data.name, info["spec"], shape=info["shape"])
         names = tuple(n for n in self.names if n != "is")
         if usable and name not in names:
             names += (name,)

@@ -15,6 +15,7 @@ accuracy and Fréchet distance (``gaxp.metrics.conditional``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -98,11 +99,18 @@ def inception_available(spec) -> bool:
     return inception_weights.cached(spec.inception_weights, classifier.cache_root(spec.cache_dir))
 
 
-def classifier_available(spec, name: str, data_spec=None) -> bool:
-    """In the cache, or trainable on first use for the run's own dataset (``data_spec``)."""
-    cached = (classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json").exists()
-    return cached or (data_spec is not None and data_spec.name == name
-                      and name in classifier.TRAINABLE)
+def classifier_available(spec, name: str, data_spec=None, shape: tuple | None = None) -> bool:
+    """In the cache (for images of ``shape``, when given), or trainable on first use for the
+    run's own dataset (``data_spec``) when none is cached."""
+    meta = classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json"
+    if meta.exists():
+        if shape is None:
+            return True
+        try:
+            return tuple(json.loads(meta.read_text()).get("shape") or ()) == tuple(shape)
+        except (OSError, ValueError):
+            return False
+    return data_spec is not None and data_spec.name == name and name in classifier.TRAINABLE
 
 
 FEATURES = {

@@ -138,6 +138,8 @@ class TranslationEvaluator(Scheduled):
         available = len(dataset.open_split(spec.split) if spec.split != dataset.split
                         else dataset.records)
         self.n = spec.n_real or min(1000, available)
+        if spec.names == ("auto",):  # metrics chosen for the data: at most what the split has
+            self.n = min(self.n, available)
         if self.n > available:
             raise ConfigError(f"metrics.n_real={self.n} but {dataset.name}/{spec.split} has "
                               f"{available} pairs; lower metrics.n_real")
