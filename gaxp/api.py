@@ -51,6 +51,7 @@ class Generator:
     """A trained generator of a run directory (EMA weights unless ``ema=False``)."""
 
     loaded: Any  # gaxp.evaluate.Loaded
+    _ema: bool = True  # EMA weights (what gaxp.load was asked for)
 
     @property
     def config(self):
@@ -85,8 +86,6 @@ class Generator:
         loaded = load_generator(str(self.loaded.run_dir), list(overrides), step=self.loaded.step,
                                 ema=self._ema)
         return evaluate(loaded)
-
-    _ema: bool = True
 
 
 def load(run_dir: str | Path, *, step: int | None = None, ema: bool = True) -> Generator:

@@ -33,9 +33,9 @@ from gaxp.errors import ConfigError, unknown
 class Registry(dict):
     """``name -> entry`` for one kind of extension, remembering where each name was registered."""
 
-    def __init__(self, kind: str, group: str):
+    def __init__(self, kind: str):
         super().__init__()
-        self.kind, self.group = kind, group  # e.g. "loss", and its config group "loss"
+        self.kind = kind  # e.g. "loss", "data source": the word of its error messages
         self.where: dict[str, str] = {}
 
     def add(self, name: str, entry: Any, where: str) -> None:
@@ -136,12 +136,12 @@ class TaskEntry(NamedTuple):
     extras: Optional[Callable] = None  # (config) -> constants bound into the step
 
 
-LOSSES = Registry("loss", "loss")
-REGULARIZERS = Registry("regularizer", "regularizer")
-ARCHS = Registry("model", "model")
-SOURCES = Registry("data source", "data")
-METRICS = Registry("metric", "metrics")
-TASKS = Registry("task", "task")
+LOSSES = Registry("loss")
+REGULARIZERS = Registry("regularizer")
+ARCHS = Registry("model")
+SOURCES = Registry("data source")
+METRICS = Registry("metric")
+TASKS = Registry("task")
 
 
 class _Register:

@@ -43,7 +43,7 @@ def test_built_ins_fill_every_registry():
 
 
 def test_a_name_registered_twice_names_both_places():
-    reg = Registry("widget", "widget")
+    reg = Registry("widget")
     reg.add("a", 1, "first.py:1")
     with pytest.raises(ConfigError, match=r"^widget 'a' is registered twice: at first.py:1 and at "
                                           r"second.py:2; rename one of them$"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from gaxp.errors import ConfigError
-from gaxp.registry import TASKS, TaskEntry, register
+from gaxp.registry import TASKS, register
 
 
 def _lazy(name: str) -> Callable:
@@ -56,7 +56,6 @@ _I2I = dict(grid=_grid, evaluator=_evaluator)
 register.task("pix2pix", archs=("pix2pix",), **_I2I)(_lazy("pix2pix_step"))
 register.task("srgan", archs=("srgan",), extras=_perceptual, **_I2I)(_lazy("srgan_step"))
 register.task("cyclegan", archs=("cyclegan",), needs_paired=False, **_I2I)(_lazy("cyclegan_step"))
-Task = TaskEntry
 
 ALLOWED_REGULARIZERS = ("spectral_norm",)  # what the image-to-image steps support
 
