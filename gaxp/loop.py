@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("gaxp")
 
 
+# XLA options gaxp sets itself, per platform, where scripts/bench.py measured them faster.
+# CPU: copy insertion with region analysis drops the copies of donated optimizer moments that the
+# non-finite guard's select (``optim.skip_nonfinite``) otherwise costs (18 parameter-sized copies
+# in the PacGAN toy step); the values computed are the same.
+PLATFORM_OPTIONS = {"cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
+
+
+def xla_options(mesh, extra: dict | None = None) -> dict:
+    """gaxp's XLA options for the platform of ``mesh``, then ``extra`` (they win)."""
+    return PLATFORM_OPTIONS.get(mesh.devices.flat[0].platform, {}) | (extra or {})
+
+
 def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: StepSpec | None = None,
                  compiler_options: dict | None = None):
     """The train step lowered and compiled once for these shapes and shardings (donates state).
@@ -38,7 +50,8 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: S
     replicated = sharding.replicated(run.mesh)
     fn = jax.jit(tasks.step_fn(run.config, spec), donate_argnums=0,
                  out_shardings=(replicated, replicated))
-    compiled = fn.lower(state, batch, key).compile(compiler_options=compiler_options)
+    compiled = fn.lower(state, batch, key).compile(
+        compiler_options=xla_options(run.mesh, compiler_options))
     return compiled, time.perf_counter() - t0
 
 

@@ -46,6 +46,7 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> float:
 
 # The benchmarked models as gaxp-train overrides.
 MODELS = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
+          "toy_ring": ["experiment=toy_ring"],
           "toy": ["model=mlp", "data=ring"],
           "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
                     "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],
@@ -89,23 +90,23 @@ def time_jax(compiled, state, batch, key, steps: int, batches=None):
     return (time.perf_counter() - t) / steps * 1000, state
 
 
-def torch_dcgan(batch: int, z_dim: int = 100):
-    """The same DCGAN-28 (default gaxp config) in eager PyTorch: returns a step() closure."""
+def _torch_adam(net, lr: float, b1: float, b2: float = 0.999, eps: float = 1e-8):
+    import torch
+
+    return torch.optim.Adam(net.parameters(), lr, betas=(b1, b2), eps=eps)
+
+
+def _torch_gan_step(g, d, g_opt, d_opt, real, z_dim: int, ema_beta: float):
+    """The eager torch step of gaxp's ``task=gan`` with the non-saturating loss: one D update on
+    ``real`` and fresh fakes (G's output detached), one G update on fresh noise, then the EMA of
+    G's parameters (``torch._foreach_lerp_``), as gaxp's step does every step."""
     import torch
     from torch import nn
 
-    g = nn.Sequential(
-        nn.Linear(z_dim, 7 * 7 * 256), nn.Unflatten(1, (256, 7, 7)), nn.BatchNorm2d(256, momentum=0.1),
-        nn.ReLU(), nn.ConvTranspose2d(256, 128, 4, 2, 1), nn.BatchNorm2d(128, momentum=0.1), nn.ReLU(),
-        nn.ConvTranspose2d(128, 1, 4, 2, 1), nn.Tanh())
-    d = nn.Sequential(
-        nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(64, 128, 4, 2, 1),
-        nn.BatchNorm2d(128, momentum=0.1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(7 * 7 * 128, 1))
-    g_opt = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
-    real = torch.rand(batch, 1, 28, 28) * 2 - 1
+    batch = real.shape[0]
     bce = nn.functional.binary_cross_entropy_with_logits
     ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
+    ema = [p.detach().clone() for p in g.parameters()]
 
     def step():
         with torch.no_grad():
@@ -118,9 +119,79 @@ def torch_dcgan(batch: int, z_dim: int = 100):
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         g_opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 1.0 - ema_beta)
         return g_loss.item()
 
+    step.nets = (g, d)  # for the parameter-count check against gaxp's (tests/test_bench.py)
     return step
+
+
+def torch_dcgan(batch: int, z_dim: int = 100, width: int = 64):
+    """gaxp's DCGAN-28 (``model=dcgan``, 28 px MNIST) in eager PyTorch, with ``model.g_width =
+    model.d_width = width`` (64: the classic widths of ``MODELS["dcgan"]``): G dense -> 7x7x4w,
+    BN-ReLU, ConvTranspose 4x4/2 to 2w, BN-ReLU, ConvTranspose to 1 channel, tanh; D Conv 4x4/2
+    to w, LeakyReLU(0.2), Conv to 2w, BN, LeakyReLU, dense. BatchNorm momentum 0.1 (gaxp's 0.9),
+    Adam 2e-4 (0.5, 0.999), the non-saturating loss. Returns a step() closure."""
+    import torch
+    from torch import nn
+
+    g = nn.Sequential(
+        nn.Linear(z_dim, 7 * 7 * 4 * width), nn.Unflatten(1, (4 * width, 7, 7)),
+        nn.BatchNorm2d(4 * width, momentum=0.1), nn.ReLU(),
+        nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width, momentum=0.1),
+        nn.ReLU(), nn.ConvTranspose2d(2 * width, 1, 4, 2, 1), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, 2 * width, 4, 2, 1),
+        nn.BatchNorm2d(2 * width, momentum=0.1), nn.LeakyReLU(0.2), nn.Flatten(),
+        nn.Linear(7 * 7 * 2 * width, 1))
+    real = torch.rand(batch, 1, 28, 28) * 2 - 1
+    return _torch_gan_step(g, d, _torch_adam(g, 2e-4, 0.5), _torch_adam(d, 2e-4, 0.5), real, z_dim,
+                           ema_beta=0.5 ** (batch / 10_000))
+
+
+class _TorchMaxout:
+    """Built lazily (torch is optional): a linear layer to units x pieces, max over the pieces
+    (pieces on the last axis, as gaxp.models.mlp reshapes them)."""
+
+    @staticmethod
+    def make(fan_in: int, units: int, pieces: int):
+        import torch
+        from torch import nn
+
+        class Maxout(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(fan_in, units * pieces)
+
+            def forward(self, x):
+                return torch.amax(self.linear(x).view(x.shape[0], units, pieces), dim=-1)
+
+        return Maxout()
+
+
+def torch_toy(batch: int = 100):
+    """gaxp's PacGAN toy (``experiment=toy_ring``) in eager PyTorch: G 2 -> 4 x (400, BatchNorm
+    momentum 0.05 (gaxp's 0.95), ReLU) -> 2; D 3 maxout layers of 200 units x 5 pieces -> 1; Adam
+    1e-4 (0.8, 0.999), the non-saturating loss, EMA of G (gaxp's half-life of ~0 images). Real
+    points: the ring of 8 Gaussians. Returns a step() closure."""
+    import math
+
+    import torch
+    from torch import nn
+
+    layers = []
+    for a in (2, 400, 400, 400):
+        layers += [nn.Linear(a, 400), nn.BatchNorm1d(400, momentum=0.05), nn.ReLU()]
+    g = nn.Sequential(*layers, nn.Linear(400, 2))
+    d = nn.Sequential(*[_TorchMaxout.make(a, 200, 5) for a in (2, 200, 200)], nn.Linear(200, 1))
+    angle = torch.randint(0, 8, (batch,)) * (2 * math.pi / 8)
+    real = 2 * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + 0.02 * torch.randn(batch, 2)
+    return _torch_gan_step(g, d, _torch_adam(g, 1e-4, 0.8), _torch_adam(d, 1e-4, 0.8), real, 2,
+                           ema_beta=0.0)
+
+
+TORCH_MODELS = {"dcgan": torch_dcgan, "mlp": torch_toy, "toy_ring": torch_toy}
 
 
 def time_torch(step, steps: int) -> float:
@@ -197,6 +268,7 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+    from gaxp.loop import xla_options
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -210,7 +282,7 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     step = jax.vmap(functools.partial(train_step, spec=spec), spmd_axis_name="data" if devices > 1 else None)
     t = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp).compile(
-        compiler_options=compiler_options)
+        compiler_options=xla_options(run.mesh, compiler_options))
     compile_s = time.perf_counter() - t
     return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled
 
@@ -372,12 +444,94 @@ def bench_inception(batch: int, args, peak: float) -> dict:
             "device": jax.devices()[0].device_kind}
 
 
+def torch_matmul_peak(n: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of an n x n float32 matmul in eager torch (its threads as configured)."""
+    import torch
+
+    a = torch.randn(n, n)
+    a @ a
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def worker(lib: str, model: str, batch: int, args) -> dict:
+    """One side of ``--compare torch``, in its own process: warm up, then ``--rounds`` rounds of
+    ``--steps`` steps; the median ms per step (``model == "peak"``: the library's matmul peak)."""
+    if lib.endswith("-peak"):
+        return {"lib": lib, "peak": matmul_peak() if lib == "jax-peak" else torch_matmul_peak()}
+    if lib == "torch":
+        import torch
+
+        torch.set_num_threads(args.torch_threads or os.cpu_count())
+        step = TORCH_MODELS[model](batch)
+        for _ in range(3):
+            step()
+        times = [time_torch(step, args.steps) for _ in range(args.rounds)]
+        return {"lib": lib, "ms": statistics.median(times)}
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled, state, device_batch, key, batches, _, gflop = gaxp_step(model, batch, tmp)
+        state = time_jax(compiled, state, device_batch, key, 3)[1]
+        times, real = [], []
+        for _ in range(args.rounds):
+            ms, state = time_jax(compiled, state, device_batch, key, args.steps)
+            times.append(ms)
+            ms, state = time_jax(compiled, state, None, key, args.steps, batches)
+            real.append(ms)
+    return {"lib": lib, "ms": statistics.median(times), "real_data_ms": statistics.median(real),
+            "gflop": gflop}
+
+
+def compare_torch(args) -> tuple[list[dict], float]:
+    """gaxp's compiled step against the same networks in eager torch: the two run as separate
+    processes, alternately (``--processes`` of each per row), so background load falls on both
+    alike. Per row: the medians of the processes' medians, the ratio torch / gaxp (> 1: gaxp is
+    faster; also the median of the per-pair ratios), images/s, GFLOP/s by XLA's count of the
+    step, and the fraction of the better of the two libraries' matmul peaks on this machine."""
+
+    def spawn(lib: str, model: str, batch: int) -> dict:
+        cmd = [sys.executable, __file__, "--worker", lib, "--rounds", str(args.rounds),
+               "--steps", str(args.steps)] + (["--models", model, "--batch", str(batch)] if model else [])
+        if args.torch_threads:
+            cmd += ["--torch-threads", str(args.torch_threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                             env=os.environ | {"WANDB_MODE": "disabled"}).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    peaks = {lib: max(spawn(f"{lib}-peak", "", 0)["peak"] for _ in range(2)) for lib in ("jax", "torch")}
+    peak = max(peaks.values())
+    print(f"matmul peak (GFLOP/s): jax {peaks['jax']:.0f}, torch {peaks['torch']:.0f}", flush=True)
+    rows = []
+    for model in args.models:  # the toy at its paper's batch of 100, images at 64 and 256
+        for batch in args.batch or ([100] if model in ("toy_ring", "mlp") else [64, 256]):
+            pairs = [(spawn("jax", model, batch), spawn("torch", model, batch))
+                     for _ in range(args.processes)]
+            jax_ms = statistics.median(j["ms"] for j, _ in pairs)
+            torch_ms = statistics.median(t["ms"] for _, t in pairs)
+            gflop = pairs[0][0]["gflop"]
+            row = {"model": model, "batch": batch, "gaxp_ms": jax_ms, "torch_ms": torch_ms,
+                   "speedup_vs_torch": torch_ms / jax_ms,
+                   "pair_speedup": statistics.median(t["ms"] / j["ms"] for j, t in pairs),
+                   "gaxp_images_per_s": batch / jax_ms * 1000,
+                   "torch_images_per_s": batch / torch_ms * 1000, "gflop_per_step": gflop,
+                   "gaxp_gflop_per_s": gflop / jax_ms * 1000, "torch_gflop_per_s": gflop / torch_ms * 1000,
+                   "gaxp_peak_fraction": gflop / jax_ms * 1000 / peak,
+                   "torch_peak_fraction": gflop / torch_ms * 1000 / peak,
+                   "pipeline_rate": jax_ms / statistics.median(j["real_data_ms"] for j, _ in pairs)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows, peak
+
+
 def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
             "speedup_vs_torch", "precision", "fp32_ms", "speedup_vs_fp32", "options_ms",
             "speedup_from_options"]
-    if rows and ("guard_cost" in rows[0] or "members" in rows[0] or "gflop_per_image" in rows[0]):
+    if rows and any(k in rows[0] for k in ("guard_cost", "members", "gflop_per_image", "gaxp_ms")):
         cols = list(rows[0])
     lines = [f"matmul peak: {peak:.0f} GFLOP/s" if peak else "", "", "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
@@ -400,8 +554,10 @@ def _option(text: str) -> tuple:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["dcgan", "mlp"], choices=["dcgan", "mlp", "resnet", "toy", "toy64"])
-    p.add_argument("--batch", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS),
+                   help="default: dcgan mlp (with --compare torch: toy_ring dcgan)")
+    p.add_argument("--batch", nargs="+", type=int, default=None,
+                   help="default: 64 256 (with --compare torch: 100 for toy_ring, 64 256 else)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
     p.add_argument("--steps", type=int, default=10, help="steps per round")
     p.add_argument("--no-torch", action="store_true", help="skip the eager PyTorch comparison")
@@ -425,12 +581,33 @@ def main(argv=None) -> int:
     p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                    help="also time the step compiled with this XLA option (repeatable), in the same "
                         "interleaved rounds, e.g. xla_cpu_experimental_ynn_fusion_type=")
+    p.add_argument("--compare", choices=["torch"],
+                   help="instead: gaxp vs the same networks in eager torch, as separate processes "
+                        "run alternately (the README's Speed table)")
+    p.add_argument("--processes", type=int, default=3,
+                   help="with --compare: processes of each library per row")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch's intra-op threads (default: one per core)")
+    p.add_argument("--worker", choices=["jax", "torch", "jax-peak", "torch-peak"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    compare = args.compare or args.worker
+    args.models = args.models or (["toy_ring", "dcgan"] if compare else ["dcgan", "mlp"])
+    if args.worker:
+        model = args.models[0]
+        print(json.dumps(worker(args.worker, model, (args.batch or [0])[0], args)))
+        return 0
     args.xla_options = dict(_option(o) for o in args.xla_option)
     if args.host_devices > 1:  # must happen before JAX initialises its backend
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if args.compare:
+        rows, peak = compare_torch(args)
+        print(markdown(rows, peak))
+        if args.json:
+            args.json.write_text(json.dumps({"peak_gflop_per_s": peak, "rows": rows}, indent=2))
+        return 0
+    args.batch = args.batch or [64, 256]
     if args.population:
         peak, rows = 0.0, []
         bench = bench_population_end_to_end if args.end_to_end else bench_population

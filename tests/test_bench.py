@@ -68,3 +68,32 @@ def test_inception_row_reports_images_per_s_and_peak_fraction(tmp_path):
     assert row["model"] == "inception" and row["images_per_s"] > 0
     assert 10.0 < row["gflop_per_image"] < 12.5  # XLA counts 2 FLOP per multiply-add: ~5.5 G MACs
     assert row["peak_fraction"] == pytest.approx(row["gflop_per_s"] / result["peak_gflop_per_s"])
+
+
+@pytest.mark.parametrize("model,batch", [("toy_ring", 8), ("dcgan", 4)])
+def test_torch_side_has_gaxp_networks_parameter_counts(model, batch, tmp_path):
+    """The eager torch networks of --compare torch are the same networks: G's and D's parameter
+    counts equal those of gaxp's step for the same model."""
+    pytest.importorskip("torch")
+    bench = _bench()
+    step = bench.TORCH_MODELS[model](batch)
+    step()  # runs
+    _, state, *_ = bench.gaxp_step(model, batch, str(tmp_path))
+    count = lambda tree: sum(x.size for x in __import__("jax").tree.leaves(tree))  # noqa: E731
+    g, d = step.nets
+    assert sum(p.numel() for p in g.parameters()) == count(state.g_params)
+    assert sum(p.numel() for p in d.parameters()) == count(state.d_params)
+
+
+def test_compare_torch_runs_both_sides_as_processes(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "compare.json"
+    assert _bench().main(["--compare", "torch", "--models", "toy_ring", "--batch", "8", "--rounds",
+                          "1", "--steps", "2", "--processes", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert result["peak_gflop_per_s"] > 0
+    assert row["model"] == "toy_ring" and row["batch"] == 8
+    assert row["speedup_vs_torch"] == pytest.approx(row["torch_ms"] / row["gaxp_ms"])
+    assert row["gaxp_peak_fraction"] == pytest.approx(
+        row["gflop_per_step"] / row["gaxp_ms"] * 1000 / result["peak_gflop_per_s"])

@@ -1,5 +1,6 @@
 """conv_transpose_2x / conv_down_2x against lax (and torch when installed): values and gradients."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,3 +132,83 @@ def test_bad_shapes_raise():
         conv_transpose_2x(jnp.ones((1, 3, 3, 2)), jnp.ones((4, 4, 3, 4)))
     with pytest.raises(ValueError):
         conv_down_2x(jnp.ones((1, 1, 3, 3)), jnp.ones((4, 4, 3, 4)))
+
+
+# --- conv: lax.conv_general_dilated with a member-batched vmap rule ------------------------------
+
+# (input shape, kernel shape, strides, padding, lhs_dilation): a 3x3 SAME conv (blocks.Conv,
+# ProGAN), conv_down_2x's stride-2 conv, the dilated form of conv_transpose_2x for Cout < 4.
+CONVS = [((2, 8, 8, 5), (3, 3, 5, 7), (1, 1), "SAME", None),
+         ((2, 8, 8, 9), (4, 4, 9, 6), (2, 2), ((1, 1), (1, 1)), None),
+         ((2, 7, 7, 6), (4, 4, 6, 2), (1, 1), ((2, 2), (2, 2)), (2, 2))]
+MEMBERS = 3
+
+
+def _conv_pair(strides, padding, lhs):
+    ref = lambda x, w: lax.conv_general_dilated(  # noqa: E731
+        x, w, strides, padding, lhs_dilation=lhs, dimension_numbers=DN)
+    ours = lambda x, w: layers.conv(x, w, strides, padding, lhs_dilation=lhs)  # noqa: E731
+    return ref, ours
+
+
+def _loss(f):  # a nonlinear readout, so that the gradients depend on the values
+    return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+
+
+@pytest.mark.parametrize("xs,ws,strides,padding,lhs", CONVS)
+def test_conv_is_exactly_lax_outside_vmap(xs, ws, strides, padding, lhs):
+    ref, ours = _conv_pair(strides, padding, lhs)
+    x, w = _member_data(xs, ws)
+    np.testing.assert_array_equal(jax.jit(ours)(x[0], w[0]), jax.jit(ref)(x[0], w[0]))
+    for a, b in zip(jax.jit(jax.grad(_loss(ours), (0, 1)))(x[0], w[0]),
+                    jax.jit(jax.grad(_loss(ref), (0, 1)))(x[0], w[0])):
+        np.testing.assert_array_equal(a, b)
+
+
+def _member_data(xs, ws):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(MEMBERS, *xs)).astype(np.float32)
+    w = (rng.normal(size=(MEMBERS, *ws)) / np.sqrt(np.prod(ws[:3]))).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(w)
+
+
+@pytest.mark.parametrize("w_axis", [0, None], ids=["own-weights", "shared-weights"])
+@pytest.mark.parametrize("xs,ws,strides,padding,lhs", CONVS)
+def test_conv_under_vmap_equals_each_member_alone(xs, ws, strides, padding, lhs, w_axis):
+    """vmap(grad) and grad(vmap) of the member-batched conv equal lax's, and each member's result
+    equals that member computed alone; the compiled program holds no grouped convolution (the
+    slow path of lax's own batching rule)."""
+    ref, ours = _conv_pair(strides, padding, lhs)
+    x, w = _member_data(xs, ws)
+    w = w if w_axis == 0 else w[0]
+    vg = lambda f: jax.jit(jax.vmap(jax.value_and_grad(_loss(f), (0, 1)), (0, w_axis)))  # noqa: E731
+    got, want = vg(ours)(x, w), vg(ref)(x, w)
+    chex.assert_trees_all_close(got, want, **TOL)
+    gv = lambda f: jax.jit(jax.grad(  # noqa: E731
+        lambda x, w: jnp.sum(jax.vmap(_loss(f), (0, w_axis))(x, w)), (0, 1)))
+    chex.assert_trees_all_close(gv(ours)(x, w), gv(ref)(x, w), **TOL)
+    for m in range(MEMBERS):
+        wm = w[m] if w_axis == 0 else w
+        alone = jax.jit(jax.value_and_grad(_loss(ours), (0, 1)))(x[m], wm)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[m], got[:1] + (got[1][:1],)),
+                                    (alone[0], (alone[1][0],)), **TOL)
+    hlo = vg(ours).lower(x, w).compile().as_text()
+    assert "feature_group_count=" not in hlo and "batch_group_count=" not in hlo
+    assert "feature_group_count=" in vg(ref).lower(x, w).compile().as_text()  # what it avoids
+
+
+def test_maxout_gradient_equals_jnp_max_without_ties_and_under_vmap():
+    from gaxp.models.blocks import maxout
+
+    rng = np.random.default_rng(2)
+    h = jnp.asarray(rng.normal(size=(2, 7, 30)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(6,)).astype(np.float32))
+    ref = lambda h: jnp.sum(jnp.max(h.reshape(*h.shape[:-1], 6, 5), -1) * w)  # noqa: E731
+    ours = lambda h: jnp.sum(maxout(h, 5) * w)  # noqa: E731
+    np.testing.assert_array_equal(ours(h[0]), ref(h[0]))
+    np.testing.assert_array_equal(jax.grad(ours)(h[0]), jax.grad(ref)(h[0]))
+    np.testing.assert_array_equal(jax.vmap(jax.grad(ours))(h), jax.vmap(jax.grad(ref))(h))
+    # one unit with two tied pieces: each gets the whole gradient (jnp.max would split it)
+    tied = h[0].at[0, 1].set(h[0][0, 0] + 10).at[0, 0].set(h[0][0, 0] + 10)
+    g = jax.grad(ours)(tied)
+    np.testing.assert_array_equal(g[0, :2], [w[0], w[0]])

@@ -12,7 +12,7 @@ from flax import nnx
 
 from gaxp.specs import ModelSpec
 from gaxp.models import conditional
-from gaxp.models.blocks import Dense, Norm, lrelu, minibatch_std, pack
+from gaxp.models.blocks import Dense, Norm, lrelu, maxout, minibatch_std, pack
 
 
 class MLPGenerator(nnx.Module):
@@ -55,7 +55,7 @@ class MLPDiscriminator(nnx.Module):
         for layer, norm in zip(self.hidden, self.norms):
             h = norm(layer(h, train=train), train=train)
             if self.pieces:
-                h = jnp.max(h.reshape(h.shape[:-1] + (-1, self.pieces)), axis=-1)
+                h = maxout(h, self.pieces)
             else:
                 h = lrelu(h)
         return conditional.d_output(self.out, self.cond, minibatch_std(h, self.mbstd), y, train=train)

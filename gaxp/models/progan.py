@@ -35,6 +35,7 @@ from flax import nnx
 from gaxp.specs import ModelSpec
 from gaxp.errors import ConfigError
 from gaxp.models.blocks import lrelu, minibatch_std, pack
+from gaxp.models import layers
 from gaxp.models.layers import conv_transpose_2x
 
 SQRT2 = math.sqrt(2.0)
@@ -100,9 +101,7 @@ class EqConv(Equalized):
         w = self.weight()
         if w.shape[0] == 1:
             return x @ w[0, 0] + self.bias[...]
-        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + self.bias[...]
+        return layers.conv(x, w, (1, 1), "SAME") + self.bias[...]
 
 
 # Nearest 2x upsampling then a 3x3 'SAME' conv, per axis: output 2m sees input rows m-1 (tap 0)
