@@ -46,7 +46,7 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> float:
 
 # The benchmarked models as gaxp-train overrides.
 MODELS = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment=toy_ring"],
-          "toy_ring": ["experiment=toy_ring"],
+          "toy_ring": ["experiment=toy_ring"], "progan": ["experiment=progan_mnist"],
           "toy": ["model=mlp", "data=ring"],
           "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
                     "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],

@@ -45,6 +45,30 @@ def down_lax(x, w):
     return lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
 
 
+@jax.custom_vjp
+def down_im2col_dw(x, w):
+    """lax's stride-2 conv forward and input gradient; the weight gradient as one matmul of the
+    4x4 windows (im2col) with the output gradient."""
+    return down_lax(x, w)
+
+
+def _down_im2col_dw_fwd(x, w):
+    return down_lax(x, w), (x, w)
+
+
+def _down_im2col_dw_bwd(res, g):
+    x, w = res
+    n, h, wd, ci = x.shape
+    ho, wo, co = g.shape[1], g.shape[2], g.shape[3]
+    dx = jax.vjp(lambda x: down_lax(x, w), x)[1](g)[0]
+    p = layers._down_im2col(x, ho, wo)  # (N*ho*wo, 16*Ci)
+    dw = lax.dot_general(p, g.reshape(-1, co), (((0,), (0,)), ((), ())))  # (16Ci, Co)
+    return dx, layers._s2d_perm(dw.reshape(4, 4, ci, co))
+
+
+down_im2col_dw.defvjp(_down_im2col_dw_fwd, _down_im2col_dw_bwd)
+
+
 def dense(x, w):
     return x @ w
 
@@ -54,6 +78,7 @@ UP = {"lax.conv_transpose": up_lax, "zero-insert conv": up_zero_insert,
       "patches matmul (autodiff)": up_patches_autodiff,
       "gaxp conv_transpose_2x": layers.conv_transpose_2x}
 DOWN = {"lax.conv_general_dilated": down_lax, "patches matmul (autodiff)": layers._down_patches,
+        "lax fwd/dx, im2col dW": down_im2col_dw,
         "gaxp conv_down_2x": layers.conv_down_2x}
 # name, kind, input shape without batch (NHWC / features), cout
 LAYERS = [("G dense 100->7x7x256", "dense", (100,), 7 * 7 * 256),

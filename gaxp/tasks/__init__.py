@@ -74,7 +74,9 @@ def check_config(config, regularizer_node) -> None:
         return
     if config.trainer.population > 1:
         raise ConfigError(f"task={t.name} trains one model per run; populations "
-                          "(trainer.population > 1) are for task=gan")
+                          "(trainer.population > 1) are for task=gan, whose step is the one "
+                          "vmapped over members; compare its seeds as a sweep "
+                          "instead (gaxp-train -m ... trainer.seed=0,1,2)")
     if config.loss.n_critic != 1 or config.loss.clip or config.loss.penalty:
         raise ConfigError(f"task={t.name} makes one D and one G update per step without weight "
                           "clipping or loss.penalty; set loss.n_critic=1 and drop loss.clip/penalty")
