@@ -144,9 +144,10 @@ class Loop:
                     state, step, batch = self.rollback(state, step, why)
                     t_log, step_log = time.perf_counter(), step
                     continue
-            if step % t.sample_every == 0 or step == t.steps:
-                self.out.samples_png(step, state)
-            if self.evaluator is not None and self.evaluator.due(step, t.steps):
+            evaluating = self.evaluator is not None and self.evaluator.due(step, t.steps)
+            if step % t.sample_every == 0 or step == t.steps or evaluating:
+                self.out.samples_png(step, state)  # every evaluation has its grid (W&B image)
+            if evaluating:
                 echo = self.out.progress.bar.write if self.run.is_main else None
                 t_eval = time.perf_counter()
                 evals = self.evaluator(step, state.g_ema, state.g_stats, echo)

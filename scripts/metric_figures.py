@@ -28,8 +28,8 @@ def zero_points() -> None:
     from gaxp.data import make_dataset
     from gaxp.metrics import classifier, fid, inception_score, kid, prdc
 
-    params, meta = classifier.load("mnist")
-    model = classifier.LeNet(meta["num_classes"])
+    params, meta = classifier.load("mnist", (28, 28, 1))
+    model = classifier.model_of(meta)
     embed = jax.jit(lambda x: model.apply({"params": params}, x))
     ds = make_dataset("mnist", "mnist")
 

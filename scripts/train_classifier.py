@@ -1,20 +1,24 @@
 """Train the domain classifier used by the small-image metrics (fd_<name>, is_<name>, ...).
 
-    python scripts/train_classifier.py data=mnist [steps=2000 batch_size=128 lr=1e-3 seed=0
-        name=<name> cache_dir=<dir> data.image_size=32 data.data_dir=<dir>]
+    python scripts/train_classifier.py data=mnist [steps=500 max_rounds=3 batch_size=128 lr=3e-3
+        seed=0 name=<name> cache_dir=<dir> data.image_size=32 data.data_dir=<dir>]
 
-Saves ``<cache>/classifiers/<name>/`` (Orbax parameters + meta.json with its accuracy and SHA-256);
-``<cache>`` is cache_dir, else $GAXP_CACHE, else ~/.cache/gaxp. gaxp finds it by name afterwards.
-Accuracy is measured on the test split when it can be read, else on a stratified held-out 10% of
-train; under 97% the classifier is refused and not saved. The metrics train the MNIST classifier
-themselves on first use (``gaxp.metrics.classifier.ensure``); this script trains ahead of time.
+Saves ``<cache>/classifiers/<name>/<H>x<W>x<C>-v2/`` (Orbax parameters + meta.json with its
+format, accuracy and SHA-256), one per image size; ``<cache>`` is cache_dir, else $GAXP_CACHE,
+else ~/.cache/gaxp. gaxp finds it by name and image size afterwards. Trains in rounds of ``steps``
+until the accuracy, measured on the test split when it can be read, else on a stratified held-out
+10% of train, reaches 97% (at most ``max_rounds``); under 97% the classifier is refused and the
+cache is left as it was. The metrics train the MNIST classifier themselves on first use (and again
+when the cached one does not fit: ``gaxp.metrics.classifier.obtain``); this script trains ahead of
+time.
 """
 
 from __future__ import annotations
 
 import sys
 
-OPTIONS = {"steps": int, "batch_size": int, "lr": float, "seed": int, "name": str, "cache_dir": str}
+OPTIONS = {"steps": int, "max_rounds": int, "batch_size": int, "lr": float, "seed": int,
+           "name": str, "cache_dir": str}
 
 
 def main(argv: list[str]) -> None:

@@ -128,7 +128,7 @@ def test_reference_statistics_are_cached_per_protocol(tmp_path, pt_path):
     cache = tmp_path / "cache"
     ext = InceptionFeatures(inception_weights.load(str(pt_path), cache), batch=4)
     first = reference_stats(ext, "mnist", "train", 3, cache_dir=str(cache), log=lambda m: None)
-    files = sorted((cache / "stats").glob("fid-mnist-train-n3-*.npz"))
+    files = sorted((cache / "stats").glob("mnist-train-inception-n3-*.npz"))
     assert len(files) == 1 and first["protocol"]["n"] == 3
     stamp = files[0].stat().st_mtime_ns
     again = reference_stats(ext, "mnist", "train", 3, cache_dir=str(cache),
@@ -136,7 +136,7 @@ def test_reference_statistics_are_cached_per_protocol(tmp_path, pt_path):
     np.testing.assert_array_equal(again["features"], first["features"])
     assert files[0].stat().st_mtime_ns == stamp
     other = reference_stats(ext, "mnist", "train", 4, cache_dir=str(cache), log=lambda m: None)
-    assert len(list((cache / "stats").glob("fid-mnist-train-*.npz"))) == 2  # a new protocol
+    assert len(list((cache / "stats").glob("mnist-train-inception-*.npz"))) == 2  # a new protocol
     assert other["protocol"]["subset"] == "seed-0 random, sorted"
     with pytest.raises(Exception, match="fewer than n=5001"):  # a failed request writes nothing
         reference_stats(ext, "mnist", "train", 5001, cache_dir=str(cache))
@@ -146,10 +146,81 @@ def test_reference_statistics_are_cached_per_protocol(tmp_path, pt_path):
 
 def test_a_reference_subset_is_fixed_and_spans_the_classes():
     from gaxp.data.images import load_mnist
-    from gaxp.metrics.evaluator import reference_indices
+    from gaxp.metrics.reference import reference_indices
 
     y = load_mnist("train")[1]  # sorted by class: the first 50 are all zeros
     idx = reference_indices(len(y), 50)
     assert len(np.unique(y[idx])) == 10 and (np.diff(idx) > 0).all()
     np.testing.assert_array_equal(idx, reference_indices(len(y), 50))
     np.testing.assert_array_equal(reference_indices(len(y), len(y)), np.arange(len(y)))
+
+
+def _evaluator(pt_path, cache: Path, n: int, *overrides):
+    from conftest import compose
+
+    from gaxp import sharding
+    from gaxp.config import load
+    from gaxp.data import make_dataset
+    from gaxp.metrics.evaluator import Evaluator
+
+    config = load(compose("metrics=inception", "metrics.names=[fid]", "metrics.split=train",
+                          f"metrics.inception_weights={pt_path}", f"metrics.n_fake={n}",
+                          f"metrics.n_real={n}", "metrics.batch_size=8",
+                          f"metrics.cache_dir={cache}", *overrides))
+    data = make_dataset("mnist", "mnist", image_size=config.data.image_size)
+    return Evaluator(config, data, sharding.make_mesh(None), lambda *a: None, z_dim=4)
+
+
+def _files(cache: Path) -> dict:
+    return {f.name: f.stat().st_mtime_ns for f in (cache / "stats").iterdir()}
+
+
+def test_gaxp_fid_and_the_evaluator_share_reference_statistics(tmp_path, pt_path, capsys):
+    """One cache for both: statistics of mnist:train computed by gaxp-fid are read by the in-run
+    evaluator (and gaxp-eval, which uses it) under the same key, and the other way round; another
+    protocol (image size) is computed anew; a computation that fails writes nothing."""
+    from gaxp.metrics import reference
+
+    cache = tmp_path / "cache"
+    folder = _write(tmp_path / "a", np.load(FIXTURE)["digits"][:6])
+    fid_cli.main([str(folder), "mnist:train", "--n", "8", "--batch", "8", "--weights",
+                  str(pt_path), "--cache-dir", str(cache), "--json", str(tmp_path / "r.json")])
+    assert "computing the inception statistics of mnist:train (n=8)" in capsys.readouterr().err
+    made = _files(cache)
+    assert len(made) == 1
+    ev = _evaluator(pt_path, cache, 8)
+    key = ev.reference_key("inception")
+    assert reference.stats_path(key, str(cache)).name in made
+    stats = ev.reference_stats("inception")  # read, not computed: the file is untouched
+    assert _files(cache) == made and stats["protocol"] == key
+    with np.load(cache / "stats" / next(iter(made))) as z:
+        np.testing.assert_array_equal(stats["features"], z["features"])
+    assert json.loads((tmp_path / "r.json").read_text())["b"]["n"] == 8
+
+    # the evaluator first (n=10), then gaxp-fid reads its file
+    _evaluator(pt_path, cache, 10).reference_stats("inception")
+    made = _files(cache)
+    assert len(made) == 2
+    fid_cli.main([str(folder), "mnist:train", "--n", "10", "--batch", "8", "--weights",
+                  str(pt_path), "--cache-dir", str(cache)])
+    assert "computing" not in capsys.readouterr().err and _files(cache) == made
+
+    # another protocol: 32 px images are another key, computed once beside the others
+    big = _evaluator(pt_path, cache, 8, "data.image_size=32")
+    assert big.reference_key("inception")["shape"] == [32, 32, 1]
+    big.reference_stats("inception")
+    assert len(_files(cache)) == 3 and all(_files(cache)[k] == t for k, t in made.items())
+
+    # a computation that fails on its way (here: the feature network raises) writes nothing and
+    # leaves every cached file as it was
+    made = _files(cache)
+    calls = []
+
+    def failing(images):
+        calls.append(len(images))
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        reference.reference_stats(ev.reference, dict(key, n=12), failing, cache_dir=str(cache))
+    assert calls and _files(cache) == made
+    assert not [f for f in (cache / "stats").iterdir() if f.name.startswith(".")]

@@ -284,7 +284,7 @@ def test_without_logits_the_classifier_reports_the_inception_score(pt_path, tmp_
 
     monkeypatch.setenv("GAXP_CACHE", str(tmp_path))
     params = classifier.LeNet(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
-    classifier.save(tmp_path / "classifiers" / "mnist", params, name="mnist",
+    classifier.save(classifier.directory("mnist", (28, 28, 1), tmp_path), params, name="mnist",
                     dataset=make_dataset("mnist", "mnist"),  # plumbing only: not trained
                     info={"accuracy": 0.0, "accuracy_split": "none", "min_accuracy": 0.0})
     config = load(compose("metrics=inception", "metrics.split=train", "metrics.names=[fid,is]",

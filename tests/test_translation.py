@@ -206,8 +206,8 @@ def test_translation_metrics_with_a_saved_classifier_on_two_devices(tiny, tmp_pa
     from gaxp.metrics import classifier
 
     params = classifier.LeNet(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
-    classifier.save(tmp_path / "nets" / "classifiers" / "mnist", params, name="mnist",
-                    dataset=make_dataset("mnist", "mnist"),
+    classifier.save(classifier.directory("mnist", (28, 28, 1), tmp_path / "nets"), params,
+                    name="mnist", dataset=make_dataset("mnist", "mnist"),
                     info={"accuracy": 0.0, "accuracy_split": "none (random weights)",
                           "min_accuracy": 0.0})  # plumbing only: metrics refuse < 97% otherwise
     small = [o for o in SR_SMALL if not o.startswith("metrics.n_real")]

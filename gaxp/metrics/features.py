@@ -4,8 +4,8 @@
 - ``inception``: the FID InceptionV3 (2048-d pool features; 1008 logits only with pytorch-fid's
   weight file) from the checked, converted and cached weights (``gaxp.metrics.inception_weights``),
   images preprocessed as the TF FID graph does (``gaxp.metrics.inception``);
-- ``classifier``: a domain classifier trained by ``scripts/train_classifier.py`` (128-d features,
-  class logits), found by name in the cache (``gaxp.metrics.classifier``).
+- ``classifier``: a domain classifier (128-d features, class logits), found by name and image shape
+  in the cache, or trained on first use for MNIST (``gaxp.metrics.classifier``).
 
 A metric name picks its network: ``fid``/``is``/``kid``/``prdc`` use Inception; ``fd_<c>``,
 ``is_<c>``, ``kid_<c>``, ``prdc_<c>`` use classifier ``<c>``; ``modes`` uses none (2D points).
@@ -15,7 +15,6 @@ accuracy and Fréchet distance (``gaxp.metrics.conditional``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,7 +36,7 @@ class FeatureNet:
     variables: Any
     fn: Callable  # (variables, images in [-1, 1]) -> (features, logits); jittable
     checksum: str  # of the weights (SHA-256; the Inception .pt: "sha1:...")
-    protocol: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)  # with "resize": the preprocessing
     logits: bool = True  # False: fn's logits are empty (no Inception Score from this network)
 
 
@@ -71,19 +70,17 @@ def inception_protocol(weights: inception_weights.Weights) -> dict:
 def load_inception(spec, data: dict) -> FeatureNet:
     weights = inception_weights.load(spec.inception_weights, classifier.cache_root(spec.cache_dir),
                                      download=spec.download, log=print)
-    return FeatureNet("inception", weights.variables, inception.apply,
-                      f"{weights.checksum}|{inception.RESIZE}", inception_protocol(weights),
-                      logits=weights.logits)
+    return FeatureNet("inception", weights.variables, inception.apply, weights.checksum,
+                      inception_protocol(weights), logits=weights.logits)
 
 
 def load_classifier(spec, data: dict, name: str) -> FeatureNet:
-    """Classifier ``name`` (trained on first use when it is that of ``data["spec"]``, the run's
-    DataSpec, and gaxp can train it), checked for its dataset, image shape and accuracy."""
-    classifier.ensure(name, data.get("spec"), spec.cache_dir)
-    params, meta = classifier.load(name, spec.cache_dir)
-    classifier.check_matches(meta, data["name"], tuple(data["shape"]))
-    classifier.check_accuracy(meta)
-    model = classifier.LeNet(meta["num_classes"])
+    """Classifier ``name`` for the images of ``data`` (``name``, ``shape``), usable as found in the
+    cache (format, dataset, shape, accuracy, checksum) or trained now when it is that of
+    ``data["spec"]`` (the run's DataSpec) and gaxp can train it (``classifier.obtain``)."""
+    params, meta = classifier.obtain(name, data["name"], tuple(data["shape"]), data.get("spec"),
+                                     spec.cache_dir)
+    model = classifier.model_of(meta)
     fn = lambda v, x: model.apply(v, x.astype(jax.numpy.float32))  # noqa: E731
     protocol = {"network": f"classifier {name} ({meta['arch']})", "weights_sha256": meta["sha256"],
                 "trained_on": meta["dataset"], "accuracy": meta["accuracy"],
@@ -99,18 +96,21 @@ def inception_available(spec) -> bool:
     return inception_weights.cached(spec.inception_weights, classifier.cache_root(spec.cache_dir))
 
 
-def classifier_available(spec, name: str, data_spec=None, shape: tuple | None = None) -> bool:
-    """In the cache (for images of ``shape``, when given), or trainable on first use for the
-    run's own dataset (``data_spec``) when none is cached."""
-    meta = classifier.cache_root(spec.cache_dir) / "classifiers" / name / "meta.json"
-    if meta.exists():
-        if shape is None:
-            return True
-        try:
-            return tuple(json.loads(meta.read_text()).get("shape") or ()) == tuple(shape)
-        except (OSError, ValueError):
-            return False
-    return data_spec is not None and data_spec.name == name and name in classifier.TRAINABLE
+def classifier_problem(spec, name: str, dataset_name: str, shape: tuple,
+                       data_spec=None) -> str | None:
+    """None when classifier ``name`` can measure images of ``dataset_name`` and ``shape``: a
+    usable one is cached, or the metrics train it on first use (the run's own dataset,
+    ``data_spec``, one gaxp trains); else why not, with the command that fixes it."""
+    folder, why = classifier.find(name, dataset_name, shape, spec.cache_dir)
+    if why is None or classifier.trainable(name, data_spec):
+        return None
+    return (f"no usable {name} classifier for {classifier.shape_str(shape)} images in {folder} "
+            f"({why}); train it with: {classifier.how_to_train(name, shape)}")
+
+
+def classifier_cached(spec, name: str, shape: tuple) -> bool:
+    """Whether any classifier ``name`` for ``shape`` is in the cache, usable or not."""
+    return classifier.cached(name, shape, spec.cache_dir)
 
 
 FEATURES = {

@@ -11,15 +11,15 @@ Binkowski et al. 2018 (cubic kernel, unbiased, 100 subsets of min(1000, n); ``ga
 Images are uint8 or float in [-1, 1], [N, H, W, 1 or 3], any size (preprocessing in
 ``gaxp.metrics.inception``).
 
-Reference statistics are cached in ``<cache>/stats/fid-<dataset>-<split>-n<n>-<key>.npz``, where
-``<key>`` digests (dataset, split, n, image size, weights checksum, preprocessing): a different
-protocol is a different file, recomputed once. The file is written atomically after the features
-are complete, so a failed computation never replaces a cached file.
+Reference statistics of dataset splits are computed once per protocol and cached by
+``gaxp.metrics.reference`` (``<cache>/stats/<dataset>-<split>-inception-n<n>-<key>.npz``; ``<key>``
+digests the data source, dataset, split, n, image shape, weights checksum and preprocessing), the
+same files the in-run evaluator and ``gaxp-eval`` read and write. A failed computation never
+replaces a cached file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaxp.errors import ConfigError
-from gaxp.metrics import classifier, inception, inception_weights
+from gaxp.metrics import classifier, inception, inception_weights, reference
 from gaxp.metrics.fid import frechet_distance, moments
 from gaxp.metrics.kid import kid
 
@@ -105,11 +105,6 @@ def fid_kid(a: dict, b: dict, *, kid_subsets: int = KID_SUBSETS,
     return out
 
 
-def _stats_path(cache_dir: Path, dataset: str, split: str, n: int, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / "stats" / f"fid-{dataset}-{split}-n{n}-{digest}.npz"
-
-
 def save_stats(path: Path, stats: dict, protocol: dict) -> None:
     """Write ``mu``, ``sigma``, ``features`` and the protocol (JSON) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +141,8 @@ def reference_stats(ext: InceptionFeatures, dataset: str, split: str, n: int | N
                     image_size: int | None = None, log=print) -> dict:
     """Statistics of ``n`` examples (default all, at most 10,000) of a dataset split (a fixed
     seed-0 random subset when fewer than all: MNIST's embedded digits are sorted by class),
-    computed once per protocol and cached; ``stats["protocol"]`` says what they are."""
+    computed once per protocol and cached by ``gaxp.metrics.reference``, the code path and cache
+    key of the in-run evaluator and ``gaxp-eval``; ``stats["protocol"]`` says what they are."""
     from gaxp.data import make_dataset
     from gaxp.data.registry import SOURCES
 
@@ -158,15 +154,10 @@ def reference_stats(ext: InceptionFeatures, dataset: str, split: str, n: int | N
     n = n or min(available, 10_000)
     if n > available:
         raise ConfigError(f"{dataset}:{split} has {available} examples, fewer than n={n}")
-    key = {"dataset": dataset, "split": split, "n": n, "shape": list(ds.shape),
-           "subset": "all" if n == available else "seed-0 random, sorted", **ext.protocol}
-    path = _stats_path(classifier.cache_root(cache_dir), dataset, split, n, key)
-    if path.is_file():
-        return load_stats(path)
-    log(f"computing Inception statistics of {dataset}:{split} (n={n}) once -> {path}")
-    from gaxp.metrics.evaluator import reference_indices
-
-    stats = ext.stats(ds.records.gather(reference_indices(available, n))["x"])
-    protocol = key | {"reference": f"{dataset}:{split}"}
-    save_stats(path, stats, protocol)
+    key = reference.reference_key(
+        source=source, dataset=ds.name, split=split, n=n, available=available, shape=ds.shape,
+        network="inception", weights_checksum=ext.weights.checksum,
+        preprocessing=ext.protocol["resize"])
+    stats = reference.reference_stats(ds.records, key, ext.features, cache_dir=cache_dir, log=log)
+    protocol = stats["protocol"] | ext.protocol | {"reference": f"{dataset}:{split}"}
     return stats | {"protocol": protocol}

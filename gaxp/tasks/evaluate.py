@@ -146,9 +146,12 @@ class TranslationEvaluator(Scheduled):
         self.pairs = held_out(config, dataset, self.n, spec.split)
         name = getattr(dataset, "feature_data", None)
         self.net = None
-        if name and features.classifier_available(spec, name):
+        why = name and features.classifier_problem(spec, name, name, tuple(dataset.shape))
+        if name and why is None:
             self.net = features.load_classifier(
                 spec, {"name": name, "shape": tuple(dataset.shape)}, name)
+        elif name and features.classifier_cached(spec, name, tuple(dataset.shape)):
+            log.warning("the Frechet distance fd_%s is left out of this run: %s", name, why)
         self.fd_key = f"fd_{self.net.name}" if self.net else None
         # the classifier's weights on every device of the mesh, like G's (a multi-device run
         # otherwise mixes arrays on one device with arrays on all of them)

@@ -23,8 +23,6 @@ Randomness (dropout masks, pool draws) comes from ``gaxp.step.step_key``, as in
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -113,9 +111,8 @@ def load_features(directory: str):
     [-1, 1]) -> its penultimate features (SRGAN's perceptual loss)."""
     from gaxp.metrics import classifier
 
-    path = Path(directory).expanduser().absolute()
-    params, meta = classifier.load(path.name, str(path.parent.parent))
-    model = classifier.LeNet(meta["num_classes"])
+    params, meta = classifier.load_dir(directory)
+    model = classifier.model_of(meta)
     return params, lambda p, x: model.apply({"params": p}, x)[0]
 
 
