@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from gaxp import grow, sharding, tasks
+from gaxp import grow, sharding, tasks, xla
 from gaxp.checkpoint import Checkpointer
 from gaxp.errors import Diverged, Preempted
 from gaxp.preempt import StopRequests
@@ -25,18 +25,6 @@ if TYPE_CHECKING:
     from gaxp.training import Batches, Outputs, Run
 
 log = logging.getLogger("gaxp")
-
-
-# XLA options gaxp sets itself, per platform, where scripts/bench.py measured them faster.
-# CPU: copy insertion with region analysis drops the copies of donated optimizer moments that the
-# non-finite guard's select (``optim.skip_nonfinite``) otherwise costs (18 parameter-sized copies
-# in the PacGAN toy step); the values computed are the same.
-PLATFORM_OPTIONS = {"cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
-
-
-def xla_options(mesh, extra: dict | None = None) -> dict:
-    """gaxp's XLA options for the platform of ``mesh``, then ``extra`` (they win)."""
-    return PLATFORM_OPTIONS.get(mesh.devices.flat[0].platform, {}) | (extra or {})
 
 
 def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: StepSpec | None = None,
@@ -51,7 +39,7 @@ def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: S
     fn = jax.jit(tasks.step_fn(run.config, spec), donate_argnums=0,
                  out_shardings=(replicated, replicated))
     compiled = fn.lower(state, batch, key).compile(
-        compiler_options=xla_options(run.mesh, compiler_options))
+        compiler_options=xla.mesh_options(run.mesh, compiler_options))
     return compiled, time.perf_counter() - t0
 
 

@@ -33,13 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gaxp import run_dir, sharding, tasks
+from gaxp import run_dir, sharding, tasks, xla
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.members import (  # noqa: F401 - the population's config, re-exported
     SHARDS, VARY, hparams, member_config, member_source, population_spec, seeds, shard_mode)
 from gaxp.specs import Config
 from gaxp.logging.writers import Progress
-from gaxp.loop import Loop, step_of, xla_options
+from gaxp.loop import Loop, step_of
 from gaxp.preempt import StopRequests
 from gaxp.randomness import gaxp_draws
 from gaxp.state import init_state
@@ -267,7 +267,7 @@ def train(config: Config, source: dict) -> dict:
         step = jax.vmap(tasks.step_fn(config, spec),
                         spmd_axis_name="data" if mode == "members" else None)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
-        compiled = fn.lower(state, batch, key, hp).compile(compiler_options=xla_options(run.mesh))
+        compiled = fn.lower(state, batch, key, hp).compile(compiler_options=xla.mesh_options(run.mesh))
         return (lambda s, b, k: compiled(s, b, k, hp)), time.perf_counter() - t0
 
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gaxp import xla
 from gaxp.errors import ConfigError
 from gaxp.randomness import gaxp_draws
 
@@ -131,7 +132,7 @@ def draw(loaded, o: dict):
         if cond is not None:
             y = (jnp.arange(o["n"], dtype=jnp.int32) % cond.num_classes if o["class"] == "all"
                  else _labels(o, o["n"], cond.num_classes))
-    fn = jax.jit(lambda p, s, zb, yb: generate(loaded.spec, p, s, zb, yb, train=False)[0])
+    fn = xla.jit(lambda p, s, zb, yb: generate(loaded.spec, p, s, zb, yb, train=False)[0])
     x = np.concatenate([np.asarray(fn(loaded.params, loaded.stats, z[i:i + 500],
                                       None if y is None else y[i:i + 500]))
                         for i in range(0, len(z), 500)])

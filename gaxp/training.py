@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from gaxp import xla
 from gaxp import conditional, distributed, grow, regularizers, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, load, plain
@@ -130,7 +131,7 @@ class Outputs:
         if run.spec.cond is not None:  # one row per class, the same noise down each column
             self.z, self.y, self.cols = conditional.sample_inputs(
                 z_key, run.spec.cond.num_classes, n, run.config.model.z_dim, run.dataset.kind)
-        self._sample = jax.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
+        self._sample = xla.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
         # what the samples show: the EMA of G, or G itself when the half-life makes the decay ~0
         decay = ema_beta(replace(t.ema, rampup=None), run.config.data.batch_size, 0)
         self.sampled = "EMA G" if float(decay) > 1e-6 else "G"

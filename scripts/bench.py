@@ -268,7 +268,7 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from gaxp.loop import xla_options
+    from gaxp import xla
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -282,7 +282,7 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     step = jax.vmap(functools.partial(train_step, spec=spec), spmd_axis_name="data" if devices > 1 else None)
     t = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp).compile(
-        compiler_options=xla_options(run.mesh, compiler_options))
+        compiler_options=xla.mesh_options(run.mesh, compiler_options))
     compile_s = time.perf_counter() - t
     return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gaxp import xla
 from gaxp.errors import ConfigError
 from gaxp.files import unwritable
 from gaxp.files import write_atomic
@@ -125,7 +126,7 @@ def augment(key, x, rotate: float = 12.0, scale: float = 0.1, shift: float = 2.0
 
 
 def _train_step(model, tx):
-    @jax.jit
+    @xla.jit
     def step(params, opt, x, y, key):
         def loss_fn(p):
             logits = model.apply({"params": p}, augment(key, to_float(x)))[1]
@@ -147,7 +148,7 @@ def accuracy(model, params, x: np.ndarray, y: np.ndarray, batch: int = 500, fn=N
 
 
 def predictor(model):
-    return jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, to_float(xb))[1], -1))
+    return xla.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, to_float(xb))[1], -1))
 
 
 def stratified_split(y: np.ndarray, fraction: float = 0.1, seed: int = 0

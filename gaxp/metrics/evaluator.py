@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaxp import xla
 from gaxp import sharding
 from gaxp.errors import ConfigError
 from gaxp.metrics import classifier, features
@@ -166,8 +167,8 @@ class Evaluator(Scheduled):
             y = (start + jnp.arange(self.batch, dtype=jnp.int32)) % num_classes
             return sample_fn(params, stats, z, jax.lax.with_sharding_constraint(y, z_sharding))
 
-        self._gen = jax.jit(gen, out_shardings=z_sharding)
-        self._embed = {k: jax.jit(lambda v, x, fn=n.fn: fn(v, to_float(x)),  # uint8 real images
+        self._gen = xla.jit(gen, out_shardings=z_sharding)
+        self._embed = {k: xla.jit(lambda v, x, fn=n.fn: fn(v, to_float(x)),  # uint8 real images
                                   out_shardings=(z_sharding, z_sharding))
                        for k, n in self.nets.items()}
         self._warned: set[str] = set()

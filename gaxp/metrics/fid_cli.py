@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gaxp import xla
 from gaxp.errors import ConfigError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -118,7 +119,7 @@ def run_samples(path: str, n: int, seed: int, batch: int) -> np.ndarray:
         raise ConfigError(f"{path} is not an image GAN run; FID needs generated images")
     spec, cond = loaded.spec, loaded.spec.cond
     z_dim = loaded.config.model.z_dim
-    fn = jax.jit(lambda p, s, z, y: generate(spec, p, s, z, y, train=False)[0])
+    fn = xla.jit(lambda p, s, z, y: generate(spec, p, s, z, y, train=False)[0])
     key, out = jax.random.key(seed), []
     for i, start in enumerate(range(0, n, batch)):
         z = jax.random.normal(jax.random.fold_in(key, i), (batch, z_dim), jnp.float32)

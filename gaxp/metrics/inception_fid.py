@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaxp import xla
 from gaxp.errors import ConfigError
 from gaxp.metrics import classifier, inception, inception_weights, reference
 from gaxp.metrics.fid import frechet_distance, moments
@@ -46,7 +47,7 @@ class InceptionFeatures:
 
     def __post_init__(self):
         self.variables = jax.device_put(self.weights.variables)
-        self._fn = jax.jit(inception.apply)
+        self._fn = xla.jit(inception.apply)
 
     @classmethod
     def load(cls, path: str | None = None, cache_dir: str | None = None, *,

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaxp import xla
 from gaxp import sharding
 from gaxp.errors import ConfigError
 from gaxp.logging.grids import save_image_grid
@@ -104,7 +105,7 @@ class Grid:
         ex = held_out(run.config, run.dataset, GRID_EXAMPLES)
         self.c, self.x = to_float(jnp.asarray(ex["c"])), to_float(jnp.asarray(ex["x"]))
         g = generator(run.spec)
-        self._draw = jax.jit(lambda p, s, c, x: jnp.stack(panels(self.task, g, p, s, c, x), 1))
+        self._draw = xla.jit(lambda p, s, c, x: jnp.stack(panels(self.task, g, p, s, c, x), 1))
 
     def draw(self, params, stats) -> np.ndarray:
         """[examples, columns, H, W, C] floats in [-1, 1] (call on every process)."""
@@ -157,7 +158,7 @@ class TranslationEvaluator(Scheduled):
         # otherwise mixes arrays on one device with arrays on all of them)
         self._feat_vars = (jax.device_put(self.net.variables, sharding.replicated(mesh))
                            if self.net else None)
-        self._fn = jax.jit(self._batch_metrics)
+        self._fn = xla.jit(self._batch_metrics)
         self.protocol = {
             "task": self.task, "pairs": self.n, "split": spec.split,
             "pixels": "[0, 1]", "psnr": "dB, peak 1", "ssim": "dm-pix, gaussian 11, sigma 1.5",
