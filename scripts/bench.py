@@ -417,13 +417,14 @@ def bench_inception(batch: int, args, peak: float) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    from gaxp import xla
     from gaxp.metrics import inception
 
     variables = jax.jit(inception.InceptionV3(logits=False).init)(
         jax.random.key(0), jnp.zeros((1, inception.SIZE, inception.SIZE, 3)))
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1), np.uint8))
     t0 = time.perf_counter()
-    compiled = jax.jit(inception.apply).lower(variables, x).compile()
+    compiled = jax.jit(inception.apply).lower(variables, x).compile(compiler_options=xla.options())
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
