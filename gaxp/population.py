@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gaxp import run_dir, sharding, tasks, xla
+from gaxp.models import layers
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.members import (  # noqa: F401 - the population's config, re-exported
     SHARDS, VARY, hparams, member_config, member_source, population_spec, seeds, shard_mode)
@@ -267,7 +268,16 @@ def train(config: Config, source: dict) -> dict:
         step = jax.vmap(tasks.step_fn(config, spec),
                         spmd_axis_name="data" if mode == "members" else None)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
-        compiled = fn.lower(state, batch, key, hp).compile(compiler_options=xla.mesh_options(run.mesh))
+        try:  # one convolution per member (gaxp.models.layers.conv), not lax's grouped ones
+            with layers.member_batched():
+                lowered = fn.lower(state, batch, key, hp)
+        except ValueError as e:  # a gradient of a gradient through them (a gradient penalty)
+            if "Linearization failed" not in str(e):
+                raise
+            log.info("population: a gradient penalty differentiates through the convolutions "
+                     "twice, so they run as lax's grouped convolutions (slower on CPU)")
+            lowered = fn.lower(state, batch, key, hp)
+        compiled = lowered.compile(compiler_options=xla.mesh_options(run.mesh))
         return (lambda s, b, k: compiled(s, b, k, hp)), time.perf_counter() - t0
 
     try:

@@ -269,6 +269,7 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from gaxp import xla
+    from gaxp.models import layers
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -281,8 +282,9 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
                          "d_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32)}, sh)
     step = jax.vmap(functools.partial(train_step, spec=spec), spmd_axis_name="data" if devices > 1 else None)
     t = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp).compile(
-        compiler_options=xla.mesh_options(run.mesh, compiler_options))
+    with layers.member_batched():  # as gaxp.population traces it
+        lowered = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp)
+    compiled = lowered.compile(compiler_options=xla.mesh_options(run.mesh, compiler_options))
     compile_s = time.perf_counter() - t
     return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled
 

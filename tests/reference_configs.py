@@ -69,6 +69,8 @@ def recorded() -> dict:
 def main() -> None:
     import tempfile
 
+    import conftest  # noqa: F401 - the tests' JAX setup (8 virtual CPU devices), before JAX starts
+
     names = sys.argv[1:] or list(REFERENCE)
     table = json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
     mine = table.setdefault(fingerprint(), {})

@@ -156,7 +156,13 @@ def _loss(f):  # a nonlinear readout, so that the gradients depend on the values
 
 
 @pytest.mark.parametrize("xs,ws,strides,padding,lhs", CONVS)
-def test_conv_is_exactly_lax_outside_vmap(xs, ws, strides, padding, lhs):
+@pytest.mark.parametrize("member_batched", [False, True])
+def test_conv_is_exactly_lax_outside_vmap(xs, ws, strides, padding, lhs, member_batched):
+    with layers.member_batched(member_batched):
+        _check_exactly_lax(xs, ws, strides, padding, lhs)
+
+
+def _check_exactly_lax(xs, ws, strides, padding, lhs):
     ref, ours = _conv_pair(strides, padding, lhs)
     x, w = _member_data(xs, ws)
     np.testing.assert_array_equal(jax.jit(ours)(x[0], w[0]), jax.jit(ref)(x[0], w[0]))
@@ -178,6 +184,11 @@ def test_conv_under_vmap_equals_each_member_alone(xs, ws, strides, padding, lhs,
     """vmap(grad) and grad(vmap) of the member-batched conv equal lax's, and each member's result
     equals that member computed alone; the compiled program holds no grouped convolution (the
     slow path of lax's own batching rule)."""
+    with layers.member_batched():
+        _check_member_batched(xs, ws, strides, padding, lhs, w_axis)
+
+
+def _check_member_batched(xs, ws, strides, padding, lhs, w_axis):
     ref, ours = _conv_pair(strides, padding, lhs)
     x, w = _member_data(xs, ws)
     w = w if w_axis == 0 else w[0]
@@ -212,3 +223,26 @@ def test_maxout_gradient_equals_jnp_max_without_ties_and_under_vmap():
     tied = h[0].at[0, 1].set(h[0][0, 0] + 10).at[0, 0].set(h[0][0, 0] + 10)
     g = jax.grad(ours)(tied)
     np.testing.assert_array_equal(g[0, :2], [w[0], w[0]])
+
+
+@pytest.mark.parametrize("xs,ws,strides,padding,lhs", CONVS)
+def test_conv_gradient_penalty_second_order_equals_lax(xs, ws, strides, padding, lhs):
+    """WGAN-GP's penalty differentiates D's input gradient with respect to the weights: outside a
+    population's tracing ``conv`` is lax's convolution, so the gradient of a gradient equals
+    lax's, alone and under vmap; the member-batched form refuses it with the error that
+    a population (``gaxp.population``) catches to fall back to lax."""
+    ref, ours = _conv_pair(strides, padding, lhs)
+    x, w = _member_data(xs, ws)
+
+    def penalty(f):
+        def p(w, x):
+            gx = jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, w))))(x)
+            return jnp.sum(gx ** 2)
+        return jax.grad(p)
+
+    chex.assert_trees_all_close(jax.jit(penalty(ours))(w[0], x[0]),
+                                jax.jit(penalty(ref))(w[0], x[0]), **TOL)
+    chex.assert_trees_all_close(jax.jit(jax.vmap(penalty(ours)))(w, x),
+                                jax.jit(jax.vmap(penalty(ref)))(w, x), **TOL)
+    with layers.member_batched(), pytest.raises(ValueError, match="Linearization failed"):
+        jax.jit(jax.vmap(penalty(ours))).lower(w, x)

@@ -175,3 +175,16 @@ def test_conditional_population_equals_separate_runs(tiny):
         embeddings = [x for x in jax.tree.leaves(member["d"]) if x.ndim == 2 and x.shape[0] == 8]
         assert embeddings
     assert pop["members"][0]["digest"] != pop["members"][1]["digest"]
+
+
+def test_population_with_a_gradient_penalty_through_convolutions_trains(tiny, caplog):
+    """WGAN-GP differentiates D's input gradient: the member-batched convolutions cannot be traced
+    for it, so the population falls back to lax's convolutions, says so, and trains."""
+    import logging
+
+    cfg = tiny("loss=wgan_gp", "model.g_width=4", "model.d_width=8", "data.batch_size=8",
+               "trainer.steps=2", "trainer.population=2", "trainer.devices=1")
+    with caplog.at_level(logging.INFO, logger="gaxp"):
+        pop = train(cfg)
+    assert pop["population"] == 2 and len(pop["members"]) == 2
+    assert "grouped convolutions" in caplog.text

@@ -59,6 +59,7 @@ Kernel conventions (for copying weights from/to PyTorch):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -107,8 +108,13 @@ def _members(fn, fold: int | None):
 
 
 @functools.lru_cache(maxsize=None)
-def _member_conv(strides: tuple, padding, lhs_dilation: tuple | None, x_shape: tuple):
-    """The member-aware convolution for these static settings and input shape (H, W, C)."""
+def _member_conv(strides: tuple, padding, lhs_dilation: tuple | None, x_shape: tuple,
+                 w_shape: tuple):
+    """The member-aware convolution for these static settings, input shape (H, W, C) and kernel
+    shape. The convolution y = f(x, w) and its two transposes, dx = f_x(g, w) and dw = f_w(x, g),
+    are each a ``custom_vjp`` whose gradients are the other two (all three are bilinear:
+    <f_x(g, w), c> = <g, f(c, w)> and <f_w(x, g), c> = <f(x, c), g>), so gradients of gradients
+    (WGAN-GP's and R1's penalties differentiate D's input gradient) stay member-batched too."""
 
     def forward(x, w):
         return _lax_conv(x, w, strides, padding, lhs_dilation)
@@ -116,25 +122,48 @@ def _member_conv(strides: tuple, padding, lhs_dilation: tuple | None, x_shape: t
     def grad_x(g, w):  # the conv's transpose in x, as JAX derives it
         return jax.vjp(lambda x: forward(x, w), jnp.zeros((g.shape[0], *x_shape), g.dtype))[1](g)[0]
 
-    def grad_w(x, g, w_shape):
+    def grad_w(x, g):
         return jax.vjp(lambda w: forward(x, w), jnp.zeros(w_shape, g.dtype))[1](g)[0]
 
-    fwd_m, dx_m = _members(forward, fold=0), _members(grad_x, fold=0)
+    fwd_m, dx_m, dw_m = _members(forward, 0), _members(grad_x, 0), _members(grad_w, None)
 
     @jax.custom_vjp
     def conv_fn(x, w):
         return fwd_m(x, w)
 
-    def conv_fwd(x, w):
-        return fwd_m(x, w), (x, w)
+    @jax.custom_vjp
+    def conv_dx(g, w):
+        return dx_m(g, w)
 
-    def conv_bwd(res, g):
-        x, w = res
-        dw_m = _members(functools.partial(grad_w, w_shape=w.shape), fold=None)
-        return dx_m(g, w), dw_m(x, g)
+    @jax.custom_vjp
+    def conv_dw(x, g):
+        return dw_m(x, g)
 
-    conv_fn.defvjp(conv_fwd, conv_bwd)
+    conv_fn.defvjp(lambda x, w: (fwd_m(x, w), (x, w)),
+                   lambda res, c: (conv_dx(c, res[1]), conv_dw(res[0], c)))
+    conv_dx.defvjp(lambda g, w: (dx_m(g, w), (g, w)),
+                   lambda res, c: (conv_fn(c, res[1]), conv_dw(c, res[0])))
+    conv_dw.defvjp(lambda x, g: (dw_m(x, g), (x, g)),
+                   lambda res, c: (conv_dx(res[1], c), conv_fn(res[0], c)))
     return conv_fn
+
+
+_MEMBER_BATCHED = [False]  # set while a population's step is traced (``member_batched``)
+
+
+@contextlib.contextmanager
+def member_batched(on: bool = True):
+    """Trace ``conv`` as the member-batched convolution inside this block (a population's step;
+    ``gaxp.population``). Outside it, ``conv`` is plain ``lax.conv_general_dilated``. The
+    member-batched form supports gradients of gradients only when they do not pass through
+    ``custom_vmap`` under a JVP, so a step with a gradient penalty through D's convolutions is
+    traced without it (``gaxp.population`` retries; lax's grouped convolutions are slower)."""
+    before = _MEMBER_BATCHED[0]
+    _MEMBER_BATCHED[0] = on
+    try:
+        yield
+    finally:
+        _MEMBER_BATCHED[0] = before
 
 
 def conv(x, w, strides=(1, 1), padding="SAME", lhs_dilation=None):
@@ -143,7 +172,9 @@ def conv(x, w, strides=(1, 1), padding="SAME", lhs_dilation=None):
     convolution (see above). ``padding``: "SAME", "VALID" or ((lo, hi), (lo, hi))."""
     padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
     lhs = None if lhs_dilation is None else tuple(lhs_dilation)
-    return _member_conv(tuple(strides), padding, lhs, tuple(x.shape[1:]))(x, w)
+    if not _MEMBER_BATCHED[0]:
+        return _lax_conv(x, w, tuple(strides), padding, lhs)
+    return _member_conv(tuple(strides), padding, lhs, tuple(x.shape[1:]), tuple(w.shape))(x, w)
 
 
 def conv_transpose(x, w, strides, padding):
