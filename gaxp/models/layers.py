@@ -82,6 +82,7 @@ MAX_CIN_PATCHES = 8  # conv_down_2x: below this, patches + matmul beat lax's con
 # side), and an input batched over members against shared weights folds the members into the
 # batch. Its gradients (``jax.custom_vjp``) are the convolution's own transposes, with the same
 # rule. Outside a vmap it is exactly ``lax.conv_general_dilated``, in values and in gradients.
+# It is traced only inside ``member_batched`` (a population's step): single runs get plain lax.
 
 
 def _lax_conv(x, w, strides, padding, lhs_dilation):
@@ -113,8 +114,9 @@ def _member_conv(strides: tuple, padding, lhs_dilation: tuple | None, x_shape: t
     """The member-aware convolution for these static settings, input shape (H, W, C) and kernel
     shape. The convolution y = f(x, w) and its two transposes, dx = f_x(g, w) and dw = f_w(x, g),
     are each a ``custom_vjp`` whose gradients are the other two (all three are bilinear:
-    <f_x(g, w), c> = <g, f(c, w)> and <f_w(x, g), c> = <f(x, c), g>), so gradients of gradients
-    (WGAN-GP's and R1's penalties differentiate D's input gradient) stay member-batched too."""
+    <f_x(g, w), c> = <g, f(c, w)> and <f_w(x, g), c> = <f(x, c), g>). Gradients of gradients
+    still fail: JAX cannot linearize the ``custom_vmap`` inside (JAX 0.10), so a population with a
+    gradient penalty through D's convolutions is traced with lax's (``gaxp.population``)."""
 
     def forward(x, w):
         return _lax_conv(x, w, strides, padding, lhs_dilation)
