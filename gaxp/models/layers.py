@@ -37,7 +37,7 @@ in the whole step its weight gradient needs the layer's input in a transposed la
 recomputed the preceding BatchNorm-ReLU-depth-to-space fusion to produce it (38 ms plus a 17 ms
 gradient convolution of the 900 ms DCGAN-28 step at batch 256). With the custom VJP for every
 Cout the step was 1.06x faster at batch 64 and 1.05x at batch 256 (both in one process,
-interleaved). ``MIN_COUT_CUSTOM`` keeps the switch.
+interleaved).
 
 `conv_down_2x`: XLA's own stride-2 conv is fine in both directions (64->128, 14->7, forward +
 backward: 38 ms at batch 64, 169 ms at 256, torch eager 27 / 105 ms), so it is used for Cin >= 8.
@@ -67,7 +67,6 @@ import jax.numpy as jnp
 from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-MIN_COUT_CUSTOM = 1  # conv_transpose_2x: the custom VJP for every Cout (see "For Cout < 4")
 MAX_CIN_PATCHES = 8  # conv_down_2x: below this, patches + matmul beat lax's conv
 
 
@@ -112,16 +111,15 @@ def _members(fn, fold: int | None):
 def _member_conv(strides: tuple, padding, lhs_dilation: tuple | None, x_shape: tuple,
                  w_shape: tuple):
     """The member-aware convolution for these static settings, input shape (H, W, C) and kernel
-    shape. The convolution y = f(x, w) and its two transposes, dx = f_x(g, w) and dw = f_w(x, g),
-    are each a ``custom_vjp`` whose gradients are the other two (all three are bilinear:
-    <f_x(g, w), c> = <g, f(c, w)> and <f_w(x, g), c> = <f(x, c), g>). Gradients of gradients
-    still fail: JAX cannot linearize the ``custom_vmap`` inside (JAX 0.10), so a population with a
-    gradient penalty through D's convolutions is traced with lax's (``gaxp.population``)."""
+    shape: a ``custom_vjp`` whose forward and two gradients (the convolution's transposes in x
+    and in w, as JAX derives them) each have the member-batched vmap rule. First-order only: JAX
+    cannot linearize a ``custom_vmap`` (JAX 0.10), so a population with a gradient penalty through
+    D's convolutions is traced with lax's instead (``gaxp.population``)."""
 
     def forward(x, w):
         return _lax_conv(x, w, strides, padding, lhs_dilation)
 
-    def grad_x(g, w):  # the conv's transpose in x, as JAX derives it
+    def grad_x(g, w):
         return jax.vjp(lambda x: forward(x, w), jnp.zeros((g.shape[0], *x_shape), g.dtype))[1](g)[0]
 
     def grad_w(x, g):
@@ -133,20 +131,8 @@ def _member_conv(strides: tuple, padding, lhs_dilation: tuple | None, x_shape: t
     def conv_fn(x, w):
         return fwd_m(x, w)
 
-    @jax.custom_vjp
-    def conv_dx(g, w):
-        return dx_m(g, w)
-
-    @jax.custom_vjp
-    def conv_dw(x, g):
-        return dw_m(x, g)
-
     conv_fn.defvjp(lambda x, w: (fwd_m(x, w), (x, w)),
-                   lambda res, c: (conv_dx(c, res[1]), conv_dw(res[0], c)))
-    conv_dx.defvjp(lambda g, w: (dx_m(g, w), (g, w)),
-                   lambda res, c: (conv_fn(c, res[1]), conv_dw(c, res[0])))
-    conv_dw.defvjp(lambda x, g: (dw_m(x, g), (x, g)),
-                   lambda res, c: (conv_dx(res[1], c), conv_fn(res[0], c)))
+                   lambda res, c: (dx_m(c, res[1]), dw_m(res[0], c)))
     return conv_fn
 
 
@@ -177,12 +163,6 @@ def conv(x, w, strides=(1, 1), padding="SAME", lhs_dilation=None):
     if not _MEMBER_BATCHED[0]:
         return _lax_conv(x, w, tuple(strides), padding, lhs)
     return _member_conv(tuple(strides), padding, lhs, tuple(x.shape[1:]), tuple(w.shape))(x, w)
-
-
-def conv_transpose(x, w, strides, padding):
-    """``lax.conv_transpose(x, w, strides, padding)`` (explicit padding, kernel not transposed):
-    a stride-1 convolution of the input dilated by ``strides``, member-aware like ``conv``."""
-    return conv(x, w, (1, 1), padding, lhs_dilation=strides)
 
 
 def _pad(x, lo, hi):
@@ -251,10 +231,7 @@ def conv_transpose_2x(x, w, b=None):
     """
     if x.ndim != 4 or w.shape[:2] != (4, 4) or w.shape[2] != x.shape[-1]:
         raise ValueError(f"conv_transpose_2x: x {x.shape} (NHWC) and w {w.shape} (4,4,Ci,Co)")
-    if w.shape[-1] < MIN_COUT_CUSTOM:
-        y = conv_transpose(x, w, (2, 2), ((2, 2), (2, 2)))
-    else:
-        y = _up_custom(x, w)
+    y = _up_custom(x, w)
     return y if b is None else y + b
 
 
