@@ -244,10 +244,12 @@ class PopulationSpec:
     """Per-member values of a population (``trainer.population`` > 1): ``vary`` is
     ((name, (value per member, ...)), ...) sorted by name, for the names of
     ``gaxp.population.VARY``; ``shard`` puts the member axis (``members``) or each member's batch
-    (``batch``) on the devices; ``auto`` = members when they divide evenly over the devices."""
+    (``batch``) on the devices; ``auto`` = members when they divide evenly over the devices;
+    ``cpu_devices``: CPU devices to spread the members over (``gaxp.members.spread_over_cores``)."""
 
     vary: tuple = ()
     shard: str = "auto"  # auto | members | batch
+    cpu_devices: object = "auto"  # auto | int
 
     def get(self, name: str):
         return dict(self.vary).get(name)

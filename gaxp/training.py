@@ -22,7 +22,7 @@ from gaxp import conditional, distributed, grow, regularizers, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, load, plain
 from gaxp.errors import ConfigError
-from gaxp.members import shard_mode as population_shard
+from gaxp.members import shard_mode as population_shard, spread_over_cores
 from gaxp.preempt import StopRequests
 from gaxp.logging.grids import save_image_grid, save_scatter
 from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
@@ -60,7 +60,11 @@ def _quiet_libraries() -> None:
 def setup(config: Config) -> Run:
     """Everything that can fail on user input, before any compilation."""
     _quiet_libraries()
-    distributed.initialize(config.trainer)
+    multi = distributed.initialize(config.trainer)
+    cpus = spread_over_cores(config, multi)
+    if cpus and jax.default_backend() == "cpu":
+        log.info("gaxp: population of %d over %d CPU devices, one per core (population.cpu_devices)",
+                 config.trainer.population, cpus)
     mesh = sharding.make_mesh(config.trainer.devices)
     if config.trainer.population > 1 and population_shard(config, mesh) == "members":
         local_batch = config.data.batch_size  # each member's batch stays on its member's device

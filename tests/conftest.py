@@ -4,12 +4,12 @@ import os
 import tempfile
 
 
-def xla_flags(devices: int) -> str:
-    """N virtual CPU devices. XLA:CPU aborts the process when a device thread misses a collective
+def xla_flags(devices: int | None) -> str:
+    """N virtual CPU devices (None: as many as JAX or gaxp choose). XLA:CPU aborts the process when a device thread misses a collective
     rendezvous for 40 s, which happens on a 2-core machine under heavy load (seen here at load 8);
     a late thread is not a bug, so the tests wait much longer."""
-    return (f"--xla_force_host_platform_device_count={devices}"
-            " --xla_cpu_collective_call_warn_stuck_timeout_seconds=600"
+    count = f"--xla_force_host_platform_device_count={devices} " if devices else ""
+    return (f"{count}--xla_cpu_collective_call_warn_stuck_timeout_seconds=600"
             " --xla_cpu_collective_call_terminate_timeout_seconds=1800")
 
 

@@ -121,6 +121,8 @@ def test_population_outputs_and_wandb_group(tiny, tmp_path):
     (("trainer.population=2", "population.vary.d_lr=[1e-4,-1]"), "numbers > 0"),
     (("trainer.population=0",), "trainer.population must be >= 1"),
     (("trainer.population=2", "population.shard=rows"), "unknown population.shard 'rows'"),
+    (("trainer.population=2", "population.cpu_devices=0"), "population.cpu_devices must be auto or an integer >= 1"),
+    (("trainer.population=2", "+population.cores=2"), "unknown key population.cores; valid keys: cpu_devices"),
 ])
 def test_population_bad_input(tiny, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -130,6 +132,30 @@ def test_population_bad_input(tiny, overrides, message):
 def test_population_members_shard_needs_divisible_devices(tiny):
     with pytest.raises(ConfigError, match=r"trainer.population \(3\) divisible by the 2 devices"):
         train(tiny(*TOY, "trainer.population=3", "trainer.devices=2", "population.shard=members"))
+
+
+def test_population_spreads_over_the_cores_and_trains_the_same_members(tmp_path):
+    """A real `gaxp-train trainer.population=2` with no CPU device count set: one CPU device per
+    core (population.cpu_devices=auto), and the members equal those of the one-device program."""
+    import os
+
+    from test_cli import gaxp_train
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs 2 cores")
+    common = (*TOY, "trainer.population=2", "trainer.steps=4", "logger=none", "trainer.progress=false",
+              "metrics=none")
+    runs = {}
+    for cpus in ("auto", "1"):
+        result = gaxp_train(*common, f"population.cpu_devices={cpus}", f"hydra.run.dir={cpus}",
+                            cwd=tmp_path, devices=None)
+        assert result.returncode == 0, result.stderr[-3000:]
+        said = "population of 2 over 2 CPU devices, one per core" in result.stdout  # Hydra logs there
+        assert said == (cpus == "auto"), result.stderr[-3000:]
+        runs[cpus] = [_params(tmp_path / cpus / "members" / f"0{i}") for i in range(2)]
+    for a, b in zip(runs["auto"], runs["1"]):
+        _assert_close(a, b)
 
 
 def test_multirun_of_populations_compares_members_as_seeds(tmp_path):
