@@ -11,6 +11,7 @@ same process, interleaved with the JAX rounds, and prints the ratio.
     python scripts/bench.py --models dcgan --batch 64 --json out.json
     python scripts/bench.py --precision bf16 --no-torch   # bfloat16 step vs float32, interleaved
     python scripts/bench.py --inception --batch 50 --rounds 3 --steps 1   # FID Inception images/s
+    python scripts/bench.py --gpu-suite --json gpu.json    # issue 15's figures (docs/speed.md)
 """
 
 from __future__ import annotations
@@ -26,24 +27,57 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # matmul_peak's precisions
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_torch beside this script
 from bench_torch import TORCH_MODELS, time_torch, torch_dcgan, torch_matmul_peak  # noqa: E402
 
 
-def matmul_peak(n: int = 2048, reps: int = 20) -> float:
-    """GFLOP/s of an n x n float32 matmul under jit: the device's practical peak."""
+def matmul_peak(dtype: str = "fp32", n: int | None = None, reps: int = 20) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` (fp32 | bf16) under jit, at JAX's default matmul
+    precision: the device's practical peak in that precision. ``n`` defaults to 2048 on a CPU and
+    8192 on an accelerator (large enough to saturate it); there each timing covers 10 products
+    launched back to back, so the launch and synchronisation overhead does not count."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    cpu = jax.default_backend() == "cpu"
+    n = n or (2048 if cpu else 8192)
+    inner = 1 if cpu else 10
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(DTYPES[dtype]))
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
+        for _ in range(inner):
+            out = f(a)
+        out.block_until_ready()
+        times.append((time.perf_counter() - t) / inner)
     return 2 * n**3 / min(times) / 1e9
+
+
+def count_gflop(program) -> float:
+    """GFLOP of one call of a lowered or compiled program by XLA's cost analysis (0: none)."""
+    try:
+        cost = program.cost_analysis()
+    except Exception:  # noqa: BLE001 - a backend without a cost model
+        return 0.0
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return max(float(cost.get("flops", 0.0)), 0.0) / 1e9 if cost else 0.0
+
+
+def program_gflop(lower, compiled, devices: int = 1) -> float:
+    """GFLOP of one call: on CPU XLA's count of the compiled program (per device for an SPMD
+    program, times ``devices``; the count of the figures in experiments/speed), elsewhere its
+    count of the lowered program, ``lower()`` (the global program, before XLA's rewrites): on GPUs
+    the compiled count misses the products handed to cuBLAS and cuDNN (jax-ml/jax#22249)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        lowered = count_gflop(lower())
+        if lowered:
+            return lowered
+    return count_gflop(compiled) * devices
 
 
 # The benchmarked models as gaxp-train overrides.
@@ -52,7 +86,8 @@ MODELS = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment
           "toy": ["model=mlp", "data=ring"],
           "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
                     "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],
-          "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"]}
+          "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"],
+          "dcgan32": ["model.g_width=64", "model.d_width=64", "data.image_size=32"]}
 
 
 def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tuple = (), *,
@@ -62,6 +97,7 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     import jax
     from hydra import compose, initialize_config_dir
 
+    from gaxp import grow, tasks
     from gaxp.config import load
     from gaxp.loop import compile_step
     from gaxp.training import prepare
@@ -74,10 +110,12 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     key = jax.random.key(0)
     device_batch = next(batches)
     compiled, compile_s = compile_step(run, state, device_batch, key, compiler_options=compiler_options)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0  # per device for an SPMD program
-    out = (compiled, state, device_batch, key, batches, compile_s, flops * devices / 1e9)
+    spec = grow.bind(run.spec, int(jax.device_get(state.step)))
+
+    def lower():
+        return jax.jit(tasks.step_fn(run.config, spec)).lower(state, device_batch, key)
+
+    out = (compiled, state, device_batch, key, batches, compile_s, program_gflop(lower, compiled, devices))
     return out + (run, ckpt) if full else out
 
 
@@ -94,18 +132,20 @@ def time_jax(compiled, state, batch, key, steps: int, batches=None):
 
 def bench_one(model: str, batch: int, args, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        compiled, state, device_batch, key, batches, compile_s, gflop = gaxp_step(
-            model, batch, tmp, args.host_devices, (f"trainer.precision={args.precision}",))
+        overrides = tuple(getattr(args, "overrides", ()))
+        compiled, state, device_batch, key, batches, compile_s, gflop_step = gaxp_step(
+            model, batch, tmp, args.host_devices, (*overrides, f"trainer.precision={args.precision}"))
         state = time_jax(compiled, state, device_batch, key, 2)[1]  # warm-up
         fp32 = None  # with --precision bf16: the float32 step, timed in the same rounds
         if args.precision != "fp32":
-            fp32 = list(gaxp_step(model, batch, f"{tmp}/fp32", args.host_devices)[:4])
+            fp32 = list(gaxp_step(model, batch, f"{tmp}/fp32", args.host_devices, overrides))
+            fp32_compile_s, fp32_gflop, fp32 = fp32[5], fp32[6], fp32[:4]
             fp32[1] = time_jax(*fp32, 2)[1]
         fp32_ms, opt_ms = [], []
         opt = None  # with --xla-option: the same step compiled with those options, same rounds
         if args.xla_options:
             opt = list(gaxp_step(model, batch, f"{tmp}/opt", args.host_devices,
-                                 (f"trainer.precision={args.precision}",),
+                                 (*overrides, f"trainer.precision={args.precision}"),
                                  compiler_options=args.xla_options)[:4])
             opt[1] = time_jax(*opt, 2)[1]
         torch_step = None
@@ -131,13 +171,14 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
                 torch_ms.append(time_torch(torch_step, args.steps))
     ms = statistics.median(jax_ms)
     row = {"model": model, "batch": batch, "devices": args.host_devices, "step_ms": ms, "images_per_s": batch / ms * 1000,
-           "compile_s": compile_s, "gflop_per_step": gflop, "gflop_per_s": gflop / ms * 1000,
-           "peak_fraction": gflop / ms * 1000 / peak, "real_data_ms": statistics.median(real_ms)}
+           "compile_s": compile_s, "gflop_per_step": gflop_step, "gflop_per_s": gflop_step / ms * 1000,
+           "peak_fraction": gflop_step / ms * 1000 / peak, "real_data_ms": statistics.median(real_ms)}
     row["pipeline_rate"] = ms / row["real_data_ms"]
     row["precision"] = args.precision
     if fp32_ms:
         row["fp32_ms"] = statistics.median(fp32_ms)
         row["speedup_vs_fp32"] = row["fp32_ms"] / ms
+        row["fp32_gflop_per_step"], row["fp32_compile_s"] = fp32_gflop, fp32_compile_s
     if opt_ms:
         row["options_ms"] = statistics.median(opt_ms)
         row["speedup_from_options"] = ms / row["options_ms"]
@@ -198,7 +239,7 @@ def bench_population(model: str, batch: int, args) -> dict:
     n = args.population
     with tempfile.TemporaryDirectory() as tmp:
         compiled, state, device_batch, key, _, compile_s, _, run, _ = gaxp_step(
-            model, batch, tmp, 1, full=True)
+            model, batch, tmp, 1, tuple(getattr(args, "overrides", ())), full=True)
         variants = {"": [compiled, state, device_batch, key]}
         pop = population_step(run, state, device_batch, key, n, args.host_devices)
         pops = {"": list(pop[:4])}
@@ -316,11 +357,10 @@ def bench_inception(batch: int, args, peak: float) -> dict:
         jax.random.key(0), jnp.zeros((1, inception.SIZE, inception.SIZE, 3)))
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1), np.uint8))
     t0 = time.perf_counter()
-    compiled = jax.jit(inception.apply).lower(variables, x).compile(compiler_options=xla.options())
+    lowered = jax.jit(inception.apply).lower(variables, x)
+    compiled = lowered.compile(compiler_options=xla.options())
     compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    gflop = float(cost.get("flops", 0.0)) / 1e9 if cost else 0.0
+    gflop_batch = program_gflop(lambda: lowered, compiled)
     compiled(variables, x)[0].block_until_ready()  # warm-up
     times = []
     for _ in range(args.rounds):
@@ -332,8 +372,8 @@ def bench_inception(batch: int, args, peak: float) -> dict:
     ms = statistics.median(times)
     return {"model": "inception", "batch": batch, "devices": 1, "step_ms": ms,
             "images_per_s": batch / ms * 1000, "compile_s": compile_s,
-            "gflop_per_step": gflop, "gflop_per_image": gflop / batch,
-            "gflop_per_s": gflop / ms * 1000, "peak_fraction": gflop / ms * 1000 / peak,
+            "gflop_per_step": gflop_batch, "gflop_per_image": gflop_batch / batch,
+            "gflop_per_s": gflop_batch / ms * 1000, "peak_fraction": gflop_batch / ms * 1000 / peak,
             "device": jax.devices()[0].device_kind}
 
 
@@ -405,6 +445,159 @@ def compare_torch(args) -> tuple[list[dict], float]:
     return rows, peak
 
 
+# --gpu-suite: issue 15's figures in one run, the jobs in the order they run (the goals' first).
+# ``--smoke`` runs the same jobs tiny, so a CPU test proves the whole path end to end.
+SUITE = {"steps": [("resnet", 64), ("resnet", 256), ("dcgan32", 64), ("dcgan32", 256)],
+         "populations": [("toy", 64, 64), ("dcgan32", 64, 8)],  # (model, batch, members)
+         "inception_batch": 500, "rounds": 5, "steps_per_round": 20, "overrides": []}
+SMOKE = {"steps": [("resnet", 2), ("dcgan32", 2)], "populations": [("toy", 8, 2), ("dcgan32", 2, 2)],
+         "inception_batch": 2, "rounds": 1, "steps_per_round": 1,
+         "overrides": ["model.g_width=8", "model.d_width=8"]}
+NAMES = {"resnet": "ResNet-32", "dcgan32": "DCGAN-32", "toy": "toy GAN"}
+GOALS = {"resnet_bf16_peak_fraction": 0.5, "toy_population_vs_one": 20.0}  # issue 15's
+
+
+def suite_meta(smoke: bool) -> dict:
+    import datetime
+    import platform
+
+    import jax
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()
+    return {"suite": "gpu", "smoke": smoke, "device": jax.devices()[0].device_kind,
+            "platform": jax.default_backend(), "device_count": jax.device_count(),
+            "jax": jax.__version__, "python": platform.python_version(),
+            "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit or None}
+
+
+SUITE_COLS = ["job", "batch", "precision", "ms", "images_per_s", "gflop_per_s", "peak_fraction",
+              "vs_one_member", "compile_s"]
+
+
+def suite_line(row: dict) -> str:
+    """One markdown table row of the suite (a failed job: its error)."""
+    if "error" in row:
+        return f"| {row['job']} | failed: {row['error'][:120]} |" + " |" * (len(SUITE_COLS) - 2)
+    cells = [row.get(c, "") for c in SUITE_COLS]
+    return "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells) + " |"
+
+
+def suite_jobs(plan: dict, peaks: dict, args):
+    """(job name, function returning the job's rows) in the order they run."""
+    import types
+
+    def ns(**kw):
+        return types.SimpleNamespace(host_devices=1, xla_options={}, no_torch=True,
+                                     rounds=plan["rounds"], steps=plan["steps_per_round"],
+                                     overrides=plan["overrides"], **kw)
+
+    def steps(model, batch):
+        # the bf16 step with the fp32 one timed in the same interleaved rounds (bench_one)
+        r = bench_one(model, batch, ns(precision="bf16"), peaks["bf16"])
+        fp32_ms = r["fp32_ms"]
+        fp32 = {"job": f"{NAMES[model]} step", "model": model, "batch": batch, "precision": "fp32",
+                "ms": fp32_ms, "images_per_s": batch / fp32_ms * 1000,
+                "gflop_per_step": r["fp32_gflop_per_step"],
+                "gflop_per_s": r["fp32_gflop_per_step"] / fp32_ms * 1000,
+                "peak_fraction": r["fp32_gflop_per_step"] / fp32_ms * 1000 / peaks["fp32"],
+                "compile_s": r["fp32_compile_s"]}
+        bf16 = {"job": f"{NAMES[model]} step", "model": model, "batch": batch, "precision": "bf16",
+                "ms": r["step_ms"], "images_per_s": r["images_per_s"],
+                "gflop_per_step": r["gflop_per_step"], "gflop_per_s": r["gflop_per_s"],
+                "peak_fraction": r["peak_fraction"], "compile_s": r["compile_s"],
+                "speedup_vs_fp32": r["speedup_vs_fp32"], "real_data_ms": r["real_data_ms"],
+                "pipeline_rate": r["pipeline_rate"]}
+        return [fp32, bf16]
+
+    def population(model, batch, n):
+        r = bench_population(model, batch, ns(precision="fp32", population=n))
+        return [{"job": f"population of {n} {NAMES[model]}s", "model": model, "batch": batch,
+                 "members": n, "precision": "fp32", "ms": r["population_ms"],
+                 "images_per_s": n * batch / r["population_ms"] * 1000, "one_member_ms": r["one_ms"],
+                 "vs_one_member": r["throughput_vs_sequential"],
+                 "compile_s": r["compile_population_s"], "compile_one_s": r["compile_one_s"],
+                 "memory_population_mb": r["memory_population_mb"], "memory_one_mb": r["memory_one_mb"]}]
+
+    def inception():
+        b = plan["inception_batch"]
+        r = bench_inception(b, ns(), peaks["fp32"])
+        return [{"job": "Inception features", "model": "inception", "batch": b, "precision": "fp32",
+                 "ms": r["step_ms"], "images_per_s": r["images_per_s"], "gflop_per_step": r["gflop_per_step"],
+                 "gflop_per_s": r["gflop_per_s"], "peak_fraction": r["peak_fraction"],
+                 "compile_s": r["compile_s"]}]
+
+    (toy, *pops) = plan["populations"]
+    yield f"population {toy}", lambda: population(*toy)
+    for model, batch in plan["steps"]:
+        yield f"steps {model} {batch}", lambda m=model, b=batch: steps(m, b)
+    for pop in pops:
+        yield f"population {pop}", lambda p=pop: population(*p)
+    yield "inception", inception
+
+
+def suite_goals(rows: list[dict]) -> dict:
+    """Issue 15's goals against the rows there are: value, target, met (None: no row)."""
+    resnet = [r for r in rows if r.get("model") == "resnet" and r.get("precision") == "bf16" and "error" not in r]
+    toy = [r for r in rows if r.get("model") == "toy" and "members" in r and "error" not in r]
+    best = max(resnet, key=lambda r: r["peak_fraction"], default=None)
+    values = {"resnet_bf16_peak_fraction": best and best["peak_fraction"],
+              "toy_population_vs_one": toy[0]["vs_one_member"] if toy else None}
+    return {k: {"value": v, "target": GOALS[k], "met": None if v is None else v >= GOALS[k],
+                **({"batch": best["batch"]} if k.startswith("resnet") and best else {})}
+            for k, v in values.items()}
+
+
+def gpu_suite(args) -> int:
+    """Run issue 15's suite (``--smoke``: tiny), printing each markdown row as it finishes and
+    rewriting ``--json`` after each, so a run cut short still leaves its figures. 1 if a job failed."""
+    import traceback
+
+    t0 = time.perf_counter()
+    plan = SMOKE if args.smoke else SUITE
+    result = {**suite_meta(args.smoke), "plan": plan, "peaks_gflop_per_s": {}, "rows": [],
+              "goals": {}, "failed": []}
+
+    def save():
+        result["goals"] = suite_goals(result["rows"])
+        result["elapsed_s"] = time.perf_counter() - t0
+        if args.json:
+            tmp = args.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(args.json)
+
+    def emit(rows):
+        for row in rows:
+            row["elapsed_s"] = round(time.perf_counter() - t0, 1)
+            result["rows"].append(row)
+            print(suite_line(row), flush=True)
+        save()
+
+    print(f"gaxp GPU suite{' (smoke)' if args.smoke else ''}: {result['device']} ({result['platform']}), "
+          f"jax {result['jax']}, {result['date']}, commit {result['commit']}, default matmul "
+          f"precision {result['default_matmul_precision']}\n", flush=True)
+    print("| " + " | ".join(SUITE_COLS) + " |\n|" + "---|" * len(SUITE_COLS), flush=True)
+    peaks = result["peaks_gflop_per_s"]
+    for dtype in ("fp32", "bf16"):
+        peaks[dtype] = matmul_peak(dtype, reps=3 if args.smoke else 20)
+        emit([{"job": "matmul peak", "precision": dtype, "gflop_per_s": peaks[dtype], "peak_fraction": 1.0}])
+    for name, job in suite_jobs(plan, peaks, args):
+        try:
+            emit(job())
+        except Exception as e:  # noqa: BLE001 - one failed job must not cost the others' figures
+            traceback.print_exc()
+            result["failed"].append(name)
+            emit([{"job": name, "error": f"{type(e).__name__}: {e}"}])
+    print(flush=True)
+    for k, g in result["goals"].items():
+        print(f"goal {k} >= {g['target']}: {g['value'] if g['value'] is None else round(g['value'], 3)}"
+              f" ({'met' if g['met'] else 'not met' if g['met'] is not None else 'no figure'})")
+    print(f"elapsed {result['elapsed_s']:.0f} s" + (f"; JSON in {args.json}" if args.json else ""), flush=True)
+    return 1 if result["failed"] else 0
+
+
 def markdown(rows: list[dict], peak: float) -> str:
     cols = ["model", "batch", "devices", "step_ms", "images_per_s", "compile_s", "gflop_per_step",
             "gflop_per_s", "peak_fraction", "real_data_ms", "pipeline_rate", "torch_ms",
@@ -467,6 +660,15 @@ def main(argv=None) -> int:
                    help="with --compare: processes of each library per row")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch's intra-op threads (default: one per core)")
+    p.add_argument("--gpu-suite", action="store_true",
+                   help="instead: issue 15's suite in one run (DCGAN-32 and ResNet-32 steps at batch "
+                        "64 and 256 in fp32 and bf16 against the matmul peak of each precision, "
+                        "populations of 64 toys and 8 DCGANs against one member, Inception images/s), "
+                        "one markdown row as each job finishes, --json rewritten after each")
+    p.add_argument("--smoke", action="store_true",
+                   help="with --gpu-suite: the same jobs tiny (a CPU check of the whole path)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="a gaxp-train override added to every benchmarked step (repeatable)")
     p.add_argument("--worker", choices=["jax", "torch", "jax-peak", "torch-peak"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     compare = args.compare or args.worker
@@ -480,6 +682,8 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if args.gpu_suite:
+        return gpu_suite(args)
     if args.compare:
         rows, peak = compare_torch(args)
         print(markdown(rows, peak))

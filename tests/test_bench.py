@@ -97,3 +97,84 @@ def test_compare_torch_runs_both_sides_as_processes(tmp_path):
     assert row["speedup_vs_torch"] == pytest.approx(row["torch_ms"] / row["gaxp_ms"])
     assert row["gaxp_peak_fraction"] == pytest.approx(
         row["gflop_per_step"] / row["gaxp_ms"] * 1000 / result["peak_gflop_per_s"])
+
+
+def test_program_gflop_counts_the_lowered_program_off_cpu(monkeypatch):
+    """On a GPU XLA's count of the compiled program misses the library calls (jax-ml/jax#22249):
+    the lowered program's count is used there, the compiled one's on CPU (x devices, per-device
+    SPMD program), and either falls back to the other when it has no count."""
+    import jax
+
+    bench = _bench()
+
+    class Program:
+        def __init__(self, flops):
+            self.flops = flops
+
+        def cost_analysis(self):
+            return None if self.flops is None else [{"flops": self.flops}]
+
+    lowered, compiled = Program(4e9), Program(1e6)
+    assert bench.program_gflop(lambda: lowered, compiled, 2) == pytest.approx(0.002)  # tests: CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert bench.program_gflop(lambda: lowered, compiled, 2) == pytest.approx(4.0)
+    assert bench.program_gflop(lambda: Program(None), compiled) == pytest.approx(0.001)
+
+
+def test_gpu_suite_plan_is_issue_15s():
+    """--gpu-suite's full plan (not run here): DCGAN-32 and ResNet-32 at 64 and 256 (each in fp32
+    and bf16), 64 toys and 8 DCGANs against one member, Inception; the smoke plan runs every kind
+    of job; dcgan32 is the classic DCGAN at 32 px."""
+    from conftest import compose
+
+    bench = _bench()
+    plan, smoke = bench.SUITE, bench.SMOKE
+    assert sorted(plan["steps"]) == [("dcgan32", 64), ("dcgan32", 256), ("resnet", 64), ("resnet", 256)]
+    assert [(m, n) for m, _, n in plan["populations"]] == [("toy", 64), ("dcgan32", 8)]
+    assert plan["inception_batch"] > 0 and not plan["overrides"]
+    assert {m for m, _ in smoke["steps"]} == {m for m, _ in plan["steps"]}
+    assert [m for m, *_ in smoke["populations"]] == [m for m, *_ in plan["populations"]]
+    cfg = compose(*bench.MODELS["dcgan32"])
+    assert (cfg.model.name, cfg.model.g_width, cfg.model.d_width, cfg.data.image_size) == ("dcgan", 64, 64, 32)
+
+
+@pytest.mark.slow  # every job of the suite, tiny: ~2 min on 2 cores (~30 s with the compile cache warm)
+def test_gpu_suite_smoke_runs_every_job_through_the_shell_script(tmp_path):
+    """scripts/bench_gpu.sh with --smoke on CPU: the markdown rows as the jobs finish, the JSON
+    with real figures for every job of the plan, and the goals computed from them."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable, "BENCH_ARGS": "--smoke",
+                        "BENCH_WHEELS": str(tmp_path / "none")}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_gpu.sh")], env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["smoke"] and result["platform"] == "cpu" and result["device"] and result["jax"]
+    assert not result["failed"]
+    rows = result["rows"]
+    peaks = result["peaks_gflop_per_s"]
+    assert peaks["fp32"] > 0 and peaks["bf16"] > 0
+    bench = _bench()
+    for model, batch in bench.SMOKE["steps"]:
+        for precision in ("fp32", "bf16"):
+            (row,) = [r for r in rows if (r.get("model"), r.get("batch"), r.get("precision"))
+                      == (model, batch, precision) and "members" not in r]
+            assert row["images_per_s"] > 0 and row["gflop_per_step"] > 0 and row["compile_s"] > 0
+            assert row["images_per_s"] == pytest.approx(batch / row["ms"] * 1000)
+            assert 0 < row["peak_fraction"] < 1.5
+            assert row["peak_fraction"] == pytest.approx(row["gflop_per_s"] / peaks[precision])
+    for model, batch, n in bench.SMOKE["populations"]:
+        (row,) = [r for r in rows if r.get("model") == model and r.get("members") == n]
+        assert row["vs_one_member"] == pytest.approx(n * row["one_member_ms"] / row["ms"])
+        assert row["vs_one_member"] > 0 and row["images_per_s"] > 0
+    (inc,) = [r for r in rows if r.get("model") == "inception"]
+    assert inc["images_per_s"] > 0 and 0 < inc["peak_fraction"] < 1.5
+    goals = result["goals"]
+    assert goals["toy_population_vs_one"]["value"] > 0 and goals["resnet_bf16_peak_fraction"]["value"] > 0
+    # the log: the header, one markdown line per row, the goals
+    log = (tmp_path / "gpu.log").read_text()
+    assert "gaxp GPU suite (smoke)" in log and "goal toy_population_vs_one" in log
+    assert sum(line.startswith("| ") for line in log.splitlines()) == len(rows) + 1  # + header
