@@ -18,6 +18,14 @@ def _bench():
     return module
 
 
+def _suite():
+    """scripts/bench_suite.py (--gpu-suite), which imports bench.py beside it."""
+    _bench()  # puts scripts/ on sys.path
+    import bench_suite
+
+    return bench_suite
+
+
 def test_step_rows_with_xla_options_timed_alongside(tmp_path):
     out = tmp_path / "bench.json"
     assert _bench().main(["--models", "toy64", "--batch", "16", "--rounds", "1", "--steps", "2",
@@ -128,7 +136,8 @@ def test_gpu_suite_plan_is_issue_15s():
     from conftest import compose
 
     bench = _bench()
-    plan, smoke = bench.SUITE, bench.SMOKE
+    suite = _suite()
+    plan, smoke = suite.SUITE, suite.SMOKE
     assert sorted(plan["steps"]) == [("dcgan32", 64), ("dcgan32", 256), ("resnet", 64), ("resnet", 256)]
     assert [(m, n) for m, _, n in plan["populations"]] == [("toy", 64), ("dcgan32", 8)]
     assert plan["inception_batch"] > 0 and not plan["overrides"]
@@ -157,8 +166,8 @@ def test_gpu_suite_smoke_runs_every_job_through_the_shell_script(tmp_path):
     rows = result["rows"]
     peaks = result["peaks_gflop_per_s"]
     assert peaks["fp32"] > 0 and peaks["bf16"] > 0
-    bench = _bench()
-    for model, batch in bench.SMOKE["steps"]:
+    smoke = _suite().SMOKE
+    for model, batch in smoke["steps"]:
         for precision in ("fp32", "bf16"):
             (row,) = [r for r in rows if (r.get("model"), r.get("batch"), r.get("precision"))
                       == (model, batch, precision) and "members" not in r]
@@ -166,7 +175,7 @@ def test_gpu_suite_smoke_runs_every_job_through_the_shell_script(tmp_path):
             assert row["images_per_s"] == pytest.approx(batch / row["ms"] * 1000)
             assert 0 < row["peak_fraction"] < 1.5
             assert row["peak_fraction"] == pytest.approx(row["gflop_per_s"] / peaks[precision])
-    for model, batch, n in bench.SMOKE["populations"]:
+    for model, batch, n in smoke["populations"]:
         (row,) = [r for r in rows if r.get("model") == model and r.get("members") == n]
         assert row["vs_one_member"] == pytest.approx(n * row["one_member_ms"] / row["ms"])
         assert row["vs_one_member"] > 0 and row["images_per_s"] > 0
