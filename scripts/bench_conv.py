@@ -69,6 +69,15 @@ def _down_im2col_dw_bwd(res, g):
 down_im2col_dw.defvjp(_down_im2col_dw_fwd, _down_im2col_dw_bwd)
 
 
+def down_s2d_conv(x, w):
+    """Space-to-depth, then a 2x2 stride-1 VALID conv over 4*Ci channels; gradients by autodiff."""
+    n, h, wd, ci = x.shape
+    ho, wo = h // 2, wd // 2
+    k = layers._s2d_perm(w).reshape(2, 2, 4 * ci, w.shape[-1])
+    return lax.conv_general_dilated(layers._space_to_depth(x, ho, wo), k, (1, 1), "VALID",
+                                    dimension_numbers=DN)
+
+
 def dense(x, w):
     return x @ w
 
@@ -78,7 +87,7 @@ UP = {"lax.conv_transpose": up_lax, "zero-insert conv": up_zero_insert,
       "patches matmul (autodiff)": up_patches_autodiff,
       "gaxp conv_transpose_2x": layers.conv_transpose_2x}
 DOWN = {"lax.conv_general_dilated": down_lax, "patches matmul (autodiff)": layers._down_patches,
-        "lax fwd/dx, im2col dW": down_im2col_dw,
+        "lax fwd/dx, im2col dW": down_im2col_dw, "s2d + 2x2 conv (autodiff)": down_s2d_conv,
         "gaxp conv_down_2x": layers.conv_down_2x}
 # name, kind, input shape without batch (NHWC / features), cout
 LAYERS = [("G dense 100->7x7x256", "dense", (100,), 7 * 7 * 256),

@@ -246,3 +246,81 @@ def test_conv_gradient_penalty_second_order_equals_lax(xs, ws, strides, padding,
                                 jax.jit(jax.vmap(penalty(ref)))(w, x), **TOL)
     with layers.member_batched(), pytest.raises(ValueError, match="Linearization failed"):
         jax.jit(jax.vmap(penalty(ours))).lower(w, x)
+
+
+def _flax_bn(bn, x, train):
+    return bn(x, use_running_average=not train).astype(x.dtype)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (7, 9), (2, 4, 4, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_equals_flax_in_values_gradients_and_running_statistics(shape, affine):
+    """layers.batch_norm (sums as matrix products, closed-form gradient) against flax's own
+    BatchNorm call: outputs, the updated running statistics, the eval-mode output, gradients in
+    x, scale and bias, and gradients of gradients (a gradient penalty)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape) * 2 + 0.5, jnp.float32)
+    ct = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    c = shape[-1]
+    scale = jnp.asarray(rng.normal(size=c) + 1, jnp.float32)
+    bias = jnp.asarray(rng.normal(size=c), jnp.float32)
+
+    def module(scale, bias):  # a fresh module, made inside whatever transform calls this
+        bn = nnx.BatchNorm(c, momentum=0.9, use_scale=affine, use_bias=affine, rngs=nnx.Rngs(0))
+        bn.mean[...], bn.var[...] = jnp.full((c,), 0.3), jnp.full((c,), 2.0)
+        if affine:
+            bn.scale[...], bn.bias[...] = scale, bias
+        return bn
+
+    ours = lambda bn, x, train: layers.batch_norm(bn, x, train=train)  # noqa: E731
+    results = {}
+    for name, fn in (("ours", ours), ("flax", _flax_bn)):
+        bn = module(scale, bias)
+        y = fn(bn, x, True)
+        stats = (bn.mean[...], bn.var[...])
+        evals = fn(bn, x, False)
+        loss = lambda x, s, b: jnp.vdot(jnp.tanh(fn(module(s, b), x, True)), ct)  # noqa: E731
+        grads = jax.grad(loss, (0, 1, 2))(x, scale, bias)
+        penalty = jax.grad(lambda s, b: jnp.sum(jax.grad(loss)(x, s, b) ** 2), (0, 1))(scale, bias)
+        results[name] = (y, stats, evals, grads, penalty if affine else ())
+    chex.assert_trees_all_close(results["ours"], results["flax"], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_under_vmap_and_in_bfloat16():
+    """Each member of a vmapped batch_norm equals it alone; bfloat16 in, bfloat16 out, float32
+    statistics (as flax computes them) to bfloat16 rounding."""
+    rng = np.random.default_rng(2)
+    xs = jnp.asarray(rng.normal(size=(3, 8, 5, 5, 4)), jnp.float32)
+    scales = jnp.asarray(rng.normal(size=(3, 4)) + 1, jnp.float32)
+
+    def f(x, s):
+        return layers._batch_norm(x, s, jnp.zeros_like(s), 1e-5)[0]
+
+    g = lambda x, s: jnp.sum(jnp.sin(f(x, s)))  # noqa: E731
+    batched = jax.vmap(jax.value_and_grad(g, (0, 1)))(xs, scales)
+    for m in range(3):
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[m], batched),
+                                    jax.value_and_grad(g, (0, 1))(xs[m], scales[m]), rtol=1e-5, atol=1e-6)
+    bn = nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    y16 = layers.batch_norm(bn, xs[0].astype(jnp.bfloat16), train=True)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), _flax_bn(nnx.BatchNorm(4, rngs=nnx.Rngs(0)), xs[0], True),
+                               rtol=2e-2, atol=2e-2)
+    assert bn.mean[...].dtype == jnp.float32
+
+
+def test_add_bias_equals_plain_addition_in_values_and_gradients():
+    rng = np.random.default_rng(3)
+    y = jnp.asarray(rng.normal(size=(2, 3, 5, 6)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=6), jnp.float32)
+    loss = lambda add: lambda y, b: jnp.sum(jnp.cos(add(y, b)) * y)  # noqa: E731
+    ours, plain = loss(layers.add_bias), loss(lambda y, b: y + b)
+    chex.assert_trees_all_close(jax.value_and_grad(ours, (0, 1))(y, b),
+                                jax.value_and_grad(plain, (0, 1))(y, b), rtol=1e-5, atol=1e-6)
+    bs = jnp.stack([b, 2 * b])  # per-member biases under vmap
+    chex.assert_trees_all_close(jax.vmap(jax.grad(ours, (0, 1)))(jnp.stack([y, y]), bs),
+                                jax.vmap(jax.grad(plain, (0, 1)))(jnp.stack([y, y]), bs), rtol=1e-5, atol=1e-6)
+    h16 = layers.add_bias(y.astype(jnp.bfloat16), b)  # mixed precision: jnp's promotion
+    assert h16.dtype == jnp.float32
+    g16 = jax.grad(lambda y: jnp.sum(layers.add_bias(y, b)))(y.astype(jnp.bfloat16))
+    assert g16.dtype == jnp.bfloat16

@@ -70,7 +70,7 @@ class Dense(_Kernel):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         k, b = self.weights(train)
         y = x @ k
-        return y if b is None else y + b
+        return y if b is None else layers.add_bias(y, b)
 
 
 class Conv(_Kernel):
@@ -83,7 +83,7 @@ class Conv(_Kernel):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         k, b = self.weights(train)
         y = layers.conv(x, k, (1, 1), "SAME")
-        return y if b is None else y + b
+        return y if b is None else layers.add_bias(y, b)
 
 
 class Up2x(_Kernel):
@@ -127,7 +127,7 @@ class Norm(nnx.Module):
         # y: the class labels, unused (the signature of conditional.CondBatchNorm)
         if self.kind == "batch":
             # With float32 moments Flax normalizes in float32; the output keeps x's compute type.
-            return self.norm(x, use_running_average=not train).astype(x.dtype)
+            return layers.batch_norm(self.norm, x, train=train)
         if self.kind == "layer":
             return self.norm(x)
         if self.kind == "instance":

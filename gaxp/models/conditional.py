@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gaxp.models import layers
 from gaxp.specs import ModelSpec
 from gaxp.models.blocks import Dense, Norm
 
@@ -52,7 +53,7 @@ class CondBatchNorm(nnx.Module):
         self.beta = nnx.Param(jnp.zeros((num_classes, features), jnp.float32))
 
     def __call__(self, x: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
-        h = self.norm(x, use_running_average=not train).astype(x.dtype)
+        h = layers.batch_norm(self.norm, x, train=train)
         shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
         return h * self.gamma[...][y].reshape(shape) + self.beta[...][y].reshape(shape)
 

@@ -232,7 +232,7 @@ def conv_transpose_2x(x, w, b=None):
     if x.ndim != 4 or w.shape[:2] != (4, 4) or w.shape[2] != x.shape[-1]:
         raise ValueError(f"conv_transpose_2x: x {x.shape} (NHWC) and w {w.shape} (4,4,Ci,Co)")
     y = _up_custom(x, w)
-    return y if b is None else y + b
+    return y if b is None else add_bias(y, b)
 
 
 def _space_to_depth(x, ho, wo):
@@ -272,4 +272,91 @@ def conv_down_2x(x, w, b=None):
         y = _down_patches(x, w)
     else:
         y = conv(x, w, (2, 2), ((1, 1), (1, 1)))
-    return y if b is None else y + b
+    return y if b is None else add_bias(y, b)
+
+
+# --- BatchNorm whose sums are matrix products ------------------------------------------------
+#
+# XLA:CPU rewrites a large reduction (BatchNorm's sums over N, H, W, and their transposes in the
+# backward pass) into a tree of unfused reduce-window ops for accuracy, and those ran slowly:
+# 14% of the classic DCGAN-28 step at batch 64 (``jax.profiler``). Here each pass's sums are one
+# matrix-vector product with a vector of ones, which XLA hands to its matmul library, and the
+# backward pass is BatchNorm's closed-form gradient (``jax.custom_vjp``). BatchNorm forward and
+# backward at DCGAN's shapes ran ~2x faster (64x7x7x256: 7.1 -> 3.4 ms). Same statistics as
+# flax's ``BatchNorm`` (``use_fast_variance``: E[x^2] - E[x]^2, clipped at 0), same parameters.
+
+
+def _column_sums(*xs):
+    """The sums over all leading axes of same-shaped (..., C) arrays, each one vector-matrix
+    product (ones(M) @ (M, C)); separate products, as concatenating the arrays first cost more
+    than the sums (2-5x slower at DCGAN's shapes)."""
+    c = xs[0].shape[-1]
+    m = xs[0].size // c
+    ones = jnp.ones((m,), xs[0].dtype)
+    acc = jnp.promote_types(xs[0].dtype, jnp.float32)
+    return [jnp.dot(ones, x.reshape(m, c), preferred_element_type=acc) for x in xs]
+
+
+@jax.custom_vjp
+def add_bias(y, b):
+    """``y + b`` (``b`` over the last axis), whose gradient in ``b`` is one vector-matrix
+    product rather than a reduction XLA:CPU rewrites into a tree (see above)."""
+    return y + b
+
+
+def _add_bias_fwd(y, b):
+    return y + b, (jnp.zeros((0,), y.dtype), jnp.zeros((0,), b.dtype))
+
+
+def _add_bias_bwd(res, g):
+    y_like, b_like = res
+    return g.astype(y_like.dtype), _column_sums(g)[0].astype(b_like.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm(x, scale, bias, epsilon):
+    return _batch_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+    m = x.size // x.shape[-1]
+    total, total_sq = _column_sums(x, x * x)
+    mean = total / m
+    var = jnp.maximum(0.0, total_sq / m - mean * mean)
+    rstd = lax.rsqrt(var + epsilon)
+    y = (x - mean) * (rstd * scale) + bias
+    return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_bwd(epsilon, res, cts):
+    x, mean, rstd, scale = res
+    g, g_mean, g_var = cts  # g_mean, g_var: zero unless the statistics feed the loss
+    m = x.size // x.shape[-1]
+    xhat = (x - mean) * rstd
+    dbias, dscale = _column_sums(g, g * xhat)
+    dx = (scale * rstd) * (g - (dbias + xhat * dscale) / m)
+    dx = dx + (g_mean + 2.0 * g_var * (x - mean)) / m
+    return dx, dscale, dbias
+
+
+_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+def batch_norm(bn, x, *, train: bool):
+    """``bn(x, use_running_average=not train)`` for a flax ``nnx.BatchNorm`` over the last axis,
+    computed as above in training (the running statistics updated as flax does); float32 inside,
+    ``x``'s dtype out."""
+    h = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    c = h.shape[-1]
+    scale = bn.scale[...] if bn.scale is not None else jnp.ones((c,), h.dtype)
+    bias = bn.bias[...] if bn.bias is not None else jnp.zeros((c,), h.dtype)
+    if not train:
+        y = (h - bn.mean[...]) * (lax.rsqrt(bn.var[...] + bn.epsilon) * scale) + bias
+        return y.astype(x.dtype)
+    y, mean, var = _batch_norm(h, scale, bias, bn.epsilon)
+    bn.mean[...] = lax.stop_gradient(bn.momentum * bn.mean[...] + (1 - bn.momentum) * mean)
+    bn.var[...] = lax.stop_gradient(bn.momentum * bn.var[...] + (1 - bn.momentum) * var)
+    return y.astype(x.dtype)
