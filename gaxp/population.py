@@ -37,7 +37,8 @@ from gaxp import run_dir, sharding, tasks, xla
 from gaxp.models import layers
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.members import (  # noqa: F401 - the population's config, re-exported
-    SHARDS, VARY, hparams, member_config, member_source, population_spec, seeds, shard_mode)
+    SHARDS, VARY, hparams, member_config, member_source, population_spec, seeds, shard_mode,
+    unrolled)
 from gaxp.specs import Config
 from gaxp.logging.writers import Progress
 from gaxp.loop import Loop, step_of
@@ -199,6 +200,21 @@ def _member_summaries(run, runs, members, result, meta, start, state, evaluator,
     return rows
 
 
+def _unrolled_step(step, mesh, mode: str, n: int):
+    """``step`` of one member, applied to each member of the stacked (state, batch, key, hp) in
+    turn, unrolled at trace time, the results stacked (``population.unroll``). With the member axis
+    over several devices, each device runs its own members (``shard_map``)."""
+    devices = mesh.devices.size if mode == "members" else 1
+
+    def members(state, batch, key, hp):
+        outs = [step(*jax.tree.map(lambda a: a[i], (state, batch, key, hp))) for i in range(n // devices)]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+    if devices == 1:
+        return members
+    return jax.shard_map(members, mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P("data"))
+
+
 @gaxp_draws
 @run_dir.one_run  # the run and member directories locked for the call; write errors name the resume
 def train(config: Config, source: dict) -> dict:
@@ -263,13 +279,19 @@ def train(config: Config, source: dict) -> dict:
                 "population": {"dir": str(run.dir), "member": i}})
     traces_before = T.TRACES["train_step"]
 
+    unroll = unrolled(config, run.mesh, run.image)
+    if unroll:
+        log.info("population: %d members traced one by one (population.unroll)", n)
+
     def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
         t0 = time.perf_counter()
-        step = jax.vmap(tasks.step_fn(config, spec),
-                        spmd_axis_name="data" if mode == "members" else None)
+        if unroll:
+            step = _unrolled_step(tasks.step_fn(config, spec), run.mesh, mode, n)
+        else:
+            step = jax.vmap(tasks.step_fn(config, spec), spmd_axis_name="data" if mode == "members" else None)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
-        try:  # one convolution per member (gaxp.models.layers.conv), not lax's grouped ones
-            with layers.member_batched():
+        try:  # vmapped: one convolution per member (gaxp.models.layers.conv), not lax's grouped ones
+            with layers.member_batched(not unroll):
                 lowered = fn.lower(state, batch, key, hp)
         except ValueError as e:  # a gradient of a gradient through them (a gradient penalty)
             if "Linearization failed" not in str(e):

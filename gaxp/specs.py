@@ -245,11 +245,13 @@ class PopulationSpec:
     ((name, (value per member, ...)), ...) sorted by name, for the names of
     ``gaxp.population.VARY``; ``shard`` puts the member axis (``members``) or each member's batch
     (``batch``) on the devices; ``auto`` = members when they divide evenly over the devices;
-    ``cpu_devices``: CPU devices to spread the members over (``gaxp.members.spread_over_cores``)."""
+    ``cpu_devices``: CPU devices to spread the members over (``gaxp.members.spread_over_cores``);
+    ``unroll``: members traced one by one instead of vmapped (``gaxp.members.unrolled``)."""
 
     vary: tuple = ()
     shard: str = "auto"  # auto | members | batch
     cpu_devices: object = "auto"  # auto | int
+    unroll: object = "auto"  # auto | True | False (gaxp.members.unrolled)
 
     def get(self, name: str):
         return dict(self.vary).get(name)

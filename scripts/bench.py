@@ -130,6 +130,13 @@ def time_jax(compiled, state, batch, key, steps: int, batches=None):
     return (time.perf_counter() - t) / steps * 1000, state
 
 
+def pipeline_rate(device_ms: list, real_ms: list) -> float:
+    """The input pipeline's rate: the step on a batch already on the device over the step fed by
+    the real pipeline, as the median of the ratios of rounds run back to back (a ratio of two
+    medians let a load change between rounds move it by several percent)."""
+    return statistics.median(d / r for d, r in zip(device_ms, real_ms))
+
+
 def bench_one(model: str, batch: int, args, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = tuple(getattr(args, "overrides", ()))
@@ -173,7 +180,7 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
     row = {"model": model, "batch": batch, "devices": args.host_devices, "step_ms": ms, "images_per_s": batch / ms * 1000,
            "compile_s": compile_s, "gflop_per_step": gflop_step, "gflop_per_s": gflop_step / ms * 1000,
            "peak_fraction": gflop_step / ms * 1000 / peak, "real_data_ms": statistics.median(real_ms)}
-    row["pipeline_rate"] = ms / row["real_data_ms"]
+    row["pipeline_rate"] = pipeline_rate(jax_ms, real_ms)
     row["precision"] = args.precision
     if fp32_ms:
         row["fp32_ms"] = statistics.median(fp32_ms)
@@ -188,9 +195,10 @@ def bench_one(model: str, batch: int, args, peak: float) -> dict:
     return row
 
 
-def population_step(run, state, batch, key, n: int, devices: int, compiler_options=None):
-    """The step of ``n`` members (``gaxp.population``'s program: vmapped, the member axis sharded
-    over ``devices``, per-member learning rates as traced values) compiled, and its inputs."""
+def population_step(run, state, batch, key, n: int, devices: int, compiler_options=None, unroll=None):
+    """The step of ``n`` members (``gaxp.population``'s program: vmapped or unrolled as
+    ``population.unroll=auto`` chooses unless ``unroll`` is given, the member axis sharded over
+    ``devices``, per-member learning rates as traced values) compiled, and its inputs."""
     import dataclasses
     import functools
 
@@ -200,7 +208,9 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from gaxp import xla
+    from gaxp.members import unrolled
     from gaxp.models import layers
+    from gaxp.population import _unrolled_step
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -211,13 +221,18 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     keys = jax.device_put(jax.random.split(key, n), sh)
     hp = jax.device_put({"g_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32),
                          "d_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32)}, sh)
-    step = jax.vmap(functools.partial(train_step, spec=spec), spmd_axis_name="data" if devices > 1 else None)
+    one = functools.partial(train_step, spec=spec)
+    unroll = unrolled(run.config, mesh, run.image) if unroll is None else unroll
+    if unroll:  # as gaxp.population runs it (population.unroll)
+        step = _unrolled_step(one, mesh, "members", n)
+    else:
+        step = jax.vmap(one, spmd_axis_name="data" if devices > 1 else None)
     t = time.perf_counter()
-    with layers.member_batched():  # as gaxp.population traces it
+    with layers.member_batched(not unroll):  # as gaxp.population traces it
         lowered = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp)
     compiled = lowered.compile(compiler_options=xla.mesh_options(run.mesh, compiler_options))
     compile_s = time.perf_counter() - t
-    return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled
+    return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled, unroll
 
 
 def _memory_mb(compiled) -> float:
@@ -255,7 +270,7 @@ def bench_population(model: str, batch: int, args) -> dict:
                     ms, prog[1] = time_jax(*prog, args.steps if r else 2)
                     if r:
                         times[f"{v}{k}"].append(ms)
-    row = {"model": model, "batch": batch, "members": n, "devices": args.host_devices}
+    row = {"model": model, "batch": batch, "members": n, "devices": args.host_devices, "unrolled": pop[6]}
     for v in variants:
         one, pop_ms = statistics.median(times[f"{v}one_ms"]), statistics.median(times[f"{v}population_ms"])
         row.update({f"{v}one_ms": one, f"{v}population_ms": pop_ms,
@@ -401,7 +416,7 @@ def worker(lib: str, model: str, batch: int, args) -> dict:
             ms, state = time_jax(compiled, state, None, key, args.steps, batches)
             real.append(ms)
     return {"lib": lib, "ms": statistics.median(times), "real_data_ms": statistics.median(real),
-            "gflop": gflop}
+            "pipeline_rate": pipeline_rate(times, real), "gflop": gflop}
 
 
 def compare_torch(args) -> tuple[list[dict], float]:
@@ -439,7 +454,7 @@ def compare_torch(args) -> tuple[list[dict], float]:
                    "gaxp_gflop_per_s": gflop / jax_ms * 1000, "torch_gflop_per_s": gflop / torch_ms * 1000,
                    "gaxp_peak_fraction": gflop / jax_ms * 1000 / peak,
                    "torch_peak_fraction": gflop / torch_ms * 1000 / peak,
-                   "pipeline_rate": jax_ms / statistics.median(j["real_data_ms"] for j, _ in pairs)}
+                   "pipeline_rate": statistics.median(j["pipeline_rate"] for j, _ in pairs)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows, peak

@@ -67,10 +67,13 @@ def test_population_sharding_modes_agree_and_resume_is_exact(tiny, tmp_path):
     members = train(tiny(*common, "trainer.devices=4", "population.shard=members", name="members"))
     batch = train(tiny(*common, "trainer.devices=4", "population.shard=batch", name="batch"))
     assert (one["shard"], members["shard"], batch["shard"]) == ("members", "members", "batch")
+    # population.unroll: each member traced on its own, on one device and 2 per device (shard_map)
+    unrolled = [train(tiny(*common, f"trainer.devices={d}", "population.unroll=true", name=f"unrolled{d}"))
+                for d in (1, 2)]
     for i in range(4):
         ref = _params(one["members"][i]["dir"])
-        _assert_close(_params(members["members"][i]["dir"]), ref)
-        _assert_close(_params(batch["members"][i]["dir"]), ref)
+        for other in (members, batch, *unrolled):
+            _assert_close(_params(other["members"][i]["dir"]), ref)
     # resume: drop every member's final checkpoint, continue from step 5
     run = tmp_path / "members"
     for i in range(4):
@@ -123,6 +126,7 @@ def test_population_outputs_and_wandb_group(tiny, tmp_path):
     (("trainer.population=2", "population.shard=rows"), "unknown population.shard 'rows'"),
     (("trainer.population=2", "population.cpu_devices=0"), "population.cpu_devices must be auto or an integer >= 1"),
     (("trainer.population=2", "+population.cores=2"), "unknown key population.cores; valid keys: cpu_devices"),
+    (("trainer.population=2", "population.unroll=maybe"), "population.unroll must be auto, true or false"),
 ])
 def test_population_bad_input(tiny, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -204,13 +208,22 @@ def test_conditional_population_equals_separate_runs(tiny):
 
 
 def test_population_with_a_gradient_penalty_through_convolutions_trains(tiny, caplog):
-    """WGAN-GP differentiates D's input gradient: the member-batched convolutions cannot be traced
-    for it, so the population falls back to lax's convolutions, says so, and trains."""
+    """WGAN-GP differentiates D's input gradient: vmapped (population.unroll=false), the
+    member-batched convolutions cannot be traced for it, so the population falls back to lax's
+    convolutions, says so, and trains. Unrolled (auto for image models on CPU), each member is
+    its own single-run program: the members equal separate runs."""
     import logging
 
-    cfg = tiny("loss=wgan_gp", "model.g_width=4", "model.d_width=8", "data.batch_size=8",
-               "trainer.steps=2", "trainer.population=2", "trainer.devices=1")
+    common = ("loss=wgan_gp", "model.g_width=4", "model.d_width=8", "data.batch_size=8",
+              "trainer.steps=2", "trainer.devices=1", "trainer.log_every=1")
     with caplog.at_level(logging.INFO, logger="gaxp"):
-        pop = train(cfg)
+        pop = train(tiny(*common, "trainer.population=2", "population.unroll=false", name="vmapped"))
     assert pop["population"] == 2 and len(pop["members"]) == 2
     assert "grouped convolutions" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gaxp"):
+        pop = train(tiny(*common, "trainer.population=2", name="unrolled"))
+    assert "2 members traced one by one" in caplog.text and "grouped" not in caplog.text
+    for i in range(2):
+        alone = train(tiny(*common, f"trainer.seed={i}", name=f"alone{i}"))
+        _assert_close(_params(pop["members"][i]["dir"]), _params(alone["run_dir"]))
