@@ -207,18 +207,23 @@ def _user_cpu_devices() -> bool:
 def spread_over_cores(config: Config, distributed: bool) -> int | None:
     """Before JAX starts its CPU backend: give a population one CPU device per core
     (``population.cpu_devices``), so that ``population.shard=members`` runs its members' programs
-    side by side on the cores. One vmapped program of small members keeps 2 cores only ~60% busy
-    (measured on the PacGAN toy); a single run is faster on one device, so only populations do
-    this. ``auto``: as many devices as divide the members, up to the usable cores, unless the user
-    set a CPU device count (``XLA_FLAGS``, ``jax_num_cpu_devices``), chose ``trainer.devices`` or
-    ``population.shard=batch``, or runs several processes. Returns the count set, or None."""
+    side by side on the cores. ``auto``: for MLP members (``model=mlp``), as many devices as divide
+    the members, up to the usable cores, unless the user set a CPU device count (``XLA_FLAGS``,
+    ``jax_num_cpu_devices``), chose ``trainer.devices`` or ``population.shard=batch``, or runs
+    several processes. Returns the count set, or None.
+
+    Measured on the 2-core CPU (``scripts/bench.py --population``): one vmapped program of 10
+    PacGAN toys kept the cores ~60% busy, 0.75-0.89x the throughput of 10 sequential runs; over 2
+    devices 1.2-1.4x. Convolutional members already fill both cores: 8 DCGANs fell from 1.10x to
+    1.00x unrolled over 2 devices (0.88x to 0.54x vmapped), so they stay on one device, as single
+    runs do (a single run is faster on one device)."""
     from jax._src import xla_bridge  # the public API has no "is the backend up" query
 
     n, want = config.trainer.population, config.population.cpu_devices
     if n < 2 or want == 1:
         return None
     if want == "auto":
-        if (distributed or _user_cpu_devices() or config.trainer.devices is not None
+        if (config.model.name != "mlp" or distributed or _user_cpu_devices() or config.trainer.devices is not None
                 or config.population.shard == "batch" or xla_bridge.backends_are_initialized()):
             return None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
