@@ -213,8 +213,8 @@ def spread_over_cores(config: Config, distributed: bool) -> int | None:
     several processes. Returns the count set, or None.
 
     Measured on the 2-core CPU (``scripts/bench.py --population``): one vmapped program of 10
-    PacGAN toys kept the cores ~60% busy, 0.75-0.89x the throughput of 10 sequential runs; over 2
-    devices 1.2-1.4x. Convolutional members already fill both cores: 8 DCGANs fell from 1.10x to
+    PacGAN toys kept the cores ~60% busy, 0.73x the throughput of 10 sequential runs; over 2
+    devices 0.95x (1.30x the one-device program). Convolutional members already fill both cores: 8 DCGANs fell from 1.10x to
     1.00x unrolled over 2 devices (0.88x to 0.54x vmapped), so they stay on one device, as single
     runs do (a single run is faster on one device)."""
     from jax._src import xla_bridge  # the public API has no "is the backend up" query

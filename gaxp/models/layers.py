@@ -1,4 +1,6 @@
-"""DCGAN's 4x4 stride-2 convolutions, computed so that XLA:CPU runs them fast.
+"""Layers computed so that XLA:CPU runs them fast: DCGAN's 4x4 stride-2 convolutions (here),
+convolutions that stay convolutions under a population's vmap, and BatchNorm and bias sums as
+matrix products (sections below).
 
 `conv_transpose_2x` is exactly PyTorch `ConvTranspose2d(k=4, s=2, p=1)` (output 2x the input
 size) and `conv_down_2x` exactly `Conv2d(k=4, s=2, p=1)` (output floor(input / 2)). NHWC inputs,
