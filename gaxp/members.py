@@ -214,27 +214,29 @@ def spread_over_cores(config: Config, distributed: bool) -> int | None:
 
     Measured on the 2-core CPU (``scripts/bench.py --population``): one vmapped program of 10
     PacGAN toys kept the cores ~60% busy, 0.73x the throughput of 10 sequential runs; over 2
-    devices 0.95x (1.30x the one-device program). Convolutional members already fill both cores: 8 DCGANs fell from 1.10x to
-    1.00x unrolled over 2 devices (0.88x to 0.54x vmapped), so they stay on one device, as single
-    runs do (a single run is faster on one device)."""
+    devices 0.95x (1.30x the one-device program). Convolutional members already fill both cores:
+    8 DCGANs fell from 1.10x to 1.00x unrolled over 2 devices (0.88x to 0.54x vmapped), so they
+    stay on one device, as single runs do (a single run is faster on one device)."""
     from jax._src import xla_bridge  # the public API has no "is the backend up" query
 
     n, want = config.trainer.population, config.population.cpu_devices
     if n < 2 or want == 1:
         return None
     if want == "auto":
-        if (config.model.name != "mlp" or distributed or _user_cpu_devices() or config.trainer.devices is not None
-                or config.population.shard == "batch" or xla_bridge.backends_are_initialized()):
+        if (config.model.name != "mlp" or distributed or _user_cpu_devices()
+                or config.trainer.devices is not None or config.population.shard == "batch"
+                or xla_bridge.backends_are_initialized()):
             return None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         want = max(d for d in range(1, min(cores, n) + 1) if n % d == 0)
         if want == 1:
             return None
-    elif xla_bridge.backends_are_initialized():
-        if jax.local_device_count("cpu") == want:
+    elif xla_bridge.backends_are_initialized() or _user_cpu_devices():
+        have = jax.local_device_count("cpu")
+        if have == want:
             return None
-        raise ConfigError(f"population.cpu_devices={want} must be set before JAX starts (it has "
-                          f"{jax.local_device_count('cpu')} CPU devices now); run gaxp-train in a new "
-                          "process, or set population.cpu_devices=auto")
+        raise ConfigError(f"population.cpu_devices={want} but JAX already has {have} CPU devices (set "
+                          "by XLA_FLAGS, jax_num_cpu_devices or an earlier run in this process); "
+                          "set only one, or run gaxp-train in a new process")
     jax.config.update("jax_num_cpu_devices", want)
     return want

@@ -162,6 +162,17 @@ def test_population_spreads_over_the_cores_and_trains_the_same_members(tmp_path)
         _assert_close(a, b)
 
 
+def test_population_cpu_devices_against_a_count_already_set_is_one_clear_error(tiny):
+    """population.cpu_devices=N when JAX's CPU device count is already set (here the tests'
+    XLA_FLAGS: 8): one line that says so, before anything compiles; the same count is accepted."""
+    from gaxp.members import spread_over_cores
+
+    with pytest.raises(ConfigError, match=r"population.cpu_devices=3 but JAX already has 8 CPU "
+                                          r"devices \(set by XLA_FLAGS"):
+        train(tiny(*TOY, "trainer.population=3", "population.cpu_devices=3"))
+    assert spread_over_cores(load(tiny(*TOY, "trainer.population=8", "population.cpu_devices=8")), False) is None
+
+
 def test_multirun_of_populations_compares_members_as_seeds(tmp_path):
     """`gaxp-train -m loss=ns,hinge trainer.population=2`: two population jobs; scripts/compare.py
     reads each member as a run with its own seed."""
