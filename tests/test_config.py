@@ -70,3 +70,12 @@ def test_bad_values_give_one_line_errors(override, message):
         load(compose(override))
     text = str(err.value)
     assert message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("experiment", ["toy_ring", "toy_grid"])
+def test_a_metrics_choice_on_the_command_line_beats_the_experiments(experiment):
+    """The toy experiments pick PacGAN's protocol (metrics=pacgan: modes from 2,500 samples, one
+    high-quality sample per covered mode); metrics=none on top of them evaluates nothing."""
+    pacgan = load(compose(f"experiment={experiment}")).metrics
+    assert (pacgan.names, pacgan.n_fake, pacgan.mode_min_count) == (("modes",), 2500, 1)
+    assert load(compose(f"experiment={experiment}", "metrics=none")).metrics.names == ()
