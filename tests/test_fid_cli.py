@@ -224,3 +224,38 @@ def test_gaxp_fid_and_the_evaluator_share_reference_statistics(tmp_path, pt_path
         reference.reference_stats(ev.reference, dict(key, n=12), failing, cache_dir=str(cache))
     assert calls and _files(cache) == made
     assert not [f for f in (cache / "stats").iterdir() if f.name.startswith(".")]
+
+
+def test_a_registered_metric_gets_the_seeded_reference_subset():
+    """A user's metric (``register.metric``) sees the same real examples as the built-in ones:
+    the seed-0 subset of the reference split, not its first n_real examples (MNIST's embedded
+    training digits are sorted by class: the first 300 would all be zeros)."""
+    from conftest import compose
+
+    from gaxp import sharding
+    from gaxp.config import load
+    from gaxp.data import make_dataset
+    from gaxp.step import to_float
+    from gaxp.metrics.evaluator import Evaluator
+    from gaxp.registry import METRICS, MetricEntry
+
+    seen = {}
+
+    def record(fake, real, ctx):
+        seen["real"] = real
+        return {"n_real_seen": len(real)}
+
+    METRICS.add("record_real", MetricEntry(record, ("image",)), "test")
+    try:
+        config = load(compose("metrics=default", "metrics.names=[record_real]", "metrics.split=train",
+                              "metrics.n_real=300", "metrics.n_fake=8"))
+        data = make_dataset("mnist", "mnist", image_size=config.data.image_size)
+        ev = Evaluator(config, data, sharding.make_mesh(None), lambda *a: None, z_dim=4)
+        out = ev._registered("record_real", np.zeros((8, 28, 28, 1), np.float32))
+    finally:
+        del METRICS["record_real"]
+        METRICS.where.pop("record_real")
+    assert out == {"eval/n_real_seen": 300.0}
+    subset = ev.reference.gather(ev.reference_indices())
+    np.testing.assert_array_equal(seen["real"], np.asarray(to_float(subset["x"])))
+    assert len(set(np.asarray(subset["y"]).tolist())) == 10

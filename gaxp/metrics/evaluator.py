@@ -297,7 +297,7 @@ class Evaluator(Scheduled):
         real = None
         if not self.points:
             if self._real is None:
-                self._real = to_float(self.reference.gather(np.arange(self.n_real))["x"])
+                self._real = to_float(self.reference.gather(self.reference_indices())["x"])
             real = np.asarray(self._real)
         ctx = MetricContext(self.data, self.spec, self.num_classes)
         out = METRICS[name].compute(samples, real, ctx)
