@@ -215,6 +215,27 @@ def _unrolled_step(step, mesh, mode: str, n: int):
     return jax.shard_map(members, mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P("data"))
 
 
+def lower_members(step, mesh, mode: str, n: int, unroll: bool, out_sharding, *args):
+    """One member's ``step`` as the population's program, jitted (state donated) and lowered on
+    ``args``: unrolled (``_unrolled_step``) or vmapped. Vmapped convolutions run one per member
+    (``gaxp.models.layers.conv``), not as lax's grouped ones, unless a gradient penalty
+    differentiates through them twice (JAX cannot linearize them): then lax's, with one line."""
+    if unroll:
+        fn = _unrolled_step(step, mesh, mode, n)
+    else:
+        fn = jax.vmap(step, spmd_axis_name="data" if mode == "members" else None)
+    fn = jax.jit(fn, donate_argnums=0, out_shardings=(out_sharding, out_sharding))
+    try:
+        with layers.member_batched(not unroll):
+            return fn.lower(*args)
+    except ValueError as e:
+        if "Linearization failed" not in str(e):
+            raise
+        log.info("population: a gradient penalty differentiates through the convolutions "
+                 "twice, so they run as lax's grouped convolutions (slower on CPU)")
+        return fn.lower(*args)
+
+
 @gaxp_draws
 @run_dir.one_run  # the run and member directories locked for the call; write errors name the resume
 def train(config: Config, source: dict) -> dict:
@@ -285,20 +306,8 @@ def train(config: Config, source: dict) -> dict:
 
     def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
         t0 = time.perf_counter()
-        if unroll:
-            step = _unrolled_step(tasks.step_fn(config, spec), run.mesh, mode, n)
-        else:
-            step = jax.vmap(tasks.step_fn(config, spec), spmd_axis_name="data" if mode == "members" else None)
-        fn = jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, state_sharding))
-        try:  # vmapped: one convolution per member (gaxp.models.layers.conv), not lax's grouped ones
-            with layers.member_batched(not unroll):
-                lowered = fn.lower(state, batch, key, hp)
-        except ValueError as e:  # a gradient of a gradient through them (a gradient penalty)
-            if "Linearization failed" not in str(e):
-                raise
-            log.info("population: a gradient penalty differentiates through the convolutions "
-                     "twice, so they run as lax's grouped convolutions (slower on CPU)")
-            lowered = fn.lower(state, batch, key, hp)
+        lowered = lower_members(tasks.step_fn(config, spec), run.mesh, mode, n, unroll, state_sharding,
+                                state, batch, key, hp)
         compiled = lowered.compile(compiler_options=xla.mesh_options(run.mesh))
         return (lambda s, b, k: compiled(s, b, k, hp)), time.perf_counter() - t0
 

@@ -30,8 +30,7 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
 
     from gaxp import xla
     from gaxp.members import unrolled
-    from gaxp.models import layers
-    from gaxp.population import _unrolled_step
+    from gaxp.population import lower_members
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -42,15 +41,10 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     keys = jax.device_put(jax.random.split(key, n), sh)
     hp = jax.device_put({"g_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32),
                          "d_lr_scale": np.linspace(0.5, 2, n, dtype=np.float32)}, sh)
-    one = functools.partial(train_step, spec=spec)
     unroll = unrolled(run.config, mesh, run.image) if unroll is None else unroll
-    if unroll:  # as gaxp.population runs it (population.unroll)
-        step = _unrolled_step(one, mesh, "members", n)
-    else:
-        step = jax.vmap(one, spmd_axis_name="data" if devices > 1 else None)
     t = time.perf_counter()
-    with layers.member_batched(not unroll):  # as gaxp.population traces it
-        lowered = jax.jit(step, donate_argnums=0, out_shardings=(sh, sh)).lower(pop_state, pop_batch, keys, hp)
+    lowered = lower_members(functools.partial(train_step, spec=spec), mesh, "members", n, unroll, sh,
+                            pop_state, pop_batch, keys, hp)
     compiled = lowered.compile(compiler_options=xla.mesh_options(run.mesh, compiler_options))
     compile_s = time.perf_counter() - t
     return (lambda st, b, k: compiled(st, b, k, hp)), pop_state, pop_batch, keys, compile_s, compiled, unroll
