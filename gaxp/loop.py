@@ -146,6 +146,7 @@ class Loop:
         steps_run = t.steps - start
         stages = grow.stage_figures(self.stages, t.steps, time.perf_counter(), self.images_per_step)
         return {"compile_s": self.compile_s, "run_s": wall, "state": state, "final": metrics,
+                "devices": int(self.run.mesh.devices.size),
                 "images_per_s": (steps_run * self.images_per_step / max(wall - self.eval_s, 1e-9)
                                  if steps_run else 0.0),
                 **({"stages": stages} if stages else {})}

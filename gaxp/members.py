@@ -198,10 +198,14 @@ def unrolled(config: Config, mesh, image: bool) -> bool:
     return image and mesh.devices.flat[0].platform == "cpu" and per_device <= UNROLL_MAX
 
 
+_SPREAD_BY_GAXP = [0]  # the CPU device count spread_over_cores set in this process (0: none)
+
+
 def _user_cpu_devices() -> bool:
-    """Whether the user already chose how many CPU devices JAX has."""
+    """Whether the user (not an earlier population of this process) chose how many CPU devices
+    JAX has."""
     return ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-            or jax.config.jax_num_cpu_devices != -1)
+            or jax.config.jax_num_cpu_devices not in (-1, _SPREAD_BY_GAXP[0]))
 
 
 def spread_over_cores(config: Config, distributed: bool) -> int | None:
@@ -210,7 +214,12 @@ def spread_over_cores(config: Config, distributed: bool) -> int | None:
     side by side on the cores. ``auto``: for MLP members (``model=mlp``), as many devices as divide
     the members, up to the usable cores, unless the user set a CPU device count (``XLA_FLAGS``,
     ``jax_num_cpu_devices``), chose ``trainer.devices`` or ``population.shard=batch``, or runs
-    several processes. Returns the count set, or None.
+    several processes. Returns the number of devices the run should use, or None (all).
+
+    JAX's device count lasts for the process, so in an in-process sweep (Hydra's default
+    launcher) the jobs after a population that set it would see its devices. They get what a
+    fresh process would give them: a later population as many of those devices as it would have
+    set, any other run (``trainer.devices`` unset) one device.
 
     Measured on the 2-core CPU (``scripts/bench.py --population``): one vmapped program of 10
     PacGAN toys kept the cores ~60% busy, 0.73x the throughput of 10 sequential runs; over 2
@@ -219,18 +228,19 @@ def spread_over_cores(config: Config, distributed: bool) -> int | None:
     stay on one device, as single runs do (a single run is faster on one device)."""
     from jax._src import xla_bridge  # the public API has no "is the backend up" query
 
-    n, want = config.trainer.population, config.population.cpu_devices
+    n, want, spread = config.trainer.population, config.population.cpu_devices, _SPREAD_BY_GAXP[0]
+    fresh = 1 if spread and config.trainer.devices is None and not _user_cpu_devices() else None
     if n < 2 or want == 1:
-        return None
+        return fresh
     if want == "auto":
         if (config.model.name != "mlp" or distributed or _user_cpu_devices()
                 or config.trainer.devices is not None or config.population.shard == "batch"
-                or xla_bridge.backends_are_initialized()):
-            return None
+                or (xla_bridge.backends_are_initialized() and not spread)):
+            return fresh
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        want = max(d for d in range(1, min(cores, n) + 1) if n % d == 0)
-        if want == 1:
-            return None
+        want = max(d for d in range(1, min(cores, n, spread or n) + 1) if n % d == 0)
+        if want == 1 or spread:
+            return want if spread else None
     elif xla_bridge.backends_are_initialized() or _user_cpu_devices():
         have = jax.local_device_count("cpu")
         if have == want:
@@ -239,4 +249,5 @@ def spread_over_cores(config: Config, distributed: bool) -> int | None:
                           "by XLA_FLAGS, jax_num_cpu_devices or an earlier run in this process); "
                           "set only one, or run gaxp-train in a new process")
     jax.config.update("jax_num_cpu_devices", want)
+    _SPREAD_BY_GAXP[0] = want
     return want

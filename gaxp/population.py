@@ -327,7 +327,7 @@ def train(config: Config, source: dict) -> dict:
     summary = {"population": n, "shard": mode, "steps": steps, "kimg_per_member": kimg,
                "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
                "compile_s": result["compile_s"], "images_per_s": result["images_per_s"] * n,
-               "step_traces": traces, "resumed_from": start, "members": rows, "run_dir": str(run.dir),
+               "devices": result["devices"], "step_traces": traces, "resumed_from": start, "members": rows, "run_dir": str(run.dir),
                "final": {k: float(np.mean([r["final"][k] for r in rows])) for k in rows[0]["final"]}}
     if run.is_main:
         run_dir.write_json_atomic(run.dir / "summary.json", summary)

@@ -61,11 +61,12 @@ def setup(config: Config) -> Run:
     """Everything that can fail on user input, before any compilation."""
     _quiet_libraries()
     multi = distributed.initialize(config.trainer)
-    cpus = spread_over_cores(config, multi)
-    if cpus and jax.default_backend() == "cpu":
+    cpus = spread_over_cores(config, multi)  # before JAX's CPU backend starts
+    cpus = cpus if jax.default_backend() == "cpu" else None
+    if cpus and cpus > 1:
         log.info("gaxp: population of %d over %d CPU devices, one per core (population.cpu_devices)",
                  config.trainer.population, cpus)
-    mesh = sharding.make_mesh(config.trainer.devices)
+    mesh = sharding.make_mesh(cpus or config.trainer.devices)
     if config.trainer.population > 1 and population_shard(config, mesh) == "members":
         local_batch = config.data.batch_size  # each member's batch stays on its member's device
     else:
@@ -248,7 +249,7 @@ def run_summary(config: Config, result: dict, meta: dict, start: int, traces: in
         "steps": steps, "kimg": steps * config.data.batch_size * config.loss.n_critic / 1000,
         "wall_time_s": meta.get("wall_time_s", 0.0) + result["run_s"],
         "compile_s": result["compile_s"], "images_per_s": result["images_per_s"],
-        "step_traces": traces, "resumed_from": start,
+        "devices": result["devices"], "step_traces": traces, "resumed_from": start,
         "digest": param_digest(state), "final": final, "run_dir": str(directory),
         "rollbacks": int(np.max(jax.device_get(state.rollbacks))),
         **({"stages": result["stages"]} if "stages" in result else {}),  # progressive growing

@@ -97,8 +97,10 @@ LAYERS = [("G dense 100->7x7x256", "dense", (100,), 7 * 7 * 256),
           ("D down 64->128, 14->7", "down", (14, 14, 64), 128)]
 
 
-def _jax_fns(f, ct):
-    loss = lambda x, w: jnp.vdot(f(x, w), ct)
+def _jax_fns(f):
+    # The output gradient is an argument: closed over, it was a constant that XLA folded into
+    # whatever the backward pass builds from it alone (the transposed convolution's im2col).
+    loss = lambda x, w, ct: jnp.vdot(f(x, w), ct)
     return jax.jit(f), jax.jit(jax.value_and_grad(loss, (0, 1)))
 
 
@@ -148,8 +150,8 @@ def bench_layer(kind, shape, cout, batch, rounds, with_torch):
     ct = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
     fns = {}
     for name, f in cands.items():
-        fwd, vg = _jax_fns(f, ct)
-        fns[name] = (lambda fwd=fwd: fwd(x, w), lambda vg=vg: vg(x, w))
+        fwd, vg = _jax_fns(f)
+        fns[name] = (lambda fwd=fwd: fwd(x, w), lambda vg=vg: vg(x, w, ct))
     if with_torch:
         fns["torch eager"] = _torch_fns(kind, shape, cin, cout, batch)
     flat = [f for pair in fns.values() for f in pair]

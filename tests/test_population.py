@@ -162,6 +162,32 @@ def test_population_spreads_over_the_cores_and_trains_the_same_members(tmp_path)
         _assert_close(a, b)
 
 
+def test_jobs_after_a_spread_population_in_one_process_get_a_fresh_process_devices(tmp_path):
+    """JAX's CPU device count lasts for the process, and Hydra's default launcher runs a sweep's
+    jobs in one process. After a population set 2 CPU devices, a single run gets 1 device and
+    equals the same run in its own process; a population of 3 (no divisor of 3 up to 2 cores)
+    gets 1 device; a population of 4 gets the 2."""
+    import json
+    import os
+
+    from test_cli import gaxp_train
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores")
+    common = (*TOY, "trainer.steps=3", "logger=none", "trainer.progress=false", "metrics=none")
+    sweep = gaxp_train("-m", *common, "trainer.population=2,1,3,4", "hydra.sweep.dir=sweep",
+                       cwd=tmp_path, devices=None)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    alone = gaxp_train(*common, "trainer.population=1", "hydra.run.dir=alone", cwd=tmp_path,
+                       devices=None)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    summaries = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())
+                 for i in range(4)]
+    assert [s["devices"] for s in summaries] == [2, 1, 1, 2]
+    assert json.loads((tmp_path / "alone" / "summary.json").read_text())["devices"] == 1
+    assert summaries[1]["digest"] == json.loads((tmp_path / "alone" / "summary.json").read_text())["digest"]
+
+
 def test_population_cpu_devices_against_a_count_already_set_is_one_clear_error(tiny):
     """population.cpu_devices=N when JAX's CPU device count is already set (here the tests'
     XLA_FLAGS: 8): one line that says so, before anything compiles; the same count is accepted."""
