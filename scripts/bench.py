@@ -282,6 +282,10 @@ def worker(lib: str, model: str, batch: int, args) -> dict:
         import torch
 
         torch.set_num_threads(args.torch_threads or os.cpu_count())
+        if args.torch_malloc == "gaxp":
+            from gaxp.xla import tune_host_allocator
+
+            tune_host_allocator()
         step = TORCH_MODELS[model](batch)
         for _ in range(3):
             step()
@@ -312,6 +316,7 @@ def compare_torch(args) -> tuple[list[dict], float]:
                "--steps", str(args.steps)] + (["--models", model, "--batch", str(batch)] if model else [])
         if args.torch_threads:
             cmd += ["--torch-threads", str(args.torch_threads)]
+        cmd += ["--torch-malloc", args.torch_malloc]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                              env=os.environ | {"WANDB_MODE": "disabled"}).stdout
         return json.loads(out.strip().splitlines()[-1])
@@ -403,11 +408,10 @@ def main(argv=None) -> int:
                    help="with --compare: processes of each library per row")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch's intra-op threads (default: one per core)")
+    p.add_argument("--torch-malloc", choices=["system", "gaxp"], default="system",
+                   help="torch's host allocator: glibc's defaults, or gaxp's (gaxp.xla)")
     p.add_argument("--gpu-suite", action="store_true",
-                   help="instead: issue 15's suite in one run (DCGAN-32 and ResNet-32 steps at batch "
-                        "64 and 256 in fp32 and bf16 against the matmul peak of each precision, "
-                        "populations of 64 toys and 8 DCGANs against one member, Inception images/s), "
-                        "one markdown row as each job finishes, --json rewritten after each")
+                   help="instead: issue 15's GPU suite in one run (scripts/bench_suite.py says what)")
     p.add_argument("--smoke", action="store_true",
                    help="with --gpu-suite: the same jobs tiny (a CPU check of the whole path)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
