@@ -2,8 +2,9 @@
 
 For each layer and batch size, every candidate is timed on the forward pass ("fwd") and on
 value_and_grad of a linear loss with respect to input and weights ("f+b"; torch: forward +
-backward). All jitted, block_until_ready, candidates interleaved round by round (the CPU is shared
-and noisy), median over rounds. Prints a markdown table in milliseconds.
+backward). All jitted with gaxp's XLA options and host allocator (gaxp.xla), block_until_ready,
+candidates interleaved round by round (the CPU is shared and noisy), median over rounds. Prints a
+markdown table in milliseconds.
 
     python scripts/bench_conv.py --batch 64 256 --rounds 5
 """
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gaxp import xla
 from gaxp.models import layers
 
 DN = layers.DIMENSION_NUMBERS
@@ -39,6 +41,29 @@ def up_patches_autodiff(x, w):
     p = layers._patches_2x2(layers._pad(x, (1, 1), (1, 1)), h + 1, wd + 1)
     y = p.reshape(n, h + 1, wd + 1, 4 * ci) @ layers._up_blocks(w).reshape(4 * ci, 4 * co)
     return layers._blocks_to_image(y, co)
+
+
+@jax.custom_vjp
+def up_im2col_bwd(x, w):
+    """The sub-pixel forward; the backward as one im2col of the output gradient g, (N*H*W, 16*Co),
+    shared by dx = G @ kd and dkd = x^T @ G (gaxp's backward until it measured slower than XLA's
+    strided convolution and its kernel gradient, once g was not a folded constant here)."""
+    return layers._up_subpixel(x, w)
+
+
+def _up_im2col_bwd(res, g):
+    x, k = res
+    n, h, wd, ci = x.shape
+    co = k.shape[-1]
+    kd = k[::-1, ::-1].swapaxes(2, 3)
+    gp = layers._down_im2col(g, h, wd)
+    dx = (gp @ layers._s2d_perm(kd).reshape(16 * co, ci)).reshape(n, h, wd, ci)
+    dkd = lax.dot_general(x.reshape(-1, ci), gp, (((0,), (0,)), ((), ())))
+    dk = layers._s2d_perm(dkd.T.reshape(4, 4, co, ci))
+    return dx, dk.swapaxes(2, 3)[::-1, ::-1]
+
+
+up_im2col_bwd.defvjp(lambda x, w: (layers._up_subpixel(x, w), (x, w)), _up_im2col_bwd)
 
 
 def down_lax(x, w):
@@ -84,7 +109,7 @@ def dense(x, w):
 
 UP = {"lax.conv_transpose": up_lax, "zero-insert conv": up_zero_insert,
       "sub-pixel conv (autodiff)": layers._up_subpixel,
-      "patches matmul (autodiff)": up_patches_autodiff,
+      "patches matmul (autodiff)": up_patches_autodiff, "sub-pixel, im2col backward": up_im2col_bwd,
       "gaxp conv_transpose_2x": layers.conv_transpose_2x}
 DOWN = {"lax.conv_general_dilated": down_lax, "patches matmul (autodiff)": layers._down_patches,
         "lax fwd/dx, im2col dW": down_im2col_dw, "s2d + 2x2 conv (autodiff)": down_s2d_conv,
@@ -101,7 +126,7 @@ def _jax_fns(f):
     # The output gradient is an argument: closed over, it was a constant that XLA folded into
     # whatever the backward pass builds from it alone (the transposed convolution's im2col).
     loss = lambda x, w, ct: jnp.vdot(f(x, w), ct)
-    return jax.jit(f), jax.jit(jax.value_and_grad(loss, (0, 1)))
+    return xla.jit(f), xla.jit(jax.value_and_grad(loss, (0, 1)))
 
 
 def _torch_fns(kind, shape, cin, cout, batch):
@@ -168,6 +193,7 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="skip torch eager even if installed")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     args = ap.parse_args(argv)
+    xla.tune_host_allocator()  # as in a gaxp run (and torch's side too, in this process)
     with_torch = not args.no_torch
     if with_torch:
         try:

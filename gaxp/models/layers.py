@@ -6,40 +6,36 @@ matrix products (sections below).
 size) and `conv_down_2x` exactly `Conv2d(k=4, s=2, p=1)` (output floor(input / 2)). NHWC inputs,
 HWIO kernels (4, 4, Cin, Cout).
 
-Why not `lax.conv_transpose`? Its weight gradient is pathological on XLA:CPU. scripts/bench_conv.py
-on the 2-core dev CPU (shared, noisy), 256->128 channels, 7->14, forward+backward: lax 1752 ms
-at batch 64 (7.6 s at 256); this module 101 ms (507 ms) before the im2col backward below,
-which cut it by a further 20-26%; torch eager 107 ms (432 ms). The lax cost
-grows with the channel count (128 in, Cout=1: 10 ms; 16: 230 ms; 64: 2.3 s). So for Cout >= 4 we
-use a `jax.custom_vjp` built from passes that are fast:
+Why not `lax.conv_transpose`? Its weight gradient is pathological on XLA:CPU: scripts/bench_conv.py
+on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at batch 64 (5.2 s at
+256) against 60 ms (265 ms) for this module and 46 ms (199 ms) for torch eager. So
+`conv_transpose_2x` is a `jax.custom_vjp` built from passes that are fast:
 
 * forward, sub-pixel form: with a 4x4 kernel and stride 2, output pixels (2j-1, 2j) in each
   dimension depend only on the 2x2 input window starting at padded position j. So the layer is
   one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout output channels (the four output
   phases), then depth-to-space and a crop of one pixel at each border. No structural zeros; the
   border costs ((H+1)/H)^2 extra FLOPs. Faster than `lax.conv_transpose` (30 vs 43 ms above).
-* backward, one im2col and two exact matmuls: the adjoint of a transposed conv is an ordinary
-  4x4 stride-2 conv of the output gradient g with the flipped, in/out-swapped kernel kd. So the
-  4x4 windows of g are gathered once (`_down_im2col`, space-to-depth + 2x2 taps: (N*H*W, 16*Cout))
-  and give both gradients: dx = G @ kd (M x 16Co x Ci) and dkd = x^T @ G (Ci x M x 16Co), no
-  wasted FLOPs. Before, dx was XLA's stride-2 conv and dk a matmul over the (H+1)x(W+1) phase
-  blocks (31% more FLOPs at 7x7): forward+backward 256->128, 7->14 went from 119 to 95 ms at
-  batch 64 and 1063 to 782 ms at 256 (interleaved, loaded machine); the DCGAN-28 step got 8-9%
-  faster at batch 64 and 17% at 256 (bench.py's step, old and new in one process, interleaved).
-  The patches are built with `jnp.stack(..., axis=-2)`: `jnp.concatenate` on the channel axis
-  produced the same array 5x slower on XLA:CPU.
+* backward: the adjoint of a transposed conv is an ordinary 4x4 stride-2 conv of the output
+  gradient g with the flipped, in/out-swapped kernel kd. So dx is that convolution and dk its
+  kernel gradient at x, both XLA's own strided-convolution kernels (`jax.vjp` of `conv`, so a
+  population's vmap keeps them per member). It replaced an im2col of g shared by two exact
+  matrix products, which had measured faster only because bench_conv.py closed over the output
+  gradient, so XLA folded the im2col into a constant. With the gradient an argument (and gaxp's
+  host allocator, gaxp.xla), forward+backward 256->128 took 60 against 74 ms at batch 64 and
+  265 against 322 ms at 256, and the whole classic DCGAN-28 step ran 1.12x faster at batch 64
+  and 1.13x at 256 (old and new steps in one process, 7 interleaved rounds).
 
-Tried, not kept (same interleaved measurements): the forward as a matmul, x @ (Ci, 16*Co) then
+Tried, not kept (interleaved measurements): the forward as a matmul, x @ (Ci, 16*Co) then
 col2im (exact FLOPs; the shifted-slice sum costs 15-30 ms at batch 64, as much as it saves), or
 as patches @ (4Ci, 4Co) (slower than the conv), or as four exact per-phase convs (1.4x slower);
-(16Co, M) @ (M, Ci) for the weight gradient (~8% slower).
+dx as a 2x2 stride-1 conv of g's space-to-depth (64 against 54 ms for the im2col at batch 64).
 
-For Cout < 4 (a generator's image layer) the plain lax path is faster as a single layer, but
-in the whole step its weight gradient needs the layer's input in a transposed layout, and XLA
-recomputed the preceding BatchNorm-ReLU-depth-to-space fusion to produce it (38 ms plus a 17 ms
-gradient convolution of the 900 ms DCGAN-28 step at batch 256). With the custom VJP for every
-Cout the step was 1.06x faster at batch 64 and 1.05x at batch 256 (both in one process,
-interleaved).
+The custom VJP serves every Cout, the generator's 1-channel image layer too: on lax's path its
+weight gradient needed the layer's input in a transposed layout, and XLA recomputed the
+preceding BatchNorm-ReLU-depth-to-space fusion to produce it (38 ms plus a 17 ms gradient
+convolution of the 900 ms DCGAN-28 step at batch 256; the custom VJP made the step 1.06x / 1.05x
+faster at batch 64 / 256).
 
 `conv_down_2x`: XLA's own stride-2 conv is fine in both directions (64->128, 14->7, forward +
 backward: 38 ms at batch 64, 169 ms at 256, torch eager 27 / 105 ms), so it is used for Cin >= 8.
@@ -211,16 +207,11 @@ def _up_custom_fwd(x, k):
 
 def _up_custom_bwd(res, g):
     x, k = res
-    n, h, w, ci = x.shape
-    co = k.shape[-1]
     g = g.astype(x.dtype)
     kd = k[::-1, ::-1].swapaxes(2, 3)  # the adjoint is conv_down_2x(g, kd), kd: (4, 4, Co, Ci)
-    gp = _down_im2col(g, h, w)  # (N*h*w, 16*Co), shared by both gradients
-    dx = (gp @ _s2d_perm(kd).reshape(16 * co, ci)).reshape(n, h, w, ci)
-    # (Ci, M) @ (M, 16Co): ~8% faster than (16Co, M) @ (M, Ci) here.
-    dkd = lax.dot_general(x.reshape(-1, ci), gp, (((0,), (0,)), ((), ())))
-    dk = _s2d_perm(dkd.T.reshape(4, 4, co, ci))  # (4, 4, Co, Ci), kd's layout
-    return dx, dk.swapaxes(2, 3)[::-1, ::-1].astype(k.dtype)
+    # dx is that strided convolution, dkd its kernel gradient at x: XLA's own kernels for both
+    dx, kernel_vjp = jax.vjp(lambda kd: conv(g, kd, (2, 2), ((1, 1), (1, 1))), kd)
+    return dx, kernel_vjp(x)[0].swapaxes(2, 3)[::-1, ::-1].astype(k.dtype)
 
 
 _up_custom.defvjp(_up_custom_fwd, _up_custom_bwd)
