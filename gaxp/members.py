@@ -239,8 +239,10 @@ def spread_over_cores(config: Config, distributed: bool) -> int | None:
             return fresh
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         want = max(d for d in range(1, min(cores, n, spread or n) + 1) if n % d == 0)
-        if want == 1 or spread:
-            return want if spread else None
+        if spread:  # the devices are there already: as many as a fresh process would set
+            return want
+        if want == 1:
+            return None
     elif xla_bridge.backends_are_initialized() or _user_cpu_devices():
         have = jax.local_device_count("cpu")
         if have == want:

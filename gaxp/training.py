@@ -62,9 +62,10 @@ def setup(config: Config) -> Run:
     _quiet_libraries()
     multi = distributed.initialize(config.trainer)
     cpus = spread_over_cores(config, multi)  # before JAX's CPU backend starts
-    cpus = cpus if jax.default_backend() == "cpu" else None
     if jax.default_backend() == "cpu":
         xla.tune_host_allocator()  # keeps the step's large buffers mapped between steps
+    else:
+        cpus = None
     if cpus and cpus > 1:
         log.info("gaxp: population of %d over %d CPU devices, one per core (population.cpu_devices)",
                  config.trainer.population, cpus)
