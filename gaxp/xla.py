@@ -49,8 +49,8 @@ def jit(fn, **kwargs):
 # XLA:CPU allocates each step's large buffers with malloc and frees them after the step. glibc
 # serves allocations above 32 MB with a fresh mmap and unmaps them on free, so every step
 # page-faults and zeroes those buffers again (4 KB pages). In the classic DCGAN-28 step at batch
-# 256 the transposed convolution's 103 MB im2col took 63 ms instead of 20, and the weight gradient
-# reading it 94 ms instead of 67 (``scripts/bench.py``, 2-core CPU, 2026-11-30). Served from the
+# 256 a 103 MB im2col (the transposed convolution's backward of the time) took 63 ms instead of
+# 20, and the product reading it 94 ms instead of 67 (2-core CPU, 2026-11-30). Served from the
 # heap, the buffers' pages stay mapped from step to step: the whole step ran 1.10x faster at
 # batch 256 (741-755 -> 669-675 ms, alternating processes), at batch 64 within noise. The price:
 # memory freed inside the heap is not handed back to the system, so the resident size stays at

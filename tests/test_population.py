@@ -181,11 +181,11 @@ def test_jobs_after_a_spread_population_in_one_process_get_a_fresh_process_devic
     alone = gaxp_train(*common, "trainer.population=1", "hydra.run.dir=alone", cwd=tmp_path,
                        devices=None)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    summaries = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())
-                 for i in range(4)]
+    summary = lambda d: json.loads((tmp_path / d / "summary.json").read_text())  # noqa: E731
+    summaries = [summary(f"sweep/{i}") for i in range(4)]
     assert [s["devices"] for s in summaries] == [2, 1, 1, 2]
-    assert json.loads((tmp_path / "alone" / "summary.json").read_text())["devices"] == 1
-    assert summaries[1]["digest"] == json.loads((tmp_path / "alone" / "summary.json").read_text())["digest"]
+    assert summary("alone")["devices"] == 1
+    assert summaries[1]["digest"] == summary("alone")["digest"]
 
 
 def test_population_cpu_devices_against_a_count_already_set_is_one_clear_error(tiny):
