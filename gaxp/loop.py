@@ -70,7 +70,10 @@ class Loop:
         stage = None if spec.grow is None else spec.grow.stage
         if (stage, spec.phase) not in self.programs:
             t0 = time.perf_counter()
-            self.programs[stage, spec.phase], seconds = self.compile(state, batch, self.key, spec)
+            # a batch from ``take`` may be host arrays: lowered as the global arrays they stand for
+            abstract = jax.tree.map(lambda v: v if isinstance(v, jax.Array) else jax.ShapeDtypeStruct(
+                v.shape, v.dtype, sharding=self.batches.sharding), batch)
+            self.programs[stage, spec.phase], seconds = self.compile(state, abstract, self.key, spec)
             self.compile_s += seconds
             phase = tasks.describe_phase(spec)
             if phase and self.run.is_main:
@@ -122,7 +125,7 @@ class Loop:
                     self.out.samples_png(step, state)
                 raise self.preempted(step, stop)
             if step < t.steps:
-                batch = next(self.batches)  # host work overlaps the asynchronously running step
+                batch = self.batches.take()  # host work overlaps the asynchronously running step
             if log_step:
                 metrics = self._log(step, m, step_log, t_log)
                 t_log, step_log = time.perf_counter(), step

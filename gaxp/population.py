@@ -70,10 +70,15 @@ class PopBatches:
         else:
             self.sharding, self.axis, self.glob = NamedSharding(mesh, P(None, None, "data")), 2, batch
 
-    def __next__(self) -> dict:
+    def _host(self) -> dict:
         hosts = [b.host() for b in self.members]
-        local = {k: np.stack([h[k] for h in hosts]) for k in hosts[0]}
-        return sharding.to_global(local, self.sharding, self.glob, batch_axis=self.axis)
+        return {k: np.stack([h[k] for h in hosts]) for k in hosts[0]}
+
+    def __next__(self) -> dict:
+        return sharding.to_global(self._host(), self.sharding, self.glob, batch_axis=self.axis)
+
+    def take(self) -> dict:
+        return sharding.feed(self._host(), self.sharding, self.glob, batch_axis=self.axis)
 
 
 class PopCheckpointer:

@@ -115,7 +115,12 @@ class Batches:
         return {k: b[k].reshape((self.n_critic, self.local) + b[k].shape[1:]) for k in self.keys}
 
     def __next__(self) -> dict:
+        """The next batch as global arrays on the mesh (what a step is lowered with)."""
         return sharding.to_global(self.host(), self.sharding, self.glob, batch_axis=1)
+
+    def take(self) -> dict:
+        """The next batch as the compiled step takes it (``sharding.feed``)."""
+        return sharding.feed(self.host(), self.sharding, self.glob, batch_axis=1)
 
 
 class Outputs:

@@ -119,7 +119,7 @@ def time_jax(compiled, state, batch, key, steps: int, batches=None):
 
     t = time.perf_counter()
     for _ in range(steps):
-        state, m = compiled(state, next(batches) if batches is not None else batch, key)
+        state, m = compiled(state, batches.take() if batches else batch, key)
     jax.block_until_ready(m)
     return (time.perf_counter() - t) / steps * 1000, state
 

@@ -49,6 +49,28 @@ def test_one_and_eight_devices_agree(tiny, tmp_path, overrides):
                      getattr(one, name), getattr(eight, name))
 
 
+def test_host_fed_batches_step_as_the_global_arrays_on_eight_devices(tiny):
+    """``Batches.take`` hands the step host arrays in one process: the loop lowers them as the
+    sharded global batch, and the steps equal those fed ``to_global``'s arrays bit for bit."""
+    from gaxp.loop import Loop
+
+    config = load(tiny("trainer.devices=8", "model=mlp", "data=ring", "data.batch_size=32",
+                       "loss.n_critic=2"))
+    run, batches, ckpt, state, meta = prepare(config)
+    fed = batches.take()
+    assert all(isinstance(v, np.ndarray) for v in fed.values())
+    step_fn = Loop(run, batches, None, ckpt, meta).program(0, state, fed)
+    batch_in = step_fn.input_shardings[0][1]
+    assert batch_in["x"].is_equivalent_to(batches.sharding, 3) and batch_in["x"].num_devices == 8
+    key, results = jax.random.key(3), []
+    for feed in (lambda b: b.take(), next):
+        b, s = Batches(run), jax.tree.map(jnp.copy, state)
+        for _ in range(2):
+            s, m = step_fn(s, feed(b), key)
+        results.append(jax.device_get((s.g_params, s.d_params, m)))
+    jax.tree.map(np.testing.assert_array_equal, *results)
+
+
 def test_batchnorm_statistics_use_the_global_batch():
     mesh = sharding.make_mesh(8)
     norm = Norm("batch", 3, momentum=0.5, rngs=nnx.Rngs(0))
