@@ -189,7 +189,8 @@ def unrolled(config: Config, mesh, image: bool) -> bool:
     ``UNROLL_MAX`` members per device. Measured on the 2-core CPU (``scripts/bench.py
     --population``): 8 classic DCGAN-28s at batch 64 ran at 1.10x the throughput of 8 sequential
     runs unrolled, 0.98x vmapped (whose batched products and per-member convolutions copied ~20%
-    of the step's time), at the price of a 5x longer compile (29 s vs 6 s); 10 PacGAN toys gained
+    of the step's time), at the price of a 5x longer compile (29 s vs 6 s; 47 s since the members'
+    rows are updated in place, which made the step 1.09x faster: docs/populations.md); 10 PacGAN toys gained
     nothing (0.77x vs 0.75x) and compiled 15x longer, so MLP populations stay vmapped."""
     want = config.population.unroll
     if want != "auto":

@@ -212,8 +212,16 @@ def _unrolled_step(step, mesh, mode: str, n: int):
     devices = mesh.devices.size if mode == "members" else 1
 
     def members(state, batch, key, hp):
-        outs = [step(*jax.tree.map(lambda a: a[i], (state, batch, key, hp))) for i in range(n // devices)]
-        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        # Each member's new state is written into its row of the donated stacked state, and the
+        # next member reads its row from there: XLA updates the rows in place. Stacking the new
+        # states instead copied the whole state once more (8 DCGANs: ~11 ms a member of ~160).
+        metrics = []
+        for i in range(n // devices):
+            row = jax.tree.map(lambda a: a[i], state)
+            new, m = step(row, *jax.tree.map(lambda a: a[i], (batch, key, hp)))
+            state = jax.tree.map(lambda a, v: a.at[i].set(v), state, new)
+            metrics.append(m)
+        return state, jax.tree.map(lambda *a: jnp.stack(a), *metrics)
 
     if devices == 1:
         return members

@@ -264,3 +264,34 @@ def test_population_with_a_gradient_penalty_through_convolutions_trains(tiny, ca
     for i in range(2):
         alone = train(tiny(*common, f"trainer.seed={i}", name=f"alone{i}"))
         _assert_close(_params(pop["members"][i]["dir"]), _params(alone["run_dir"]))
+
+
+def test_unrolled_population_updates_the_members_in_place(tiny):
+    """The unrolled program writes each member's new state into its row of the donated stacked
+    state, so XLA's account of its scratch memory holds no second copy of that state. Stacking the
+    members' new states instead needed 0.98 of the state's size here in scratch (0.63 now), and
+    8 classic DCGANs 684 against 335 MB in all."""
+    import functools
+
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from gaxp import xla
+    from gaxp.population import lower_members
+    from gaxp.step import train_step
+    from gaxp.training import prepare
+
+    run, batches, _, state, _ = prepare(load(tiny("model=dcgan", "model.g_width=16", "model.d_width=16",
+                                                  "data.batch_size=8", "trainer.devices=1")))
+    n, mesh = 4, Mesh(np.array(jax.devices()[:1]), ("data",))
+    sh = NamedSharding(mesh, P("data"))
+    grow = lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + x.shape), sh)  # noqa: E731
+    pop_state, pop_batch = jax.tree.map(grow, state), jax.tree.map(grow, next(batches))
+    keys = jax.device_put(jax.random.split(jax.random.key(0), n), sh)
+    hp = jax.device_put({"g_lr_scale": np.ones(n, np.float32), "d_lr_scale": np.ones(n, np.float32)}, sh)
+    memory = lower_members(functools.partial(train_step, spec=run.spec), mesh, "members", n, True, sh,
+                           pop_state, pop_batch, keys, hp).compile(
+        compiler_options=xla.mesh_options(mesh)).memory_analysis()
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(pop_state))
+    assert memory.alias_size_in_bytes >= 0.99 * state_bytes  # the state is donated...
+    assert memory.temp_size_in_bytes < 0.8 * state_bytes  # ...and updated where it lies
