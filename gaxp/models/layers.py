@@ -11,12 +11,18 @@ on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at ba
 256) against 60 ms (265 ms) for this module and 46 ms (199 ms) for torch eager. So
 `conv_transpose_2x` is a `jax.custom_vjp` built from passes that are fast:
 
-* forward, sub-pixel form: with a 4x4 kernel and stride 2, output pixels (2j-1, 2j) in each
-  dimension depend only on the 2x2 input window starting at padded position j. So the layer is
-  one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout output channels (the four output
-  phases), then depth-to-space and a crop of one pixel at each border. No structural zeros; the
-  border costs ((H+1)/H)^2 extra FLOPs. Faster than `lax.conv_transpose`'s forward (22 vs 24 ms
-  at batch 64, 95 vs 135 ms at 256).
+* forward, exact FLOPs: one matrix product x @ (Ci, 16*Co) gives every input pixel's 4x4 block
+  of output taps, and each of the four output phases (even/odd rows x columns) sums four of those
+  tap images, each shifted by one pixel or not (col2im; one `lax.pad` per tap image, which XLA
+  fuses into the sum and the depth-to-space). 256->128 channels, 7->14: 21 against 26 ms for the
+  sub-pixel convolution at batch 64, even at 256 (112 against 111 ms); the 128->1 image layer
+  3 against 10 ms at 256. The whole classic DCGAN-28 step: 1.09x / 1.09x at batch 64 (two runs),
+  1.02x / 1.08x at 256 (old and new steps in one process, interleaved). The sub-pixel form it
+  replaced (`_up_subpixel`, kept for scripts/bench_conv.py): with a 4x4 kernel and stride 2,
+  output pixels (2j-1, 2j) depend only on the 2x2 input window at padded position j, so the
+  layer is one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout outputs, then
+  depth-to-space and a crop, at ((H+1)/H)^2 times the FLOPs. An earlier col2im (a padded copy of
+  all taps, then shifted slices, before gaxp's host allocator) had cost 15-30 ms at batch 64.
 * backward: the adjoint of a transposed conv is an ordinary 4x4 stride-2 conv of the output
   gradient g with the flipped, in/out-swapped kernel kd. So dx is that convolution and dk its
   kernel gradient at x, both XLA's own strided-convolution kernels (`jax.vjp` of `conv`, so a
@@ -27,9 +33,9 @@ on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at ba
   265 against 322 ms at 256, and the whole classic DCGAN-28 step ran 1.12x faster at batch 64
   and 1.13x at 256 (old and new steps in one process, 7 interleaved rounds).
 
-Tried, not kept (interleaved measurements): the forward as a matmul, x @ (Ci, 16*Co) then
-col2im (exact FLOPs; the shifted-slice sum costs 15-30 ms at batch 64, as much as it saves), or
-as patches @ (4Ci, 4Co) (slower than the conv), or as four exact per-phase convs (1.4x slower);
+Tried, not kept (interleaved measurements): the forward as patches @ (4Ci, 4Co) (slower than
+the conv), or as four exact per-phase convs (1.4x slower), or the product in chunks of 32 or 64
+images at batch 256 (120-123 against 112 ms);
 dx as a 2x2 stride-1 conv of g's space-to-depth (64 against 54 ms for the im2col at batch 64).
 
 The custom VJP serves every Cout, the generator's 1-channel image layer too: on lax's path its
@@ -197,13 +203,36 @@ def _up_subpixel(x, k):
     return _blocks_to_image(y, co)
 
 
+# output phase (0: even rows/columns, 1: odd) -> its two (kernel tap, shift of that tap's image)
+_PHASE_TAPS = (((1, 0), (3, 1)), ((0, -1), (2, 0)))
+
+
+def _up_matmul(x, k):
+    """The forward with exact FLOPs: one product x @ (Ci, 16 Co) gives each input pixel's 4x4
+    block of output taps; output pixel 2r - 1 + t gets tap t of input r (in torch's kernel
+    orientation, the lax kernel flipped), so each of the four output phases sums four tap images
+    of neighbouring inputs, each shifted by one pixel or not (col2im), fused by XLA."""
+    n, h, w, ci = x.shape
+    co = k.shape[-1]
+    taps = x.reshape(-1, ci) @ k[::-1, ::-1].transpose(2, 0, 1, 3).reshape(ci, 16 * co)
+    taps = taps.reshape(n, h, w, 4, 4, co)
+    zero = jnp.zeros((), taps.dtype)
+
+    def phase(py, px):  # a shift pads one side and crops the other: no padded copy of all taps
+        return sum(lax.pad(taps[:, :, :, ty, tx], zero, ((0, 0, 0), (sy, -sy, 0), (sx, -sx, 0), (0, 0, 0)))
+                   for ty, sy in _PHASE_TAPS[py] for tx, sx in _PHASE_TAPS[px])
+
+    y = jnp.stack([jnp.stack([phase(py, px) for px in (0, 1)], axis=3) for py in (0, 1)], axis=2)
+    return y.reshape(n, 2 * h, 2 * w, co)  # (n, h, py, w, px, co) -> rows 2r + py, columns 2c + px
+
+
 @jax.custom_vjp
 def _up_custom(x, k):
-    return _up_subpixel(x, k)
+    return _up_matmul(x, k)
 
 
 def _up_custom_fwd(x, k):
-    return _up_subpixel(x, k), (x, k)
+    return _up_matmul(x, k), (x, k)
 
 
 def _up_custom_bwd(res, g):
