@@ -1,6 +1,7 @@
 """Layers computed so that XLA:CPU runs them fast: DCGAN's 4x4 stride-2 convolutions (here),
-convolutions that stay convolutions under a population's vmap, and BatchNorm and bias sums as
-matrix products (sections below).
+convolutions whose gradients stay in XLA's fast layout (in loops and gradient penalties too) and
+stay convolutions under a population's vmap, and BatchNorm and bias sums as matrix products
+(sections below).
 
 `conv_transpose_2x` is exactly PyTorch `ConvTranspose2d(k=4, s=2, p=1)` (output 2x the input
 size) and `conv_down_2x` exactly `Conv2d(k=4, s=2, p=1)` (output floor(input / 2)). NHWC inputs,
@@ -25,8 +26,8 @@ on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at ba
   all taps, then shifted slices, before gaxp's host allocator) had cost 15-30 ms at batch 64.
 * backward: the adjoint of a transposed conv is an ordinary 4x4 stride-2 conv of the output
   gradient g with the flipped, in/out-swapped kernel kd. So dx is that convolution and dk its
-  kernel gradient at x, both XLA's own strided-convolution kernels (`jax.vjp` of `conv`, so a
-  population's vmap keeps them per member). It replaced an im2col of g shared by two exact
+  kernel gradient at x (`jax.vjp` of `conv`, so a population's vmap keeps them per member, and
+  the kernel gradient is `kernel_grad`'s canonical form). It replaced an im2col of g shared by two exact
   matrix products, which had measured faster only because bench_conv.py closed over the output
   gradient, so XLA folded the im2col into a constant. With the gradient an argument (and gaxp's
   host allocator, gaxp.xla), forward+backward 256->128 took 60 against 74 ms at batch 64 and
@@ -89,9 +90,74 @@ MAX_CIN_PATCHES = 8  # conv_down_2x: below this, patches + matmul beat lax's con
 # It is traced only inside ``member_batched`` (a population's step): single runs get plain lax.
 
 
-def _lax_conv(x, w, strides, padding, lhs_dilation):
+def _plain_conv(x, w, strides, padding, lhs_dilation):
     return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dilation,
                                     dimension_numbers=DIMENSION_NUMBERS)
+
+
+# A convolution's gradients, as JAX derives them, are convolutions whose operands' axes sit in
+# non-canonical places for XLA: the kernel gradient convolves x with the output gradient g as
+# ``f01b_i01o->01bf``, the input gradient uses the kernel as ``01oi``. At a program's top level
+# XLA:CPU transposes the operands into its fast layout; inside a loop body (``lax.scan``, a
+# population's members) it did not, and ran the generic kernels: the DCGAN's 256->128 kernel
+# gradient 8.3 s against 93 ms for 4 members, D's input gradient 1.3x slower. ``input_grad`` and
+# ``kernel_grad`` ask for the same convolutions on operands transposed by hand, so they are the
+# fast ones everywhere, with the same values (bit for bit at top level, where XLA made the same
+# transposes). The three are bilinear and each one's gradients are the other two, so gradients
+# of gradients (a gradient penalty through D) stay in these forms too.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _lax_conv(x, w, strides, padding, lhs_dilation):
+    """``lax.conv_general_dilated`` whose gradients are ``input_grad`` and ``kernel_grad``."""
+    return _plain_conv(x, w, strides, padding, lhs_dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def input_grad(g, w, x_shape, strides, padding, lhs_dilation):
+    """d<conv(x, w), g>/dx for ``_plain_conv`` (NHWC x of ``x_shape`` and g, HWIO kernel w)."""
+    def f(x):  # the kernel as (H, W, O, I): JAX's input transpose swaps I and O back to HWIO
+        return lax.conv_general_dilated(x, w.swapaxes(2, 3), strides, padding,
+                                        lhs_dilation=lhs_dilation,
+                                        dimension_numbers=("NHWC", "HWOI", "NHWC"))
+
+    return jax.vjp(f, jnp.zeros(x_shape, w.dtype))[1](g.astype(w.dtype))[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def kernel_grad(x, g, w_shape, strides, padding, lhs_dilation):
+    """d<conv(x, w), g>/dw for ``_plain_conv`` (NHWC x and g, HWIO kernel of ``w_shape``)."""
+    kh, kw, ci, co = w_shape
+    xt, gt = x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3)  # (C, H, W, N), (Ho, Wo, N, Co)
+
+    def f(wt):  # the same convolution, with dimension numbers for the transposed operands
+        return lax.conv_general_dilated(xt, wt, strides, padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=("CHWN", "IHWO", "HWNC"))
+
+    # JAX's kernel transpose swaps batch and feature: x's (C, ..., N) becomes batch-first, etc.
+    wt = jax.vjp(f, jnp.zeros((ci, kh, kw, co), x.dtype))[1](gt.astype(x.dtype))[0]
+    return wt.transpose(1, 2, 0, 3)
+
+
+def _conv_vjp(strides, padding, lhs_dilation, res, g):  # <conv(x, w), g>
+    x, w = res
+    return (input_grad(g, w, x.shape, strides, padding, lhs_dilation).astype(x.dtype),
+            kernel_grad(x, g, w.shape, strides, padding, lhs_dilation).astype(w.dtype))
+
+
+def _input_grad_vjp(x_shape, strides, padding, lhs_dilation, res, v):  # <g, conv(v, w)>
+    g, w = res
+    return (_lax_conv(v, w, strides, padding, lhs_dilation).astype(g.dtype),
+            kernel_grad(v, g, w.shape, strides, padding, lhs_dilation).astype(w.dtype))
+
+
+def _kernel_grad_vjp(w_shape, strides, padding, lhs_dilation, res, u):  # <g, conv(x, u)>
+    x, g = res
+    return (input_grad(g, u, x.shape, strides, padding, lhs_dilation).astype(x.dtype),
+            _lax_conv(x, u, strides, padding, lhs_dilation).astype(g.dtype))
+
+
+_lax_conv.defvjp(lambda x, w, *a: (_lax_conv(x, w, *a), (x, w)), _conv_vjp)
+input_grad.defvjp(lambda g, w, *a: (input_grad(g, w, *a), (g, w)), _input_grad_vjp)
+kernel_grad.defvjp(lambda x, g, *a: (kernel_grad(x, g, *a), (x, g)), _kernel_grad_vjp)
 
 
 def _members(fn, fold: int | None):
@@ -239,7 +305,7 @@ def _up_custom_bwd(res, g):
     x, k = res
     g = g.astype(x.dtype)
     kd = k[::-1, ::-1].swapaxes(2, 3)  # the adjoint is conv_down_2x(g, kd), kd: (4, 4, Co, Ci)
-    # dx is that strided convolution, dkd its kernel gradient at x: XLA's own kernels for both
+    # dx is that strided convolution (XLA's kernel), dkd its kernel gradient at x (kernel_grad)
     dx, kernel_vjp = jax.vjp(lambda kd: conv(g, kd, (2, 2), ((1, 1), (1, 1))), kd)
     return dx, kernel_vjp(x)[0].swapaxes(2, 3)[::-1, ::-1].astype(k.dtype)
 
