@@ -28,14 +28,15 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from gaxp import xla
+    from gaxp import grow as growth, xla
     from gaxp.members import unrolled
     from gaxp.population import lower_members
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     sh = NamedSharding(mesh, P("data"))
-    spec = dataclasses.replace(run.spec, z_sharding=None)
+    # ProGAN: the program of the stage the state is in, as gaxp.population compiles per stage
+    spec = dataclasses.replace(growth.bind(run.spec, int(jax.device_get(state.step))), z_sharding=None)
     grow = lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + x.shape), sh)  # noqa: E731
     pop_state, pop_batch = jax.tree.map(grow, state), jax.tree.map(grow, batch)
     keys = jax.device_put(jax.random.split(key, n), sh)
