@@ -179,24 +179,20 @@ def shard_mode(config: Config, mesh) -> str:
     return mode
 
 
-UNROLL_MAX = 16  # population.unroll=auto: at most this many members per device are unrolled
-
-
 def unrolled(config: Config, mesh, image: bool) -> bool:
-    """Whether the population's step runs its members unrolled (``population.unroll``): each
-    member's step traced on its own, so each convolution and matrix product is one member's, as
-    in a single run. ``auto``: on CPU, for image models (convolutions) with at most
-    ``UNROLL_MAX`` members per device. Measured on the 2-core CPU (``scripts/bench.py
-    --population``): 8 classic DCGAN-28s at batch 64 ran at 1.10x the throughput of 8 sequential
-    runs unrolled, 0.98x vmapped (whose batched products and per-member convolutions copied ~20%
-    of the step's time), at the price of a 5x longer compile (29 s vs 6 s; 47 s since the members'
-    rows are updated in place, which made the step 1.09x faster: docs/populations.md); 10 PacGAN toys gained
-    nothing (0.77x vs 0.75x) and compiled 15x longer, so MLP populations stay vmapped."""
+    """Whether the population's step runs its members one by one (``population.unroll``): a loop
+    over the members whose body is one member's step, so each convolution and matrix product is
+    one member's, as in a single run (``gaxp.population._unrolled_step``). ``auto``: on CPU, for
+    image models (convolutions). Measured on the 2-core CPU (``scripts/bench.py --population``):
+    8 classic DCGAN-28s at batch 64 ran at 1.10x the throughput of 8 sequential runs one by one
+    (members then unrolled at trace time), 0.98x vmapped (whose batched products and per-member
+    convolutions copied ~20% of the step's time). As a loop they compile in 5.5 s instead of 47 s
+    unrolled, at the unrolled program's speed (docs/populations.md); 10 PacGAN toys gained nothing
+    one by one (0.77x vs 0.75x), so MLP populations stay vmapped."""
     want = config.population.unroll
     if want != "auto":
         return bool(want)
-    per_device = config.trainer.population // (mesh.devices.size if shard_mode(config, mesh) == "members" else 1)
-    return image and mesh.devices.flat[0].platform == "cpu" and per_device <= UNROLL_MAX
+    return image and mesh.devices.flat[0].platform == "cpu"
 
 
 _SPREAD_BY_GAXP = [0]  # the CPU device count spread_over_cores set in this process (0: none)

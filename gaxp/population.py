@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gaxp import run_dir, sharding, tasks, xla
@@ -205,23 +206,28 @@ def _member_summaries(run, runs, members, result, meta, start, state, evaluator,
     return rows
 
 
-def _unrolled_step(step, mesh, mode: str, n: int):
+def _one_by_one_step(step, mesh, mode: str, n: int):
     """``step`` of one member, applied to each member of the stacked (state, batch, key, hp) in
-    turn, unrolled at trace time, the results stacked (``population.unroll``). With the member axis
-    over several devices, each device runs its own members (``shard_map``)."""
+    turn (``population.unroll``): a loop over the members (``lax.scan``) whose body is one
+    member's step, so each convolution and matrix product is one member's, as in a single run, and
+    the program compiles in one member's time whatever the count. With the member axis over
+    several devices, each device runs its own members (``shard_map``)."""
     devices = mesh.devices.size if mode == "members" else 1
 
     def members(state, batch, key, hp):
         # Each member's new state is written into its row of the donated stacked state, and the
         # next member reads its row from there: XLA updates the rows in place. Stacking the new
         # states instead copied the whole state once more (8 DCGANs: ~11 ms a member of ~160).
-        metrics = []
-        for i in range(n // devices):
-            row = jax.tree.map(lambda a: a[i], state)
-            new, m = step(row, *jax.tree.map(lambda a: a[i], (batch, key, hp)))
-            state = jax.tree.map(lambda a, v: a.at[i].set(v), state, new)
-            metrics.append(m)
-        return state, jax.tree.map(lambda *a: jnp.stack(a), *metrics)
+        def one(carry, xs):
+            state, i = carry
+            row = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), state)
+            new, m = step(row, *xs)
+            state = jax.tree.map(lambda a, v: lax.dynamic_update_index_in_dim(a, v, i, 0), state, new)
+            return (state, i + 1), m
+
+        (state, _), metrics = lax.scan(one, (state, jnp.int32(0)), (batch, key, hp),
+                                       length=n // devices)
+        return state, metrics
 
     if devices == 1:
         return members
@@ -230,11 +236,12 @@ def _unrolled_step(step, mesh, mode: str, n: int):
 
 def lower_members(step, mesh, mode: str, n: int, unroll: bool, out_sharding, *args):
     """One member's ``step`` as the population's program, jitted (state donated) and lowered on
-    ``args``: unrolled (``_unrolled_step``) or vmapped. Vmapped convolutions run one per member
-    (``gaxp.models.layers.conv``), not as lax's grouped ones, unless a gradient penalty
-    differentiates through them twice (JAX cannot linearize them): then lax's, with one line."""
+    ``args``: members one by one (``_one_by_one_step``) or vmapped. Vmapped convolutions run one
+    per member (``gaxp.models.layers.conv``), not as lax's grouped ones, unless a gradient
+    penalty differentiates through them twice (JAX cannot linearize them): then lax's, with one
+    line."""
     if unroll:
-        fn = _unrolled_step(step, mesh, mode, n)
+        fn = _one_by_one_step(step, mesh, mode, n)
     else:
         fn = jax.vmap(step, spmd_axis_name="data" if mode == "members" else None)
     fn = jax.jit(fn, donate_argnums=0, out_shardings=(out_sharding, out_sharding))
@@ -315,7 +322,7 @@ def train(config: Config, source: dict) -> dict:
 
     unroll = unrolled(config, run.mesh, run.image)
     if unroll:
-        log.info("population: %d members traced one by one (population.unroll)", n)
+        log.info("population: %d members traced one by one, in a loop (population.unroll)", n)
 
     def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
         t0 = time.perf_counter()

@@ -246,7 +246,7 @@ class PopulationSpec:
     ``gaxp.population.VARY``; ``shard`` puts the member axis (``members``) or each member's batch
     (``batch``) on the devices; ``auto`` = members when they divide evenly over the devices;
     ``cpu_devices``: CPU devices to spread the members over (``gaxp.members.spread_over_cores``);
-    ``unroll``: members traced one by one instead of vmapped (``gaxp.members.unrolled``)."""
+    ``unroll``: members one by one (a loop over them) instead of vmapped (``gaxp.members.unrolled``)."""
 
     vary: tuple = ()
     shard: str = "auto"  # auto | members | batch
