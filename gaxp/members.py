@@ -182,7 +182,7 @@ def shard_mode(config: Config, mesh) -> str:
 def unrolled(config: Config, mesh, image: bool) -> bool:
     """Whether the population's step runs its members one by one (``population.unroll``): a loop
     over the members whose body is one member's step, so each convolution and matrix product is
-    one member's, as in a single run (``gaxp.population._unrolled_step``). ``auto``: on CPU, for
+    one member's, as in a single run (``gaxp.population._one_by_one_step``). ``auto``: on CPU, for
     image models (convolutions). Measured on the 2-core CPU (``scripts/bench.py --population``):
     8 classic DCGAN-28s at batch 64 ran at 1.10x the throughput of 8 sequential runs one by one
     (members then unrolled at trace time), 0.98x vmapped (whose batched products and per-member
