@@ -218,16 +218,13 @@ def _one_by_one_step(step, mesh, mode: str, n: int):
         # Each member's new state is written into its row of the donated stacked state, and the
         # next member reads its row from there: XLA updates the rows in place. Stacking the new
         # states instead copied the whole state once more (8 DCGANs: ~11 ms a member of ~160).
-        def one(carry, xs):
-            state, i = carry
+        def one(state, xs):
+            i, member = xs[0], xs[1:]
             row = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            new, m = step(row, *xs)
-            state = jax.tree.map(lambda a, v: lax.dynamic_update_index_in_dim(a, v, i, 0), state, new)
-            return (state, i + 1), m
+            new, m = step(row, *member)
+            return jax.tree.map(lambda a, v: lax.dynamic_update_index_in_dim(a, v, i, 0), state, new), m
 
-        (state, _), metrics = lax.scan(one, (state, jnp.int32(0)), (batch, key, hp),
-                                       length=n // devices)
-        return state, metrics
+        return lax.scan(one, state, (jnp.arange(n // devices), batch, key, hp))
 
     if devices == 1:
         return members

@@ -229,8 +229,9 @@ def test_maxout_gradient_equals_jnp_max_without_ties_and_under_vmap():
 def test_conv_gradient_penalty_second_order_equals_lax(xs, ws, strides, padding, lhs):
     """WGAN-GP's penalty differentiates D's input gradient with respect to the weights: outside a
     population's tracing ``conv``'s gradients of gradients are its own hand-transposed forms
-    (``input_grad``, ``kernel_grad``), equal to lax's to float tolerance, alone and under vmap; the member-batched form refuses it with the error that
-    a population (``gaxp.population``) catches to fall back to lax."""
+    (``input_grad``, ``kernel_grad``), equal to lax's to float tolerance, alone and under vmap;
+    the member-batched form refuses it with the error that a population (``gaxp.population``)
+    catches to fall back to lax."""
     ref, ours = _conv_pair(strides, padding, lhs)
     x, w = _member_data(xs, ws)
 
