@@ -18,7 +18,12 @@ on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at ba
   fuses into the sum and the depth-to-space). 256->128 channels, 7->14: 21 against 26 ms for the
   sub-pixel convolution at batch 64, even at 256 (112 against 111 ms); the 128->1 image layer
   3 against 10 ms at 256. The whole classic DCGAN-28 step: 1.09x / 1.09x at batch 64 (two runs),
-  1.02x / 1.08x at 256 (old and new steps in one process, interleaved). The sub-pixel form it
+  1.02x / 1.08x at 256 (old and new steps in one process, interleaved). The product is a 1x1
+  `conv`: XLA:CPU rewrites that into a dot after it has handed the program's dots to YNNPACK
+  (gaxp.xla), so Eigen computes it, whose GEMM is faster at these shapes (12544x256 @ 256x2048,
+  batch 256: 93 against 103 ms alone; in chunks of a quarter of the columns 76 against 102,
+  torch 80). Whole steps 1.03-1.07x at batch 64 and 256, default and classic widths (2026-12-01,
+  old and new in one process, interleaved); values to rounding. The sub-pixel form it
   replaced (`_up_subpixel`, kept for scripts/bench_conv.py): with a 4x4 kernel and stride 2,
   output pixels (2j-1, 2j) depend only on the 2x2 input window at padded position j, so the
   layer is one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout outputs, then
@@ -280,7 +285,8 @@ def _up_matmul(x, k):
     of neighbouring inputs, each shifted by one pixel or not (col2im), fused by XLA."""
     n, h, w, ci = x.shape
     co = k.shape[-1]
-    taps = x.reshape(-1, ci) @ k[::-1, ::-1].transpose(2, 0, 1, 3).reshape(ci, 16 * co)
+    # the product as a 1x1 convolution, so that XLA:CPU computes it in Eigen (module docstring)
+    taps = conv(x, k[::-1, ::-1].transpose(2, 0, 1, 3).reshape(1, 1, ci, 16 * co), padding="VALID")
     taps = taps.reshape(n, h, w, 4, 4, co)
     zero = jnp.zeros((), taps.dtype)
 
