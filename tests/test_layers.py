@@ -279,6 +279,22 @@ def test_conv_gradients_inside_a_loop_are_convolutions_in_xla_canonical_layout(x
     assert labels(ref) - {"b01f_01io->b01f"}  # what it avoids
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="gaxp's XLA:CPU options")
+def test_transposed_convolution_product_runs_in_eigen_not_ynnpack():
+    """conv_transpose_2x's forward product, written as a 1x1 convolution, compiles (with gaxp's
+    XLA:CPU options) to a plain dot, which Eigen computes, while the same product written as a
+    matrix product goes to YNNPACK, slower at this layer's shapes (docs/speed.md)."""
+    from gaxp import xla
+
+    x = jnp.ones((4, 7, 7, 16), jnp.float32)
+    w = jnp.ones((4, 4, 16, 8), jnp.float32)
+    hlo = xla.jit(layers.conv_transpose_2x).lower(x, w).compile().as_text()
+    assert "__ynn_fusion" not in hlo
+    assert "f32[196,128]{1,0} dot(" in hlo  # (4*7*7, 16) @ (16, 16 taps * 8)
+    plain = xla.jit(lambda x, w: x @ w).lower(x.reshape(196, 16), jnp.ones((16, 128))).compile()
+    assert "__ynn_fusion" in plain.as_text()  # what the 1x1 convolution avoids
+
+
 def _flax_bn(bn, x, train):
     return bn(x, use_running_average=not train).astype(x.dtype)
 
