@@ -56,6 +56,23 @@ def test_matches_lax_values_and_grads(shape, ours, ref):
         np.testing.assert_allclose(a, b, err_msg=name, **TOL)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 4, 16, 8), (3, 14, 14, 9, 3), (2, 6, 6, 8, 12)])
+def test_down_gradient_penalty_second_order_equals_lax(shape):
+    """conv_down_2x's input gradient is conv_transpose_2x's exact-FLOP form (its custom VJP, even
+    sizes, Cin >= 8): a penalty on D's input gradient, differentiated in the kernel and the input,
+    equals lax's to float tolerance."""
+    x, w = _data(shape)
+
+    def penalty_grads(f):
+        def penalty(x, w):
+            return jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, w))))(x) ** 2)
+        return jax.grad(penalty, (0, 1))(x, w)
+
+    got, want = jax.jit(lambda: (penalty_grads(conv_down_2x), penalty_grads(ref_down)))()
+    for name, a, b in zip(("dx", "dw"), got, want):
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+
+
 def test_output_sizes_match_torch_formula():
     x, w = _data((1, 7, 6, 3, 4))
     assert conv_transpose_2x(x, w).shape == (1, 14, 12, 4)
