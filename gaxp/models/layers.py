@@ -21,8 +21,8 @@ on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at ba
   1.02x / 1.08x at 256 (old and new steps in one process, interleaved). The product is a 1x1
   `conv`: XLA:CPU rewrites that into a dot after it has handed the program's dots to YNNPACK
   (gaxp.xla), so Eigen computes it, whose GEMM is faster at these shapes (12544x256 @ 256x2048,
-  batch 256: 93 against 103 ms alone; in chunks of a quarter of the columns 76 against 102,
-  torch 80). Whole steps 1.03-1.07x at batch 64 and 256, default and classic widths (2026-12-01,
+  batch 256: 93 against 103 ms alone, torch 80; a quarter of the columns per product ran faster
+  alone, 76 ms in all, but no faster inside the layer). Whole steps 1.03-1.07x at batch 64 and 256, default and classic widths (2026-12-01,
   old and new in one process, interleaved); values to rounding. The sub-pixel form it
   replaced (`_up_subpixel`, kept for scripts/bench_conv.py): with a 4x4 kernel and stride 2,
   output pixels (2j-1, 2j) depend only on the 2x2 input window at padded position j, so the
