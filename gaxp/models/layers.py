@@ -22,8 +22,9 @@ on the 2-core dev CPU, 256->128 channels, 7->14, forward+backward, 1113 ms at ba
   `conv`: XLA:CPU rewrites that into a dot after it has handed the program's dots to YNNPACK
   (gaxp.xla), so Eigen computes it, whose GEMM is faster at these shapes (12544x256 @ 256x2048,
   batch 256: 93 against 103 ms alone, torch 80; a quarter of the columns per product ran faster
-  alone, 76 ms in all, but no faster inside the layer). Whole steps 1.03-1.07x at batch 64 and 256, default and classic widths (2026-12-01,
-  old and new in one process, interleaved); values to rounding. The sub-pixel form it
+  alone, 76 ms in all, but no faster inside the layer). Whole steps 1.03-1.07x at batch 64 and
+  256, default and classic widths (2026-12-01, old and new in one process, interleaved); values
+  to rounding. The sub-pixel form it
   replaced (`_up_subpixel`, kept for scripts/bench_conv.py): with a 4x4 kernel and stride 2,
   output pixels (2j-1, 2j) depend only on the 2x2 input window at padded position j, so the
   layer is one stride-1 2x2 VALID conv of the 1-padded input with 4*Cout outputs, then
@@ -316,7 +317,7 @@ def _up_custom_bwd(res, g):
     g = g.astype(x.dtype)
     kd = k[::-1, ::-1].swapaxes(2, 3)  # the adjoint is conv_down_2x(g, kd), kd: (4, 4, Co, Ci)
     # dx is that strided convolution (XLA's kernel), dkd its kernel gradient at x (kernel_grad)
-    dx, kernel_vjp = jax.vjp(lambda kd: conv(g, kd, (2, 2), ((1, 1), (1, 1))), kd)
+    dx, kernel_vjp = jax.vjp(lambda kd: _down_conv(g, kd), kd)
     return dx, kernel_vjp(x)[0].swapaxes(2, 3)[::-1, ::-1].astype(k.dtype)
 
 
@@ -332,6 +333,11 @@ def conv_transpose_2x(x, w, b=None):
         raise ValueError(f"conv_transpose_2x: x {x.shape} (NHWC) and w {w.shape} (4,4,Ci,Co)")
     y = _up_custom(x, w)
     return y if b is None else add_bias(y, b)
+
+
+def _down_conv(x, w):
+    """The 4x4 stride-2 pad-1 convolution as ``conv`` (XLA's kernel, population-aware)."""
+    return conv(x, w, (2, 2), ((1, 1), (1, 1)))
 
 
 def _space_to_depth(x, ho, wo):
@@ -370,7 +376,7 @@ def conv_down_2x(x, w, b=None):
     if x.shape[-1] < MAX_CIN_PATCHES:
         y = _down_patches(x, w)
     elif x.shape[1] % 2 or x.shape[2] % 2:  # odd sizes: the adjoint is no conv_transpose_2x
-        y = conv(x, w, (2, 2), ((1, 1), (1, 1)))
+        y = _down_conv(x, w)
     else:
         y = _down_custom(x, w)
     return y if b is None else add_bias(y, b)
@@ -378,7 +384,7 @@ def conv_down_2x(x, w, b=None):
 
 @jax.custom_vjp
 def _down_custom(x, w):
-    return conv(x, w, (2, 2), ((1, 1), (1, 1)))
+    return _down_conv(x, w)
 
 
 def _down_custom_fwd(x, w):
@@ -391,7 +397,7 @@ def _down_custom_bwd(res, g):
     (module docstring); dw: ``conv``'s own kernel gradient."""
     x, w = res
     g = g.astype(x.dtype)
-    dw = jax.vjp(lambda w: conv(x, w, (2, 2), ((1, 1), (1, 1))), w)[1](g)[0]
+    dw = jax.vjp(lambda w: _down_conv(x, w), w)[1](g)[0]
     return _up_custom(g, w[::-1, ::-1].swapaxes(2, 3)), dw.astype(w.dtype)
 
 
