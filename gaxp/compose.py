@@ -202,13 +202,21 @@ def _group_problem(key: str, values: list[str], valid: list[str]) -> str | None:
     return None
 
 
+def _group_options(loader, key: str, config_name: str, searchpath: list[str]) -> list[str]:
+    """A group's options, nested ones as ``sub/option`` (``experiment=lucic_fashion/ns``)."""
+    valid = list(loader.get_group_options(key, config_name=config_name, overrides=searchpath))
+    for sub in loader.list_groups(key):
+        valid += [f"{sub}/{o}" for o in _group_options(loader, f"{key}/{sub}", config_name, searchpath)]
+    return valid
+
+
 def _first_combination(parsed, loader, config_name: str, searchpath: list[str]):
     """(the first combination of a sweep as plain overrides, the searched keys, a problem)."""
     first, searched = [], []
     for o in parsed:
         key = o.key_or_group.split("@")[0].lstrip("+~")
         if "." not in key and not o.is_delete():
-            valid = loader.get_group_options(key, config_name=config_name, overrides=searchpath)
+            valid = _group_options(loader, key, config_name, searchpath)
             problem = _group_problem(key, _options(o), valid) if valid else None
             if problem:
                 return first, searched, problem

@@ -390,7 +390,9 @@ def _check_batch_groups(m: ModelSpec, batch: int) -> None:
 
 def check_for_data(config: Config, shape: tuple, image: bool) -> None:
     """Checks that need the dataset's shape: the model's and the stabilizers' (before compiling)."""
-    ARCHS[config.model.name].check(config.model, tuple(shape), image)
+    check = ARCHS[config.model.name].check
+    if check is not None:  # an arch registered without a check accepts every shape
+        check(config.model, tuple(shape), image)
     m, needs = config.model, []
     needs += ["pack"] if m.d_pack > 1 else []
     needs += ["mbstd"] if m.d_mbstd else []

@@ -1,7 +1,9 @@
 """``gaxp-eval <run dir or checkpoint> [metrics=...] [key=value ...]``: evaluate a trained
 generator (EMA weights by default) against a dataset split; prints a table and writes JSON.
 
-Options: ``step=<N>`` (checkpoint; default the latest, or the one named by the path),
+Options: ``step=<N>`` (checkpoint; default the latest, or the one named by the path; ``best``: the
+checkpoint whose in-loop ``by`` metric, default ``eval/kid``, is lowest in ``metrics.jsonl``),
+``by=<metric key>`` (what ``step=best`` minimizes),
 ``ema=false`` (the raw generator weights), ``json=<path>`` (default ``<run>/eval/step_<N>.json``),
 ``metrics=<group option>`` (default: the run's own metrics, else ``default``), ``metrics.<key>=``
 and ``data.<key>=`` overrides (e.g. ``metrics.n_fake=1000``, ``data.data_dir=<mnist test dir>``).
@@ -22,7 +24,7 @@ from typing import Any
 from gaxp.errors import ConfigError
 from gaxp.randomness import gaxp_draws
 
-OPTIONS = {"step": int, "ema": bool, "json": str}
+OPTIONS = {"step": str, "by": str, "ema": bool, "json": str}
 
 
 @dataclass
@@ -116,6 +118,36 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
     return run, step, state
 
 
+def best_step(run_dir: Path, by: str = "eval/kid") -> int:
+    """The checkpointed step whose logged ``by`` value (``metrics.jsonl``) is lowest: model
+    selection by a cheap in-loop score before an expensive final evaluation. Ties: the earliest."""
+    folder = run_dir / "checkpoints"
+    kept = {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else ():
+        row = json.loads(line) if line.strip() else {}
+        value = row.get(by)
+        if row.get("step") in kept and isinstance(value, (int, float)) and value == value:
+            rows.append((value, row["step"]))
+    if not rows:
+        raise ConfigError(f"step=best: no checkpoint of {run_dir} has a logged {by!r} in "
+                          f"metrics.jsonl (checkpoints: {sorted(kept)}); evaluate in the loop "
+                          "(metrics.every) with checkpoints at those steps, or give step=<N>")
+    return min(rows)[1]
+
+
+def pick_step(run_dir: Path, step: str | None, by: str | None) -> int | None:
+    """``step=`` as given: None (the latest), a number, or ``best`` (``best_step``)."""
+    if step is None or step.isdigit():
+        if by is not None:
+            raise ConfigError("by= goes with step=best; drop it or add step=best")
+        return None if step is None else int(step)
+    if step != "best":
+        raise ConfigError(f"step must be a checkpoint number or best, got {step!r}")
+    return best_step(run_dir, by or "eval/kid")
+
+
 def load_generator(path: str, overrides: list[str], *, step: int | None = None,
                    ema: bool = True) -> Loaded:
     run, step, state = load_state(path, overrides, step=step)
@@ -127,7 +159,7 @@ def load_generator(path: str, overrides: list[str], *, step: int | None = None,
 def evaluate(loaded: Loaded) -> dict:
     """Every configured metric of the loaded generator -> the JSON report."""
     from gaxp.metrics.evaluator import Evaluator
-    from gaxp.step import generate
+    from gaxp.step import sample_images
 
     from gaxp.tasks import TASKS
 
@@ -136,7 +168,7 @@ def evaluate(loaded: Loaded) -> dict:
         ev = task.evaluator(loaded.config, loaded.dataset, loaded.mesh, loaded.spec)
         return {"run_dir": str(loaded.run_dir), "step": loaded.step, "protocol": ev.protocol,
                 "metrics": ev(loaded.step, loaded.params, loaded.stats)}
-    sample = lambda p, s, z, y=None: generate(loaded.spec, p, s, z, y, train=False)[0]  # noqa: E731
+    sample = lambda p, s, z, y=None: sample_images(loaded.spec, p, s, z, y)  # noqa: E731
     cond = loaded.spec.cond
     ev = Evaluator(loaded.config, loaded.dataset, loaded.mesh, sample, loaded.config.model.z_dim,
                    num_classes=cond and cond.num_classes)
@@ -164,7 +196,8 @@ def main(argv: list[str]) -> None:
     try:
         options, overrides = parse_options(argv[1:], OPTIONS, passthrough=("metrics", "data"))
         ema = options.get("ema", True)
-        loaded = load_generator(argv[0], overrides, step=options.get("step"), ema=ema)
+        step = pick_step(locate(argv[0])[0], options.get("step"), options.get("by"))
+        loaded = load_generator(argv[0], overrides, step=step, ema=ema)
         report = evaluate(loaded) | {"weights": "ema" if ema else "raw"}
     except ConfigError as e:
         fail("gaxp-eval", str(e))

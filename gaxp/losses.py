@@ -9,11 +9,13 @@ skips the extra discriminator pass for them, see ``Loss.g_needs_real``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from gaxp.errors import ConfigError
 from gaxp.registry import LOSSES, register
 
 Array = jax.Array
@@ -130,9 +132,22 @@ def hinge() -> Loss:
     return Loss(hinge_d, wasserstein_g)
 
 
-@register.loss("lsgan")
-def lsgan() -> Loss:
-    return Loss(lsgan_d, lsgan_g)
+@dataclass(frozen=True)
+class LsganParams:
+    """``output``: the least squares of D's ``raw`` output (Mao et al. 2017), or of its
+    ``sigmoid`` probability (compare_gan's LSGAN, Lucic et al. 2018)."""
+
+    output: str = "raw"  # raw | sigmoid
+
+
+@register.loss("lsgan", params=LsganParams)
+def lsgan(p: LsganParams) -> Loss:
+    if p.output == "raw":
+        return Loss(lsgan_d, lsgan_g)
+    if p.output != "sigmoid":
+        raise ConfigError(f"loss.output of loss=lsgan must be raw or sigmoid, got {p.output!r}")
+    s = jax.nn.sigmoid
+    return Loss(lambda r, f: lsgan_d(s(r), s(f)), lambda r, f: lsgan_g(r, s(f)))
 
 
 @register.loss("relativistic")

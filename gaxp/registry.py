@@ -102,11 +102,12 @@ class RegularizerEntry(NamedTuple):
 
 class ArchEntry(NamedTuple):
     build: Callable  # (ModelSpec, shape, image: bool, rngs) -> (G, D)
-    check: Callable  # (ModelSpec, shape, image: bool) -> None, raises ConfigError
+    check: Optional[Callable] = None  # (ModelSpec, shape, image) -> None, raises ConfigError; None: any shape
     # Stabilizers that need model support: PacGAN packing in D, minibatch stddev in D,
     # spectral norm in G (checked before anything is built).
     supports: frozenset = frozenset({"pack", "mbstd", "g_spectral_norm"})
     params: Optional[type] = None  # the arch's own hyperparameters: ModelSpec.params
+    pixels: str = "signed"  # the images G makes and D reads: [-1, 1] or "unit" [0, 1] (gaxp.pixels)
 
 
 class SourceEntry(NamedTuple):
@@ -184,13 +185,19 @@ class _Register:
         return params
 
     @staticmethod
-    def arch(name: str, *, check: Callable, supports=("pack", "mbstd", "g_spectral_norm"),
-             params: Optional[type] = None):
+    def arch(name: str, *, check: Optional[Callable] = None,
+             supports=("pack", "mbstd", "g_spectral_norm"), params: Optional[type] = None,
+             pixels: str = "signed"):
         """Register ``build(model_spec, shape, image, rngs) -> (G, D)`` as ``model=<name>``;
-        ``params``: the arch's own hyperparameters (``model.<key>``, read as ``spec.params``)."""
+        ``check(model_spec, shape, image)`` raises ConfigError for shapes it cannot make (none:
+        every shape is accepted); ``params``: the arch's own hyperparameters (``model.<key>``,
+        read as ``spec.params``); ``pixels``: the range of the images G makes and D reads,
+        ``signed`` [-1, 1] (tanh) or ``unit`` [0, 1] (sigmoid; see ``gaxp.pixels``)."""
         def deco(fn):
             _check_params("model", name, params)
-            ARCHS.add(name, ArchEntry(fn, check, frozenset(supports), params), _where(fn))
+            if pixels not in ("signed", "unit"):
+                raise unknown(f"pixel range of model {name!r}", pixels, ("signed", "unit"))
+            ARCHS.add(name, ArchEntry(fn, check, frozenset(supports), params, pixels), _where(fn))
             return fn
         return deco
 

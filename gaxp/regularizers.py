@@ -84,12 +84,27 @@ def r2(d_fn: DFn, real: Array, fake: Array, key: Array, p=None) -> Array:
     return jnp.mean(jnp.sum(jnp.square(_grads(d_fn, fake)), axis=1))
 
 
-def dragan(d_fn: DFn, real: Array, fake: Array, key: Array, p=None, c: float = 0.5) -> Array:
+def dragan(d_fn: DFn, real: Array, fake: Array, key: Array, p: C.DraganParams | None = None) -> Array:
     """DRAGAN (Kodali et al. 2017, "On convergence and stability of GANs"):
-    ``E[(||grad D(x + delta)|| - 1)^2]`` with ``delta ~ N(0, (c * std(x))^2)`` around real data."""
-    del fake, p
-    x_hat = real + c * jnp.std(real) * jax.random.normal(key, real.shape, real.dtype)
-    return jnp.mean(jnp.square(_norms(d_fn, x_hat) - 1.0))
+    ``E[(||grad D(x_hat)|| - 1)^2]`` around real data. ``noise=normal``: ``x_hat = x + delta``,
+    ``delta ~ N(0, (c * std(x))^2)``; ``noise=uniform`` (compare_gan's, Lucic et al. 2018):
+    ``x_hat = x + alpha * c * std(x) * u``, ``u ~ U[0, 1)`` per pixel, ``alpha ~ U[0, 1]`` per
+    sample. ``of=sigmoid``: the gradient of sigmoid(D) instead of D's logit (compare_gan's)."""
+    del fake
+    p = p or C.DraganParams()
+    for key_, value, valid in (("noise", p.noise, ("normal", "uniform")),
+                               ("of", p.of, ("logits", "sigmoid"))):
+        if value not in valid:
+            raise ConfigError(f"regularizer.dragan.{key_} must be one of {', '.join(valid)}, got {value!r}")
+    k_noise, k_alpha = jax.random.split(key)
+    scale = p.c * jnp.std(real)
+    if p.noise == "uniform":
+        alpha = jax.random.uniform(k_alpha, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+        x_hat = real + alpha * scale * jax.random.uniform(k_noise, real.shape, real.dtype)
+    else:
+        x_hat = real + scale * jax.random.normal(key, real.shape, real.dtype)
+    fn = (lambda x: jax.nn.sigmoid(d_fn(x))) if p.of == "sigmoid" else d_fn  # noqa: E731
+    return jnp.mean(jnp.square(_norms(fn, x_hat) - 1.0))
 
 
 def lazy(value_fn: Callable[[], Array], every: int, d_index: Array) -> Array:
@@ -223,9 +238,9 @@ def _positive(path: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{path} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
 
 
-for _name, _fn in (("wgan_gp", wgan_gp), ("one_sided_gp", one_sided_gp), ("r1", r1), ("r2", r2),
-                   ("dragan", dragan)):
+for _name, _fn in (("wgan_gp", wgan_gp), ("one_sided_gp", one_sided_gp), ("r1", r1), ("r2", r2)):
     register.penalty(_name)(_fn)
+register.penalty("dragan", params=C.DraganParams)(dragan)
 
 
 def _check_policy(path: str, p, loss: str) -> None:

@@ -14,6 +14,7 @@ import jax
 from gaxp import conditional, grow, sharding, tasks
 from gaxp.config import Config, check_for_data
 from gaxp.data import make_dataset
+from gaxp.registry import ARCHS
 from gaxp.state import make_nets
 from gaxp.step import StepSpec
 
@@ -49,7 +50,8 @@ def make_spec(config: Config, nets, mesh) -> StepSpec:
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
                     precision=config.trainer.precision, grow=grow.growth(config),
-                    cond=conditional.cond_spec(config.model), task=config.task)
+                    cond=conditional.cond_spec(config.model), task=config.task,
+                    pixels=ARCHS[config.model.name].pixels)
 
 
 def assemble(config: Config, mesh, *, directory: Path | None = None, restore: bool = False,

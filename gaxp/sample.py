@@ -113,7 +113,7 @@ def draw(loaded, o: dict):
     import jax
     import jax.numpy as jnp
 
-    from gaxp.step import generate
+    from gaxp.step import sample_images
 
     key = jax.random.fold_in(jax.random.key(o["seed"]), 0x5A)
     z_dim = loaded.config.model.z_dim
@@ -132,7 +132,7 @@ def draw(loaded, o: dict):
         if cond is not None:
             y = (jnp.arange(o["n"], dtype=jnp.int32) % cond.num_classes if o["class"] == "all"
                  else _labels(o, o["n"], cond.num_classes))
-    fn = xla.jit(lambda p, s, zb, yb: generate(loaded.spec, p, s, zb, yb, train=False)[0])
+    fn = xla.jit(lambda p, s, zb, yb: sample_images(loaded.spec, p, s, zb, yb))
     x = np.concatenate([np.asarray(fn(loaded.params, loaded.stats, z[i:i + 500],
                                       None if y is None else y[i:i + 500]))
                         for i in range(0, len(z), 500)])

@@ -124,6 +124,18 @@ class MbstdParams:
 
 
 @dataclass(frozen=True)
+class DraganParams(PenaltyParams):
+    """DRAGAN's perturbation and what its gradient is taken of. ``normal``: x + N(0, (c std x)^2)
+    (Kodali et al. 2017); ``uniform``: a point between x and x + c std(x) U[0, 1) (one scalar std
+    of the batch), as in compare_gan, Lucic et al. 2018. ``of``: D's ``logits``, or its
+    ``sigmoid`` probability (compare_gan)."""
+
+    c: float = 0.5
+    noise: str = "normal"  # normal | uniform
+    of: str = "logits"  # logits | sigmoid
+
+
+@dataclass(frozen=True)
 class DriftParams:
     weight: float = 0.001  # epsilon_drift of ProGAN's drift term (Karras et al. 2018, A.1)
 

@@ -23,6 +23,7 @@ from gaxp.specs import EmaSpec, LossSpec, RegSpec, TaskSpec
 from gaxp import losses as losses_
 from gaxp.models import adapter
 from gaxp.optim import guard_counts, last_finite
+from gaxp.pixels import to_float, to_signed
 from gaxp.registry import register
 from gaxp.state import GANState, Nets
 
@@ -46,6 +47,7 @@ class StepSpec:
     cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
     task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
     phase: Optional[str] = None  # "pretrain": SRGAN's MSE phase (bound by gaxp.tasks.bind)
+    pixels: str = "signed"  # the arch's pixel range (gaxp.pixels): D's real images, G's output
 
 
 def _grow_kwargs(spec: StepSpec, step) -> dict:
@@ -77,11 +79,10 @@ def sample_z(spec: StepSpec, key: jax.Array, n: Optional[int] = None) -> jax.Arr
     return z
 
 
-def to_float(x: jax.Array) -> jax.Array:
-    """uint8 images in [0, 255] -> float32 in [-1, 1]; float data passes through."""
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 127.5 - 1.0
-    return x.astype(jnp.float32)
+def sample_images(spec: StepSpec, params, stats, z, y=None) -> jax.Array:
+    """G(z) in inference mode (BatchNorm's running statistics), in the common [-1, 1] range
+    whatever the arch's own (``gaxp.pixels``): what grids, metrics and ``gaxp-sample`` read."""
+    return to_signed(generate(spec, params, stats, z, y, train=False)[0], spec.pixels)
 
 
 def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_stats, old_stats,
@@ -216,7 +217,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: S
     hp = hp or {}
     TRACES["train_step"] += 1
     k_d, k_g = jax.random.split(step_key(key, state))
-    x = to_float(batch["x"])  # [n_critic, batch, ...]
+    x = to_float(batch["x"], spec.pixels)  # [n_critic, batch, ...], in the arch's pixel range
     if spec.grow is not None:  # progressive growing: reals at the stage's size, faded in like G's
         x = spec.grow.real(x, state.step)
     y = batch.get("y") if spec.cond is not None else None  # labels [n_critic, batch] (conditional)

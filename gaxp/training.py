@@ -29,7 +29,7 @@ from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.loop import Loop, step_of
 from gaxp.run import Run, assemble, make_spec, open_dataset  # noqa: F401 - re-exported
 from gaxp.state import GANState, init_state
-from gaxp.step import TRACES, ema_beta, generate
+from gaxp.step import TRACES, ema_beta, sample_images
 from gaxp import tasks
 from gaxp.randomness import gaxp_draws
 
@@ -144,7 +144,7 @@ class Outputs:
         if run.spec.cond is not None:  # one row per class, the same noise down each column
             self.z, self.y, self.cols = conditional.sample_inputs(
                 z_key, run.spec.cond.num_classes, n, run.config.model.z_dim, run.dataset.kind)
-        self._sample = xla.jit(lambda p, s, z, y: generate(run.spec, p, s, z, y, train=False)[0])
+        self._sample = xla.jit(lambda p, s, z, y: sample_images(run.spec, p, s, z, y))
         # what the samples show: the EMA of G, or G itself when the half-life makes the decay ~0
         decay = ema_beta(replace(t.ema, rampup=None), run.config.data.batch_size, 0)
         self.sampled = "EMA G" if float(decay) > 1e-6 else "G"
@@ -244,7 +244,7 @@ def make_evaluator(run: Run):
         return task.evaluator(run.config, run.dataset, run.mesh, run.spec)
     from gaxp.metrics.evaluator import Evaluator
 
-    sample = lambda p, s, z, y=None: generate(run.spec, p, s, z, y, train=False)[0]  # noqa: E731
+    sample = lambda p, s, z, y=None: sample_images(run.spec, p, s, z, y)  # noqa: E731
     return Evaluator(run.config, run.dataset, run.mesh, sample, run.config.model.z_dim,
                      num_classes=run.spec.cond and run.spec.cond.num_classes)
 

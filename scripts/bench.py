@@ -81,7 +81,8 @@ MODELS = {"dcgan": ["model.g_width=64", "model.d_width=64"], "mlp": ["experiment
           "toy64": ["model=mlp", "data=ring", "model.g_width=64", "model.d_width=64",
                     "model.g_depth=2", "model.d_depth=2", "model.z_dim=2"],
           "resnet": ["model=resnet", "data.image_size=32", "loss=hinge"],
-          "dcgan32": ["model.g_width=64", "model.d_width=64", "data.image_size=32"]}
+          "dcgan32": ["model.g_width=64", "model.d_width=64", "data.image_size=32"],
+          "infogan": ["experiment=lucic_fashion", "metrics=none"]}  # Lucic et al.'s NS GAN
 
 
 def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tuple = (), *,

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import os
-import struct
 import sys
 from pathlib import Path
 from typing import Callable
@@ -44,6 +42,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from gaxp.data.idx import FASHION_ENV, FASHION_SIZES, FASHION_SYSTEM_DIR, fashion_dir, load_fashion, read_idx
 from gaxp.errors import ConfigError, unknown
 
 MNIST_SPLITS = ("train", "test")
@@ -184,17 +183,6 @@ class BatchOrder:
 # ---------------------------------------------------------------- MNIST (embedded, no download)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file of unsigned bytes (the official MNIST format)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    if data[:2] != b"\0\0" or data[2] != 0x08:
-        raise ConfigError(f"{path} is not an unsigned-byte IDX file; use the official MNIST files")
-    ndim = data[3]
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def mnist_test_dir(data_dir: str | None) -> Path:
     """The folder with the official MNIST test IDX files: `data_dir`, else $GAXP_MNIST_TEST_DIR."""
     folder = data_dir or os.environ.get(MNIST_TEST_ENV)
@@ -238,18 +226,49 @@ def build_mnist(name: str, *, split: str = "train", image_size: int | None = Non
     """The `mnist` source (name `mnist`): embedded train split, test split from IDX files."""
     if name != "mnist":
         raise unknown("mnist dataset", name, ["mnist"])
+    return build_arrays(name, lambda s: load_mnist(s, mnist_test_dir(data_dir) if s == "test" else None),
+                        MNIST_SPLITS, split=split, image_size=image_size, seed=seed,
+                        process_index=process_index, process_count=process_count)
+
+
+def build_arrays(name: str, load: Callable, splits, *, split: str, image_size: int | None,
+                 seed: int, process_index: int, process_count: int) -> ImageDataset:
+    """A 10-class 28x28 greyscale dataset held in memory; ``load(split) -> (x, y)`` (MNIST's and
+    Fashion-MNIST's IDX arrays), resized as MNIST is (``_resize_mnist``)."""
     _check_common(image_size)
 
     def open_split(s: str) -> ArrayRecords:
-        if s not in MNIST_SPLITS:
-            raise unknown("mnist split", s, MNIST_SPLITS)
-        x, y = load_mnist(s, mnist_test_dir(data_dir) if s == "test" else None)
+        if s not in splits:
+            raise unknown(f"{name} split", s, splits)
+        x, y = load(s)
         return ArrayRecords(_resize_mnist(x, image_size), y)
 
     records = open_split(split)
     return ImageDataset(name=name, split=split, shape=records.x.shape[1:], num_classes=10,
                         records=records, open_split=open_split, seed=seed,
                         process_index=process_index, process_count=process_count)
+
+
+def build_fashion_mnist(name: str, *, split: str = "train", image_size: int | None = None,
+                        data_dir: str | None = None, seed: int = 0, process_index: int = 0,
+                        process_count: int = 1) -> ImageDataset:
+    """The ``fashion_mnist`` source: the official IDX files (``gaxp.data.idx``: data_dir,
+    $GAXP_FASHION_MNIST_DIR or Debian's package), else a prepared TFDS ``fashion_mnist``."""
+    if name != "fashion_mnist":
+        raise unknown("fashion_mnist dataset", name, ["fashion_mnist"])
+    folder = fashion_dir(data_dir)
+    kw = dict(split=split, image_size=image_size, seed=seed, process_index=process_index,
+              process_count=process_count)
+    if folder is not None:
+        return build_arrays(name, lambda s: load_fashion(folder, s), tuple(FASHION_SIZES), **kw)
+    try:
+        return build_tfds("fashion_mnist", data_dir=None, **kw)
+    except ConfigError:
+        raise ConfigError(
+            "Fashion-MNIST not found: install Debian's package (apt-get install "
+            f"dataset-fashion-mnist, into {FASHION_SYSTEM_DIR}), or set data.data_dir or "
+            f"${FASHION_ENV} to a folder with the official IDX files, or prepare TFDS's copy (pip "
+            "install 'gaxp[prepare]' && tfds build fashion_mnist --file_format array_record)") from None
 
 
 # ---------------------------------------------------------------- TFDS (prepared, array_record)

@@ -55,6 +55,7 @@ def make_dataset(source: str, name: str, *, split: str = "train", image_size: in
 # The built-in sources register exactly as a plugin's do (gaxp.register.source).
 register.source("toy2d", labeled=True)(toy2d.build)
 register.source("mnist")(images.build_mnist)
+register.source("fashion_mnist")(images.build_fashion_mnist)  # IDX files or TFDS (gaxp.data.idx)
 register.source("tfds")(images.build_tfds)
 register.source("mnist_pairs")(paired.build_mnist_pairs)  # image-to-image pairs (gaxp.tasks)
 register.source("folder")(paired.build_folder)

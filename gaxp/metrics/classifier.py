@@ -45,7 +45,7 @@ from gaxp import xla
 from gaxp.errors import ConfigError
 from gaxp.files import unwritable
 from gaxp.files import write_atomic
-from gaxp.step import to_float
+from gaxp.pixels import to_float
 
 WIDTHS = (16, 32)  # the two convolutions' channels
 FEATURE_DIM = 128

@@ -35,7 +35,7 @@ from gaxp.metrics.prdc import knn_sq_radii, prdc
 from gaxp.metrics.reference import reference_indices, reference_key
 from gaxp.metrics import reference
 from gaxp.registry import METRICS
-from gaxp.step import to_float
+from gaxp.pixels import to_float
 
 log = logging.getLogger("gaxp.metrics")
 

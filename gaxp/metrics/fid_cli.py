@@ -112,14 +112,14 @@ def run_samples(path: str, n: int, seed: int, batch: int) -> np.ndarray:
 
     from gaxp.evaluate import load_generator
     from gaxp.logging.grids import to_uint8
-    from gaxp.step import generate
+    from gaxp.step import sample_images
 
     loaded = load_generator(path, ["metrics=none"])
     if loaded.dataset.kind != "image" or loaded.config.task.name != "gan":
         raise ConfigError(f"{path} is not an image GAN run; FID needs generated images")
     spec, cond = loaded.spec, loaded.spec.cond
     z_dim = loaded.config.model.z_dim
-    fn = xla.jit(lambda p, s, z, y: generate(spec, p, s, z, y, train=False)[0])
+    fn = xla.jit(lambda p, s, z, y: sample_images(spec, p, s, z, y))
     key, out = jax.random.key(seed), []
     for i, start in enumerate(range(0, n, batch)):
         z = jax.random.normal(jax.random.fold_in(key, i), (batch, z_dim), jnp.float32)

@@ -23,10 +23,19 @@ def _l2n(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.sum(jnp.square(x)) + eps)
 
 
+def _tf_truncated(key, shape, dtype=jnp.float32):
+    """TF 1's ``truncated_normal_initializer(stddev=0.02)``: N(0, 0.02) redrawn beyond 2 std,
+    not rescaled afterwards (its std is 0.88 x 0.02; JAX's own truncated_normal rescales)."""
+    return 0.02 * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+
 def kernel_init(kind: str):
-    """`dcgan`: N(0, 0.02) as in Radford et al. 2016; `default`: LeCun normal (Flax's default)."""
+    """`dcgan`: N(0, 0.02) as in Radford et al. 2016; `tf_truncated`: that normal truncated at
+    2 std as TF 1 drew it (compare_gan's convolutions); `default`: LeCun normal (Flax's)."""
     if kind == "dcgan":
         return nnx.initializers.normal(0.02)
+    if kind == "tf_truncated":
+        return _tf_truncated
     return nnx.initializers.lecun_normal()
 
 
@@ -114,10 +123,11 @@ class Norm(nnx.Module):
     (per sample and channel over H and W, no affine parameters: Ulyanov et al. 2016, as in
     CycleGAN), or `none`."""
 
-    def __init__(self, kind: str, features: int, *, momentum: float, rngs: nnx.Rngs):
+    def __init__(self, kind: str, features: int, *, momentum: float, rngs: nnx.Rngs,
+                 epsilon: float = 1e-5):
         self.kind = kind
         if kind == "batch":
-            self.norm = nnx.BatchNorm(features, momentum=momentum, rngs=rngs)
+            self.norm = nnx.BatchNorm(features, momentum=momentum, epsilon=epsilon, rngs=rngs)
         elif kind == "layer":
             self.norm = nnx.LayerNorm(features, rngs=rngs)
         else:

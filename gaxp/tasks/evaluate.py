@@ -35,7 +35,7 @@ from gaxp.metrics import features
 from gaxp.metrics.evaluator import Scheduled
 from gaxp.metrics.fid import frechet_distance, moments
 from gaxp.models import adapter
-from gaxp.step import to_float
+from gaxp.pixels import to_float
 
 log = logging.getLogger("gaxp.metrics")
 GRID_EXAMPLES = 16

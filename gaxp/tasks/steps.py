@@ -29,7 +29,8 @@ import optax
 
 from gaxp import losses as losses_
 from gaxp.models import adapter
-from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, step_key, to_float
+from gaxp.pixels import to_float
+from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, step_key
 from gaxp.tasks import pool
 
 

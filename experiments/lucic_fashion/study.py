@@ -1,0 +1,155 @@
+"""Lucic et al. (2018)'s Fashion-MNIST study at its protocol: train, select, score, record.
+
+For each row and seed, in order (a finished step is never redone, so the same command resumes
+the study after an interruption or a new session):
+
+1. ``gaxp-train experiment=lucic_fashion/<row> trainer.seed=<seed>`` in ``<runs>/<row>-s<seed>``
+   (``trainer.resume=true`` when that directory already holds checkpoints). The run logs the
+   cheap score (Inception KID and FID of 2,000 samples vs 2,000 test images) at the protocol's
+   checkpoints, all kept.
+2. ``gaxp-eval <run> step=best by=eval/kid metrics=lucic_fid ema=false``: the protocol's FID
+   (10,000 samples vs the 10,000 test images, with KID and precision/recall) at the checkpoint
+   with the lowest KID, and the same at the last checkpoint (once when they coincide).
+3. ``experiments/lucic_fashion/runs/<row>-s<seed>/``: result.json (the figures, the KID curve,
+   wall times, commands), summary.json, metrics.jsonl and the last sample grid; with
+   ``--commit``, committed on their own (``git commit -- <that folder>``).
+
+    python experiments/lucic_fashion/study.py --rows ns mm lsgan wgan wgan_gp dragan --seeds 0 1 --commit
+    python experiments/lucic_fashion/study.py --table     # the README's table from runs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+# gaxp-train and gaxp-eval of this checkout (``python -c`` from ROOT imports ROOT's gaxp first), so
+# a study can run from a worktree of its own while the main checkout changes
+GAXP = [sys.executable, "-c", "import sys; from gaxp import cli; cmd = sys.argv.pop(1); "
+        "sys.argv[0] = 'gaxp-' + cmd; getattr(cli, cmd + '_main')()"]
+ROWS = ("ns", "mm", "lsgan", "wgan", "wgan_gp", "dragan", "ns_sn_ema", "hinge_sn_ema")
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` with its output appended to ``log``; seconds taken. Raises on failure."""
+    t = time.time()
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code:
+        raise SystemExit(f"study.py: {cmd[0]} exited with {code}; see {log}")
+    return time.time() - t
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def train(row: str, seed: int, run_dir: Path, log: Path, extra=()) -> list[str]:
+    summary = run_dir / "summary.json"
+    cmd = [*GAXP, "train", f"experiment=lucic_fashion/{row}", f"trainer.seed={seed}",
+           f"hydra.run.dir={run_dir}", "trainer.progress=false",
+           "logger.wandb.group=lucic_fashion", f"logger.wandb.tags=[lucic_fashion,{row}]", *extra]
+    if summary.exists():
+        return cmd
+    resume = ["trainer.resume=true"] if (run_dir / "checkpoints").is_dir() else []
+    _run(cmd + resume, log)
+    return cmd
+
+
+def score(run_dir: Path, step: int, log: Path, extra=()) -> tuple[dict, float]:
+    out = run_dir / "eval" / f"lucic_fid_step_{step:07d}.json"
+    seconds = 0.0
+    if not out.exists():
+        seconds = _run([*GAXP, "eval", str(run_dir), f"step={step}", "metrics=lucic_fid",
+                        "ema=false", f"json={out}", *extra], log)
+    return json.loads(out.read_text()), seconds
+
+
+def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), eval_extra=()) -> dict:
+    name = f"{row}-s{seed}"
+    dest = results / name
+    if (dest / "result.json").exists():
+        return json.loads((dest / "result.json").read_text())
+    run_dir = runs / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{name}.log"
+    cmd = train(row, seed, run_dir, log, extra)
+    from gaxp.evaluate import best_step
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best, last = best_step(run_dir, "eval/kid"), summary["steps"]
+    at_best, s_best = score(run_dir, best, log, eval_extra)
+    at_last, s_last = score(run_dir, last, log, eval_extra) if last != best else (at_best, 0.0)
+    curve = [{k: r[k] for k in ("step", "eval/kid", "eval/fid") if k in r}
+             for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
+    result = {"row": row, "seed": seed, "best_step": best, "last_step": last,
+              "best": at_best["metrics"], "last": at_last["metrics"],
+              "protocol": at_best["protocol"], "curve": curve,
+              "train_wall_s": summary.get("wall_time_s"), "images_per_s": summary.get("images_per_s"),
+              "final_eval_s": s_best + s_last, "digest": summary.get("digest"),
+              "commands": [" ".join(cmd), f"gaxp-eval {run_dir} step=best by=eval/kid "
+                           "metrics=lucic_fid ema=false", f"gaxp-eval {run_dir} step={last} "
+                           "metrics=lucic_fid ema=false"],
+              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("summary.json", "metrics.jsonl"):
+        shutil.copy(run_dir / f, dest / f)
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if grids:
+        shutil.copy(grids[-1], dest / "last_grid.png")
+    best_grid = run_dir / "samples" / f"step_{best:07d}.png"
+    if best_grid.exists():
+        shutil.copy(best_grid, dest / "best_grid.png")
+    (dest / "result.json").write_text(json.dumps(result, indent=1))
+    if commit:
+        fid = result["best"].get("eval/fid")
+        _commit(dest, f"lucic_fashion: {name} finished (best-checkpoint FID {fid:.2f} at step {best})")
+    return result
+
+
+def _commit(folder: Path, message: str) -> None:
+    """Commit ``folder`` alone in its repository; a busy index (another git command) is retried,
+    and a commit that still fails leaves the files in place with one line."""
+    for attempt in range(10):
+        add = subprocess.call(["git", "add", "--", "."], cwd=folder)
+        if add == 0 and subprocess.call(["git", "commit", "-q", "-m", message, "--", "."], cwd=folder) == 0:
+            return
+        time.sleep(3 * (attempt + 1))
+    print(f"study.py: could not commit {folder}; commit it by hand", file=sys.stderr)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", nargs="+", default=list(ROWS[:6]), choices=ROWS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--runs", type=Path, default=ROOT / "outputs" / "lucic_fashion",
+                   help="where the run directories live (checkpoints: not committed)")
+    p.add_argument("--results", type=Path, default=HERE / "runs",
+                   help="where each finished run's figures, metrics and grids are copied")
+    p.add_argument("--commit", action="store_true", help="git-commit each finished run's folder")
+    p.add_argument("--extra", nargs="*", default=[], help="gaxp-train overrides (a smoke test)")
+    p.add_argument("--eval-extra", nargs="*", default=[], help="gaxp-eval overrides (a smoke test)")
+    p.add_argument("--by-seed", action="store_true",
+                   help="every row's seed 0 first, then every row's seed 1 (default: row by row)")
+    args = p.parse_args()
+    order = ([(r, s) for s in args.seeds for r in args.rows] if args.by_seed
+             else [(r, s) for r in args.rows for s in args.seeds])
+    for row, seed in order:
+        r = one(row, seed, args.runs.resolve(), args.results.resolve(), args.commit,
+                args.extra, args.eval_extra)
+        print(f"{row}-s{seed}: best FID {r['best'].get('eval/fid'):.2f} (step {r['best_step']}), "
+              f"last {r['last'].get('eval/fid'):.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
