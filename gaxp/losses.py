@@ -141,7 +141,8 @@ class LsganParams:
 
 
 @register.loss("lsgan", params=LsganParams)
-def lsgan(p: LsganParams) -> Loss:
+def lsgan(p: LsganParams | None = None) -> Loss:
+    p = p or LsganParams()
     if p.output == "raw":
         return Loss(lsgan_d, lsgan_g)
     if p.output != "sigmoid":

