@@ -66,12 +66,13 @@ def train(row: str, seed: int, run_dir: Path, log: Path, extra=()) -> list[str]:
     return cmd
 
 
-def score(run_dir: Path, step: int, log: Path, extra=()) -> tuple[dict, float]:
+def score(run_dir: Path, step: int, log: Path, extra=(), ema: bool = False) -> tuple[dict, float]:
+    """The protocol's FID at ``step``: G itself (the paper's rows) or its EMA (gaxp's rows)."""
     out = run_dir / "eval" / f"lucic_fid_step_{step:07d}.json"
     seconds = 0.0
     if not out.exists():
         seconds = _run([*GAXP, "eval", str(run_dir), f"step={step}", "metrics=lucic_fid",
-                        "ema=false", f"json={out}", *extra], log)
+                        f"ema={str(ema).lower()}", f"json={out}", *extra], log)
     return json.loads(out.read_text()), seconds
 
 
@@ -88,8 +89,9 @@ def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), 
 
     summary = json.loads((run_dir / "summary.json").read_text())
     best, last = best_step(run_dir, "eval/kid"), summary["steps"]
-    at_best, s_best = score(run_dir, best, log, eval_extra)
-    at_last, s_last = score(run_dir, last, log, eval_extra) if last != best else (at_best, 0.0)
+    ema = row.endswith("_ema")
+    at_best, s_best = score(run_dir, best, log, eval_extra, ema)
+    at_last, s_last = score(run_dir, last, log, eval_extra, ema) if last != best else (at_best, 0.0)
     curve = [{k: r[k] for k in ("step", "eval/kid", "eval/fid") if k in r}
              for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
     result = {"row": row, "seed": seed, "best_step": best, "last_step": last,
@@ -98,8 +100,8 @@ def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), 
               "train_wall_s": summary.get("wall_time_s"), "images_per_s": summary.get("images_per_s"),
               "final_eval_s": s_best + s_last, "digest": summary.get("digest"),
               "commands": [" ".join(cmd), f"gaxp-eval {run_dir} step=best by=eval/kid "
-                           "metrics=lucic_fid ema=false", f"gaxp-eval {run_dir} step={last} "
-                           "metrics=lucic_fid ema=false"],
+                           f"metrics=lucic_fid ema={str(ema).lower()}", f"gaxp-eval {run_dir} "
+                           f"step={last} metrics=lucic_fid ema={str(ema).lower()}"],
               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("summary.json", "metrics.jsonl"):
@@ -128,6 +130,63 @@ def _commit(folder: Path, message: str) -> None:
     print(f"study.py: could not commit {folder}; commit it by hand", file=sys.stderr)
 
 
+# The paper's best FID per loss on Fashion-MNIST (a 100-setting search retrained over 50 seeds,
+# Lucic et al. 2018), and its 2-SD goal after this study's narrow search.
+PAPER = {"mm": (29.6, 1.6), "ns": (26.5, 1.6), "lsgan": (30.7, 2.2), "wgan": (21.5, 1.6),
+         "wgan_gp": (24.5, 2.1), "dragan": (27.7, 1.2)}
+
+
+def table(results: Path) -> str:
+    """The README's table from ``results/*/result.json``: per row, the best-checkpoint and final
+    FID (mean and each seed), KID, precision/recall at the best checkpoint, the paper's best."""
+    found = {}
+    for f in sorted(results.glob("*/result.json")):
+        r = json.loads(f.read_text())
+        found.setdefault(r["row"], []).append(r)
+    lines = ["| row | seeds | FID best ckpt (mean; each) | FID final (mean; each) | KID x1e3 (best) "
+             "| precision / recall (best) | paper's best (± SD) | best - paper | train min (each) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        rs = sorted(found.get(row, []), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        fb = [r["best"]["eval/fid"] for r in rs]
+        fl = [r["last"]["eval/fid"] for r in rs]
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        each = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
+        kid = mean([r["best"]["eval/kid"] * 1e3 for r in rs])
+        pr = f"{mean([r['best']['eval/precision'] for r in rs]):.2f} / {mean([r['best']['eval/recall'] for r in rs]):.2f}"
+        paper = PAPER.get(row)
+        ref = f"{paper[0]} ± {paper[1]}" if paper else "-"
+        gap = f"{mean(fb) - paper[0]:+.1f}" if paper else "-"
+        mins = ", ".join(f"{r['train_wall_s'] / 60:.0f}" for r in rs)
+        lines.append(f"| {row} | {', '.join(str(r['seed']) for r in rs)} | {mean(fb):.1f}; {each(fb)} "
+                     f"| {mean(fl):.1f}; {each(fl)} | {kid:.2f} | {pr} | {ref} | {gap} | {mins} |")
+    return "\n".join(lines)
+
+
+def plot(results: Path, out: Path) -> None:
+    """The cheap score (KID of 2,000 vs 2,000) against D updates, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for f in sorted(results.glob("*/result.json")):
+        r = json.loads(f.read_text())
+        n_critic = 5 if r["row"].startswith("wgan") else 1
+        steps = [c["step"] * n_critic for c in r["curve"]]
+        ax.plot(steps, [c["eval/kid"] * 1e3 for c in r["curve"]], marker="o",
+                label=f"{r['row']} s{r['seed']}")
+    ax.set_xlabel("D updates")
+    ax.set_ylabel("KID x 1e3 (2,000 vs 2,000 test)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=list(ROWS[:6]), choices=ROWS)
@@ -141,7 +200,13 @@ def main() -> None:
     p.add_argument("--eval-extra", nargs="*", default=[], help="gaxp-eval overrides (a smoke test)")
     p.add_argument("--by-seed", action="store_true",
                    help="every row's seed 0 first, then every row's seed 1 (default: row by row)")
+    p.add_argument("--table", action="store_true",
+                   help="print the results table and redraw kid_curves.png from --results, then stop")
     args = p.parse_args()
+    if args.table:
+        print(table(args.results))
+        plot(args.results, HERE / "kid_curves.png")
+        return
     order = ([(r, s) for s in args.seeds for r in args.rows] if args.by_seed
              else [(r, s) for r in args.rows for s in args.seeds])
     for row, seed in order:
