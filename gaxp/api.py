@@ -18,15 +18,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from gaxp.errors import ConfigError
+from gaxp import population, training
+from gaxp.config import Config, plain
+from gaxp.config import load as load_config
+from gaxp.compose import compose_run
+from gaxp.sample import OPTION_DEFAULTS, check, draw, requested_class
+from gaxp.evaluate import evaluate, load_generator
 
 
 def run(cfg) -> dict:
     """Train a composed config (a Hydra ``DictConfig``, the dict ``gaxp.config.load`` takes, or a
     ``gaxp.config.Config``): one run, or a population when ``trainer.population > 1``."""
-    from gaxp import population, training
-    from gaxp.config import Config, load, plain
 
-    config = cfg if isinstance(cfg, Config) else load(cfg)
+    config = cfg if isinstance(cfg, Config) else load_config(cfg)
     if config.trainer.population > 1:
         source = asdict(config) if isinstance(cfg, Config) else plain(cfg)
         return population.train(config, source)
@@ -39,7 +43,6 @@ def train(overrides: Sequence[str] = (), *, config_dir: str | None = None,
     ``"plugins=[my_gan.ideas]"``, ``"hydra.searchpath=[pkg://my_gan.conf]"``,
     ``"hydra.run.dir=..."``), check it as ``gaxp-train`` does, and train. Raises ``ConfigError``
     (one line) on bad input, before anything is built."""
-    from gaxp.compose import compose_run
 
     if isinstance(overrides, str):
         raise ConfigError(f"gaxp.train takes a list of overrides, e.g. [{overrides!r}]")
@@ -70,7 +73,6 @@ class Generator:
         """``n`` samples in the data's range ([-1, 1] images NHWC, or 2D points), drawn exactly as
         ``gaxp-sample n=<n> seed=<seed>`` draws them. ``labels``: ``"all"`` (conditional runs: one
         row per class) or a class index."""
-        from gaxp.sample import OPTION_DEFAULTS, check, draw, requested_class
 
         o = OPTION_DEFAULTS | {"n": n, "seed": seed, "truncation": truncation,
                                "class": None if labels is None else str(labels)}
@@ -81,7 +83,6 @@ class Generator:
     def evaluate(self, overrides: Sequence[str] = ("metrics=default",)) -> dict:
         """The metrics of ``overrides`` (``metrics=...``, ``metrics.n_fake=...``) for this
         generator, as ``gaxp-eval`` reports them: ``{"metrics", "protocol", "step", "run_dir"}``."""
-        from gaxp.evaluate import evaluate, load_generator
 
         loaded = load_generator(str(self.loaded.run_dir), list(overrides), step=self.loaded.step,
                                 ema=self._ema)
@@ -90,6 +91,5 @@ class Generator:
 
 def load(run_dir: str | Path, *, step: int | None = None, ema: bool = True) -> Generator:
     """The generator of a run directory (its latest checkpoint, or ``step``)."""
-    from gaxp.evaluate import load_generator
 
     return Generator(load_generator(str(run_dir), ["metrics=none"], step=step, ema=ema), ema)

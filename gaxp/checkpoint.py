@@ -52,13 +52,18 @@ def abstract_like(state: Any, sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
+# State fields saved under another name: a task's own state is saved as "pool", the name it had
+# when CycleGAN's image pool was the only one, so those checkpoints still restore.
+_SAVED_AS = {"task_state": "pool"}
+
+
 def _written(state: Any) -> Any:
     """What Orbax writes for ``state``: a dataclass state (``GANState``) as a dict of its fields,
     leaving out those that are None (optional parts such as CycleGAN's image pool). A run without
     such a part keeps the checkpoint layout it had before the field existed, so checkpoints of
     earlier versions still restore."""
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        values = {_SAVED_AS.get(f.name, f.name): getattr(state, f.name) for f in dataclasses.fields(state)}
         return {k: v for k, v in values.items() if v is not None}
     return state
 
@@ -66,7 +71,8 @@ def _written(state: Any) -> Any:
 def _read(tree: Any, abstract: Any) -> Any:
     """The inverse of ``_written``: the restored dict back into ``abstract``'s dataclass."""
     if dataclasses.is_dataclass(abstract) and not isinstance(abstract, type):
-        return dataclasses.replace(abstract, **tree)
+        fields = {v: k for k, v in _SAVED_AS.items()}
+        return dataclasses.replace(abstract, **{fields.get(k, k): v for k, v in tree.items()})
     return tree
 
 

@@ -16,27 +16,28 @@ import os
 import sys
 from pathlib import Path
 
+from gaxp.errors import GaxpError, Preempted
 from gaxp.compose import (CONF_DIR, check_overrides, fail, parse_argv,  # noqa: F401 - re-exported
                           register_resolvers)
 
 
 def eval_main() -> None:
     """``gaxp-eval <run dir or checkpoint> [metrics=...] [key=value ...]``."""
-    from gaxp.evaluate import main
+    from gaxp.evaluate import main  # deferred: the entry point starts without JAX
 
     main(sys.argv[1:])
 
 
 def sample_main() -> None:
     """``gaxp-sample <run dir or checkpoint> [n=64 truncation=... interpolate=true ...]``."""
-    from gaxp.sample import main
+    from gaxp.sample import main  # deferred: the entry point starts without JAX
 
     main(sys.argv[1:])
 
 
 def fid_main() -> None:
     """``gaxp-fid A B [--n N ...]``: FID and KID between folders, stats, runs or dataset splits."""
-    from gaxp.metrics.fid_cli import main
+    from gaxp.metrics.fid_cli import main  # deferred: the entry point starts without JAX
 
     main(sys.argv[1:])
 
@@ -106,9 +107,8 @@ def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from gaxp.errors import GaxpError, Preempted
-    from gaxp.api import run as train
-    from gaxp.config import load_plugins
+    from gaxp.api import run as train  # deferred: the entry point starts without JAX
+    from gaxp.config import load_plugins  # (the same)
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

@@ -240,7 +240,7 @@ def check_overrides(args: list[str], *, config_name: str = "train",
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from gaxp.config import load_plugins
+    from gaxp.config import load_plugins  # deferred: gaxp.config loads JAX; the CLI starts without it
 
     overrides = [a for a in args if not a.startswith("-")]
     try:
@@ -287,7 +287,7 @@ def _validate(cfg) -> None:
     creates or touches its run directory."""
     from omegaconf import OmegaConf, open_dict
 
-    from gaxp.config import load
+    from gaxp.config import load  # deferred: gaxp.config loads JAX; the CLI starts without it
 
     cfg = cfg.copy()
     with open_dict(cfg):
@@ -325,7 +325,7 @@ def compose_node(overrides: list[str]) -> dict:
 
 def run_config(overrides: list[str]):
     """A validated Config from train.yaml and ``overrides`` (for scripts that need data specs)."""
-    from gaxp.config import load
+    from gaxp.config import load  # deferred: gaxp.config loads JAX; the CLI starts without it
 
     return load(compose_node(overrides))
 
@@ -340,7 +340,6 @@ def fail(prog: str, message: str, code: int = 2) -> None:
 def parse_options(argv: list[str], options: dict, passthrough: tuple = ()) -> tuple[dict, list]:
     """``key=value`` arguments -> (typed options, config overrides). Overrides are the arguments
     whose key is a group in ``passthrough`` (``metrics=default``) or below one (``metrics.n_fake=1000``)."""
-    from gaxp.errors import ConfigError
 
     parsed, overrides = {}, []
     for arg in argv:

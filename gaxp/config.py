@@ -51,6 +51,9 @@ from gaxp.specs import (  # noqa: F401 - re-exported: gaxp.config is where calle
     TaskSpec,
     Config,
 )
+from gaxp.optim import OPTIMIZERS
+from gaxp.models.conditional import CONDS
+from gaxp.metrics.features import parse_metric
 
 
 def load_plugins(modules) -> None:
@@ -144,7 +147,6 @@ def _with_params(node: dict, spec: type, registry, path: str) -> dict:
 
 
 def _check_names(cfg: Config) -> None:
-    from gaxp.optim import OPTIMIZERS
 
     if cfg.loss.penalty is not None and cfg.loss.penalty not in REGULARIZERS:
         raise unknown("loss.penalty", cfg.loss.penalty, REGULARIZERS)
@@ -160,7 +162,6 @@ def _check_names(cfg: Config) -> None:
         raise ConfigError(
             f"model.d_norm must be one of: batch, instance, layer, none (got {cfg.model.d_norm!r})"
         )
-    from gaxp.models.conditional import CONDS  # class conditioning (conditional GANs)
 
     if cfg.model.cond not in CONDS:
         raise ConfigError(f"model.cond must be one of: {', '.join(CONDS)} (got {cfg.model.cond!r})")
@@ -246,7 +247,6 @@ def _check_dropout(m: ModelSpec) -> None:
 
 
 def _check_metrics(m: MetricsSpec) -> None:
-    from gaxp.metrics.features import parse_metric
 
     if m.names == ("auto",):
         pass

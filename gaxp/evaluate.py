@@ -23,6 +23,15 @@ from typing import Any
 
 from gaxp.errors import ConfigError
 from gaxp.randomness import gaxp_draws
+from gaxp.compose import compose_node, fail, parse_options
+from gaxp.config import load
+from gaxp import sharding
+from gaxp.checkpoint import Checkpointer, abstract_like
+from gaxp.run import assemble
+from gaxp.state import init_state
+from gaxp.metrics.evaluator import Evaluator
+from gaxp.nets import sample_images
+from gaxp.tasks import TASKS
 
 OPTIONS = {"step": str, "by": str, "ema": bool, "json": str}
 
@@ -75,9 +84,6 @@ def with_overrides(node: dict, overrides: list[str]) -> Any:
     """Apply ``metrics=``/``metrics.*``/``data.*`` overrides to a run's config; validate it."""
     from omegaconf import OmegaConf
 
-    from gaxp.compose import compose_node
-    from gaxp.config import load
-
     group = [o for o in overrides if o.startswith("metrics=")]
     dotted = [o for o in overrides if not o.startswith("metrics=")]
     if group or not (node.get("metrics") or {}).get("names"):
@@ -93,11 +99,6 @@ def load_state(path: str, overrides: list[str] = (), *, step: int | None = None)
     """(the run assembled as training assembles it (``gaxp.run.Run``), step, the whole GANState)
     of a run directory's checkpoint (the latest, or ``step``, or the one ``path`` names)."""
     import jax
-
-    from gaxp import sharding
-    from gaxp.checkpoint import Checkpointer, abstract_like
-    from gaxp.run import assemble
-    from gaxp.state import init_state
 
     run_dir, named = locate(path)
     config = with_overrides(run_node(run_dir), list(overrides))
@@ -158,10 +159,6 @@ def load_generator(path: str, overrides: list[str], *, step: int | None = None,
 @gaxp_draws
 def evaluate(loaded: Loaded) -> dict:
     """Every configured metric of the loaded generator -> the JSON report."""
-    from gaxp.metrics.evaluator import Evaluator
-    from gaxp.step import sample_images
-
-    from gaxp.tasks import TASKS
 
     task = TASKS.entry(loaded.config.task.name)
     if task.evaluator is not None:  # the task's own metrics (image-to-image: held-out pairs)
@@ -188,7 +185,6 @@ def table(report: dict, weights: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from gaxp.compose import fail, parse_options
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from gaxp import grow, sharding, tasks, xla
+from gaxp import phases, sharding, tasks, xla
 from gaxp.checkpoint import Checkpointer
 from gaxp.errors import Diverged, Preempted
 from gaxp.preempt import StopRequests
@@ -29,14 +29,15 @@ log = logging.getLogger("gaxp")
 
 def compile_step(run: Run, state: GANState, batch: dict, key: jax.Array, spec: StepSpec | None = None,
                  compiler_options: dict | None = None):
-    """The train step lowered and compiled once for these shapes and shardings (donates state).
-    With progressive growing, for one stage: ``spec`` bound by ``grow.bind``, else the stage of
-    ``state.step``. ``compiler_options``: XLA options for this program only (scripts/bench.py
-    compares them against the defaults)."""
+    """The train step lowered and compiled once for these shapes and shardings (donates state),
+    as ``step(state, batch, key)``: one run's hyperparameters are the configured ones (``hp`` is
+    ``{}``, no argument in the program). With phases, for one: ``spec`` bound by
+    ``gaxp.phases.bind``, else the phases of ``state.step``. ``compiler_options``: XLA options
+    for this program only (scripts/bench.py compares them against the defaults)."""
     t0 = time.perf_counter()
-    spec = spec or grow.bind(run.spec, int(jax.device_get(state.step)))
+    spec = spec or phases.bind(run.spec, phases.active(run.phases, int(jax.device_get(state.step))))
     replicated = sharding.replicated(run.mesh)
-    fn = jax.jit(tasks.step_fn(run.config, spec), donate_argnums=0,
+    fn = jax.jit(functools.partial(tasks.step_fn(run.config, spec), hp={}), donate_argnums=0,
                  out_shardings=(replicated, replicated))
     compiled = fn.lower(state, batch, key).compile(
         compiler_options=xla.mesh_options(run.mesh, compiler_options))
@@ -59,33 +60,32 @@ class Loop:
         self.images_per_step = run.config.data.batch_size * run.config.loss.n_critic
         self.saved = -1  # the last step checkpointed
         self.t_run = time.perf_counter()
-        self.programs, self.compile_s, self.stages = {}, 0.0, []  # compiled steps per growth stage
+        self.programs, self.compile_s, self.phases = {}, 0.0, []  # compiled steps per phase
         self.eval_s = 0.0  # in-loop evaluation: not part of the training throughput
 
     def program(self, step: int, state: GANState, batch: dict):
-        """The compiled step for the growth stage and task phase of ``step`` (``state.step``),
-        compiled on first use: one program per stage with progressive growing (``gaxp.grow``),
-        one per phase with SRGAN's pre-training (``gaxp.tasks.bind``), else one in all."""
-        spec = tasks.bind(grow.bind(self.run.spec, step), step)  # + SRGAN's pre-training phase
-        stage = None if spec.grow is None else spec.grow.stage
-        if (stage, spec.phase) not in self.programs:
+        """The compiled step for the phases in force at ``step`` (``state.step``), compiled on
+        first use: one program per combination of the task's and the arch's phases
+        (``gaxp.phases``: SRGAN's pre-training, ProGAN's growth stages, a plugin's warm-up), one
+        in all without phases."""
+        active = phases.active(self.run.phases, step)
+        if active not in self.programs:
             t0 = time.perf_counter()
             # a batch from ``take`` may be host arrays: lowered as the global arrays they stand for
             abstract = jax.tree.map(lambda v: v if isinstance(v, jax.Array) else jax.ShapeDtypeStruct(
                 v.shape, v.dtype, sharding=self.batches.sharding), batch)
-            self.programs[stage, spec.phase], seconds = self.compile(state, abstract, self.key, spec)
+            spec = phases.bind(self.run.spec, active)
+            self.programs[active], seconds = self.compile(state, abstract, self.key, spec)
             self.compile_s += seconds
-            phase = tasks.describe_phase(spec)
-            if phase and self.run.is_main:
-                self.out.progress.bar.write(f"step {step}: {phase}, compiled in {seconds:.1f} s")
-            if stage is not None:
-                res = spec.grow.resolutions[stage]
-                self.stages.append({"stage": stage, "resolution": res, "step": step, "t": t0,
-                                    "compile_s": seconds})
+            if active:
+                names = " + ".join(p.name + ("" if p.trains == "both" else f" (trains {p.trains.upper()} only)")
+                                   for p in active)
+                values = [p.value for p in active if p.value is not None]
+                self.phases.append({"phase": names, **({"value": values} if values else {}),
+                                    "step": step, "t": t0, "compile_s": seconds})
                 if self.run.is_main:
-                    self.out.progress.bar.write(f"step {step}: stage {stage} ({res} px), "
-                                                f"compiled in {seconds:.1f} s")
-        return self.programs[stage, spec.phase]
+                    self.out.progress.bar.write(f"step {step}: {names}, compiled in {seconds:.1f} s")
+        return self.programs[active]
 
     def _wall(self) -> float:
         return self.meta.get("wall_time_s", 0.0) + time.perf_counter() - self.t_run
@@ -147,12 +147,12 @@ class Loop:
                 metrics = metrics | evals if step == t.steps else metrics
         wall = time.perf_counter() - self.t_run
         steps_run = t.steps - start
-        stages = grow.stage_figures(self.stages, t.steps, time.perf_counter(), self.images_per_step)
+        figures = phases.figures(self.phases, t.steps, time.perf_counter(), self.images_per_step)
         return {"compile_s": self.compile_s, "run_s": wall, "state": state, "final": metrics,
                 "devices": int(self.run.mesh.devices.size),
                 "images_per_s": (steps_run * self.images_per_step / max(wall - self.eval_s, 1e-9)
                                  if steps_run else 0.0),
-                **({"stages": stages} if stages else {})}
+                **({"phases": figures} if figures else {})}
 
     def _log(self, step: int, m: dict, step_log: int, t_log: float) -> dict:
         """Writes one log row (console, metrics.jsonl, W&B) for the step's device metrics ``m``."""

@@ -46,6 +46,7 @@ from gaxp.loop import Loop, step_of
 from gaxp.preempt import StopRequests
 from gaxp.randomness import gaxp_draws
 from gaxp.state import init_state
+from gaxp import training as T
 
 log = logging.getLogger("gaxp")
 
@@ -187,7 +188,6 @@ class PopEvaluator:
 def _member_summaries(run, runs, members, result, meta, start, state, evaluator, protocol, vary,
                       traces, out) -> list:
     """Each member's summary.json (and W&B summary); the rows of the population's summary."""
-    from gaxp import training as T
 
     rows = []
     for i, (r, mc) in enumerate(zip(runs, members)):
@@ -257,7 +257,6 @@ def lower_members(step, mesh, mode: str, n: int, unroll: bool, out_sharding, *ar
 @run_dir.one_run  # the run and member directories locked for the call; write errors name the resume
 def train(config: Config, source: dict) -> dict:
     """Train the population; returns the population summary (also ``<run>/summary.json``)."""
-    from gaxp import training as T
 
     run = T.setup(config)
     n = config.trainer.population
@@ -321,7 +320,7 @@ def train(config: Config, source: dict) -> dict:
     if unroll:
         log.info("population: %d members traced one by one, in a loop (population.unroll)", n)
 
-    def compile_fn(state, batch, key, spec):  # spec: run.spec bound to a growth stage (gaxp.grow)
+    def compile_fn(state, batch, key, spec):  # spec: run.spec bound to its phases (gaxp.phases)
         t0 = time.perf_counter()
         lowered = lower_members(tasks.step_fn(config, spec), run.mesh, mode, n, unroll, state_sharding,
                                 state, batch, key, hp)

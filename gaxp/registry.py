@@ -28,6 +28,7 @@ import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 from gaxp.errors import ConfigError, unknown
+from gaxp.specs import PenaltyParams
 
 
 class Registry(dict):
@@ -108,6 +109,7 @@ class ArchEntry(NamedTuple):
     supports: frozenset = frozenset({"pack", "mbstd", "g_spectral_norm"})
     params: Optional[type] = None  # the arch's own hyperparameters: ModelSpec.params
     pixels: str = "signed"  # the images G makes and D reads: [-1, 1] or "unit" [0, 1] (gaxp.pixels)
+    phases: Optional[Callable] = None  # (config) -> tuple of gaxp.specs.Phase (ProGAN's stages)
 
 
 class SourceEntry(NamedTuple):
@@ -128,13 +130,15 @@ class MetricEntry(NamedTuple):
 class TaskEntry(NamedTuple):
     """What a run trains: the compiled step and what it needs around it (``gaxp.tasks``)."""
 
-    step: Callable  # (state, batch, key, hp=None, *, spec, **extras) -> (state, metrics)
+    step: Callable  # (state, batch, key, hp, *, spec, **extras) -> (state, metrics)
     archs: tuple  # the models this task trains; () = any noise -> sample arch
     needs_paired: bool = True  # c[i] must be the source of x[i]
     batch_keys: tuple = ("x", "c")
     grid: Optional[Callable] = None  # (run) -> an object with draw(g, stats) and write(x, path)
     evaluator: Optional[Callable] = None  # (config, dataset, mesh, spec) -> evaluator
     extras: Optional[Callable] = None  # (config) -> constants bound into the step
+    phases: Optional[Callable] = None  # (config) -> tuple of gaxp.specs.Phase (SRGAN's pre-training)
+    state: Optional[Callable] = None  # (config, shape) -> the task's own state pytree, or None
 
 
 LOSSES = Registry("loss")
@@ -162,7 +166,6 @@ class _Register:
         """Register a gradient penalty ``fn(d_fn, real, fake, key, p) -> scalar`` as
         ``regularizer=<name>`` (and ``loss.penalty=<name>``); ``params`` subclasses PenaltyParams."""
         def deco(fn):
-            from gaxp.specs import PenaltyParams  # the ground floor: imports nothing of gaxp
 
             p = params or PenaltyParams
             _check_params("regularizer", name, p)
@@ -187,17 +190,19 @@ class _Register:
     @staticmethod
     def arch(name: str, *, check: Optional[Callable] = None,
              supports=("pack", "mbstd", "g_spectral_norm"), params: Optional[type] = None,
-             pixels: str = "signed"):
+             pixels: str = "signed", phases: Optional[Callable] = None):
         """Register ``build(model_spec, shape, image, rngs) -> (G, D)`` as ``model=<name>``;
         ``check(model_spec, shape, image)`` raises ConfigError for shapes it cannot make (none:
         every shape is accepted); ``params``: the arch's own hyperparameters (``model.<key>``,
         read as ``spec.params``); ``pixels``: the range of the images G makes and D reads,
-        ``signed`` [-1, 1] (tanh) or ``unit`` [0, 1] (sigmoid; see ``gaxp.pixels``)."""
+        ``signed`` [-1, 1] (tanh) or ``unit`` [0, 1] (sigmoid; see ``gaxp.pixels``);
+        ``phases(config)``: the arch's phases (``gaxp.specs.Phase``), each compiled on its own."""
         def deco(fn):
             _check_params("model", name, params)
             if pixels not in ("signed", "unit"):
                 raise unknown(f"pixel range of model {name!r}", pixels, ("signed", "unit"))
-            ARCHS.add(name, ArchEntry(fn, check, frozenset(supports), params, pixels), _where(fn))
+            ARCHS.add(name, ArchEntry(fn, check, frozenset(supports), params, pixels, phases),
+                      _where(fn))
             return fn
         return deco
 
@@ -220,12 +225,15 @@ class _Register:
 
     @staticmethod
     def task(name: str, *, archs=(), needs_paired: bool = True, batch_keys=("x", "c"), grid=None,
-             evaluator=None, extras=None):
-        """Register a train step ``step(state, batch, key, hp=None, *, spec) -> (state, metrics)``
-        as ``task=<name>``, with the archs it trains, its batch keys, sample grid and evaluator."""
+             evaluator=None, extras=None, phases=None, state=None):
+        """Register a train step ``step(state, batch, key, hp, *, spec) -> (state, metrics)`` as
+        ``task=<name>`` (``hp``: a population member's traced hyperparameters, ``{}`` for one
+        run), with the archs it trains, its batch keys, sample grid and evaluator; ``phases(config)
+        -> (Phase, ...)``: its phases (``spec.phase`` names the active one); ``state(config,
+        shape)``: its own part of the train state (``state.task_state``), or None."""
         def deco(fn):
             TASKS.add(name, TaskEntry(fn, tuple(archs), needs_paired, tuple(batch_keys), grid,
-                                      evaluator, extras), _where(fn))
+                                      evaluator, extras, phases, state), _where(fn))
             return fn
         return deco
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import jax
 
-from gaxp import conditional, grow, sharding, tasks
+from gaxp import conditional, phases, sharding, tasks
+from gaxp.models import growth as grow
 from gaxp.config import Config, check_for_data
 from gaxp.data import make_dataset
 from gaxp.registry import ARCHS
@@ -31,6 +32,7 @@ class Run:
     is_main: bool
     shape: tuple  # what the arch is built for: the data shape, or (target, source) shapes
     image: bool
+    phases: tuple = ()  # the task's and the arch's phases (gaxp.phases.of): one program each
 
 
 def open_dataset(config: Config):
@@ -66,4 +68,5 @@ def assemble(config: Config, mesh, *, directory: Path | None = None, restore: bo
     config = conditional.with_classes(config, dataset)  # labels present, model.num_classes
     spec = make_spec(config, make_nets(config, shape, image), mesh)
     return Run(config, directory, restore, mesh, dataset, local_batch, spec,
-               is_main=jax.process_index() == 0, shape=shape, image=image)
+               is_main=jax.process_index() == 0, shape=shape, image=image,
+               phases=phases.of(config))

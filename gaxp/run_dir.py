@@ -37,6 +37,7 @@ from pathlib import Path
 from gaxp.specs import Config
 from gaxp.errors import ConfigError, GaxpError, RunDirInUse, WriteFailed
 from gaxp.files import ONLY_WRITES, cause, errno_of, failed_file, write_atomic
+from gaxp import distributed
 
 log = logging.getLogger("gaxp")
 LOCK_FILE = ".gaxp.lock"
@@ -223,8 +224,6 @@ def resolve_everywhere(config: Config) -> tuple[Path, bool]:
     must be on a filesystem that every process sees: checkpoints are written there together."""
     import jax
 
-    from gaxp import distributed
-
     if jax.process_count() == 1:
         directory, restore = resolve(config)
         _RUNS.append(directory)
@@ -327,7 +326,6 @@ class LockRunDir(_Callback):
     directory once ``jax.distributed`` says which process is 0)."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        from gaxp import distributed
 
         mode = config.trainer.distributed
         try:

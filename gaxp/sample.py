@@ -24,6 +24,10 @@ import numpy as np
 from gaxp import xla
 from gaxp.errors import ConfigError
 from gaxp.randomness import gaxp_draws
+from gaxp.compose import fail, parse_options
+from gaxp.evaluate import load_generator
+from gaxp.nets import sample_images
+from gaxp.logging.grids import save_image_grid, save_scatter, to_uint8
 
 OPTIONS = {"n": int, "truncation": float, "interpolate": bool, "rows": int, "steps": int,
            "seed": int, "step": int, "ema": bool, "out": str, "class": str}
@@ -82,7 +86,6 @@ def _labels(o: dict, n: int, num_classes: int, rows: int | None = None):
 
 
 def main(argv: list[str]) -> None:
-    from gaxp.compose import fail, parse_options
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -91,7 +94,6 @@ def main(argv: list[str]) -> None:
         given, overrides = parse_options(argv[1:], OPTIONS, passthrough=("data",))
         o = OPTION_DEFAULTS | given
         check(o)
-        from gaxp.evaluate import load_generator
 
         loaded = load_generator(argv[0], overrides + ["metrics=none"], step=o["step"],
                                 ema=o["ema"])
@@ -112,8 +114,6 @@ def draw(loaded, o: dict):
     (samples in the data's range, z, requested labels or None, grid columns or None)."""
     import jax
     import jax.numpy as jnp
-
-    from gaxp.step import sample_images
 
     key = jax.random.fold_in(jax.random.key(o["seed"]), 0x5A)
     z_dim = loaded.config.model.z_dim
@@ -140,7 +140,6 @@ def draw(loaded, o: dict):
 
 
 def write_samples(loaded, o: dict) -> Path:
-    from gaxp.logging.grids import save_image_grid, save_scatter, to_uint8
 
     x, z, y, cols = draw(loaded, o)
     out = Path(o["out"] or loaded.run_dir / "samples_cli")

@@ -3,8 +3,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of a run that compiles to a program of its own, declared by a task or an arch
+    entry (``phases=``): from step ``start`` (0-based ``state.step``) until the entry's next phase.
+    ``trains``: what it updates (``both``, ``g`` or ``d``). A task's step reads its active phase's
+    name as ``spec.phase``; ``bind(spec) -> spec``, when given, binds anything else the phase
+    changes (ProGAN: the growth stage). ``value``: the phase's own datum (ProGAN: the stage)."""
+
+    name: str
+    start: int
+    trains: str = "both"
+    value: Any = None
+    bind: Optional[Callable] = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)

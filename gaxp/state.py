@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from gaxp import optim, tasks
+from gaxp import optim
 from gaxp.specs import Config
 from gaxp.models import ARCHS, adapter
+from gaxp.registry import TASKS
 from gaxp.regularizers import lazy_optimizer
 
 
@@ -32,7 +33,7 @@ class GANState:
     g_ema: Any  # EMA of g_params; sampled with g_stats
     lr_scale: jax.Array  # multiplies both networks' updates (lowered by divergence rollbacks)
     rollbacks: jax.Array  # divergence rollbacks so far; folded into the step's random key
-    pool: Any = None  # CycleGAN's history of generated images (gaxp.tasks.pool); None otherwise
+    task_state: Any = None  # the task's own state, as its entry declares it (register.task(state=)); None: none
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ def make_nets(config: Config, shape: tuple, image: bool) -> Nets:
                 optim.build(d_opt, guard=guard, updates=optim.run_updates(config, "d")))
 
 
+def _task_state(config: Config, shape: tuple):
+    hook = TASKS.entry(config.task.name).state
+    return None if hook is None else hook(config, shape)
+
+
 def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.Array) -> GANState:
     """Fresh state from ``key``; pure, so it works under ``jax.jit`` and ``jax.eval_shape``."""
     g, d = _modules(config, shape, image, key)
@@ -69,5 +75,5 @@ def init_state(config: Config, nets: Nets, shape: tuple, image: bool, key: jax.A
         g_opt=nets.g_opt.init(g_params), d_opt=nets.d_opt.init(d_params),
         g_ema=jax.tree.map(jnp.copy, g_params),
         lr_scale=jnp.ones((), jnp.float32), rollbacks=jnp.zeros((), jnp.int32),
-        pool=tasks.init_pool(config, shape),
+        task_state=_task_state(config, shape),
     )

@@ -1,6 +1,6 @@
 """The training step as pure functions of pytrees.
 
-``train_step(state, batch, key, *, spec)`` runs ``n_critic`` discriminator updates (each on its
+``train_step(state, batch, key, hp, *, spec)`` runs ``n_critic`` discriminator updates (each on its
 own real micro-batch and fresh fakes, G held fixed) and then one generator update (D held fixed),
 then the EMA of G. It is jitted once over the whole mesh by the train loop; nothing here knows
 about devices beyond an optional sharding constraint on the latent batch. The stabilizers of
@@ -21,9 +21,10 @@ from jax.sharding import NamedSharding
 from gaxp import conditional, regularizers
 from gaxp.specs import EmaSpec, LossSpec, RegSpec, TaskSpec
 from gaxp import losses as losses_
-from gaxp.models import adapter
+
 from gaxp.optim import guard_counts, last_finite
-from gaxp.pixels import to_float, to_signed
+from gaxp.nets import discriminate, generate, sample_images  # noqa: F401 - sample_images re-exported
+from gaxp.pixels import to_float
 from gaxp.registry import register
 from gaxp.state import GANState, Nets
 
@@ -43,33 +44,11 @@ class StepSpec:
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
-    grow: Optional[Any] = None  # progressive growing (gaxp.grow.Growth): the stage this program runs
+    grow: Optional[Any] = None  # progressive growing (gaxp.models.growth.Growth): the stage this program runs
     cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
     task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
-    phase: Optional[str] = None  # "pretrain": SRGAN's MSE phase (bound by gaxp.tasks.bind)
+    phase: Optional[str] = None  # the task's active phase (gaxp.phases), e.g. SRGAN's "pretrain"
     pixels: str = "signed"  # the arch's pixel range (gaxp.pixels): D's real images, G's output
-
-
-def _grow_kwargs(spec: StepSpec, step) -> dict:
-    """Progressive growing: the static stage and the fade-in alpha at ``step`` for G and D; none
-    without growth, or for sampling (``step=None``: G draws at its last trained stage, full size)."""
-    return {} if spec.grow is None or step is None else spec.grow.model_kwargs(step)
-
-
-def generate(spec: StepSpec, params, stats, z, y=None, *, train: bool, step=None):
-    """G(z) -> (samples, stats); a conditional G also takes the requested labels ``y`` [B]."""
-    args = (z,) if y is None else (z, y)
-    return adapter.apply(spec.nets.g_def, params, stats, *args, train=train,
-                         compute_dtype=adapter.PRECISIONS[spec.precision],
-                         **_grow_kwargs(spec, step))
-
-
-def discriminate(spec: StepSpec, params, stats, x, y=None, *, train: bool, step=None):
-    """D(x) -> (logits, stats); conditional: D(x, y), AC-GAN's as (logits, class logits)."""
-    args = (x,) if y is None else (x, y)
-    return adapter.apply(spec.nets.d_def, params, stats, *args, train=train,
-                         compute_dtype=adapter.PRECISIONS[spec.precision],
-                         **_grow_kwargs(spec, step))
 
 
 def sample_z(spec: StepSpec, key: jax.Array, n: Optional[int] = None) -> jax.Array:
@@ -77,12 +56,6 @@ def sample_z(spec: StepSpec, key: jax.Array, n: Optional[int] = None) -> jax.Arr
     if spec.z_sharding is not None and n is None:
         z = jax.lax.with_sharding_constraint(z, spec.z_sharding)
     return z
-
-
-def sample_images(spec: StepSpec, params, stats, z, y=None) -> jax.Array:
-    """G(z) in inference mode (BatchNorm's running statistics), in the common [-1, 1] range
-    whatever the arch's own (``gaxp.pixels``): what grids, metrics and ``gaxp-sample`` read."""
-    return to_signed(generate(spec, params, stats, z, y, train=False)[0], spec.pixels)
 
 
 def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_stats, old_stats,
@@ -101,13 +74,12 @@ def _apply(spec: StepSpec, state: GANState, grads, tx, opt_state, params, new_st
     return optax.apply_updates(params, updates), opt_state, stats
 
 
-def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index=0, hp=None,
+def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_index, hp: dict,
            y=None):
     """One discriminator update on ``real`` and fresh fakes; G is held fixed. ``d_index`` counts
     D updates since the start (the clock of lazy penalties); ``hp``: a population member's traced
     hyperparameters (``gaxp.population.VARY``). Conditional: ``y`` labels ``real``, and the fakes
     are requested with the same labels (``gaxp.conditional``)."""
-    hp = hp or {}
     k_z, k_pen = jax.random.split(key)
     t = state.step
     fake, _ = generate(spec, state.g_params, state.g_stats, sample_z(spec, k_z), y, train=True, step=t)
@@ -140,11 +112,10 @@ def d_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, d_i
     return state.replace(d_params=d_params, d_stats=d_stats, d_opt=d_opt), metrics
 
 
-def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=None, y=None):
+def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp: dict, y=None):
     """One generator update; D's parameters and statistics are held fixed. D sees the fakes
     (and reals) through the same ``d_inputs`` view as in the D step (DiffAugment, noise).
     Conditional: ``y`` labels ``real``; the fakes ask for uniformly drawn labels."""
-    hp = hp or {}
     z = sample_z(spec, key)
     y_fake = None
     if spec.cond is not None:
@@ -179,7 +150,7 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp=
 
 
 def g_step_after_pretraining(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array,
-                             hp=None, y=None):
+                             hp: dict, y=None):
     """``g_step`` once ``state.step`` reaches the D pre-training steps, before that G is left
     as is (``lax.cond``: the G update's cost is skipped too). Logs ``train/g_active``."""
     steps = spec.regs.get("d_pretrain").steps
@@ -210,11 +181,10 @@ def step_key(key: jax.Array, state: GANState) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(key, state.step), state.rollbacks)
 
 
-def train_step(state: GANState, batch: dict, key: jax.Array, hp=None, *, spec: StepSpec):
+def train_step(state: GANState, batch: dict, key: jax.Array, hp: dict, *, spec: StepSpec):
     """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics).
-    ``hp``: traced hyperparameters of a population member (``gaxp.population.hparams``); None or
-    {} for a single run, whose program is then exactly the same as without them."""
-    hp = hp or {}
+    ``hp``: traced hyperparameters of a population member (``gaxp.members.hparams``), ``{}`` for
+    a single run, whose program then has no argument for them."""
     TRACES["train_step"] += 1
     k_d, k_g = jax.random.split(step_key(key, state))
     x = to_float(batch["x"], spec.pixels)  # [n_critic, batch, ...], in the arch's pixel range

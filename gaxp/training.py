@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from gaxp import xla
-from gaxp import conditional, distributed, grow, regularizers, run_dir, sharding
+from gaxp import conditional, distributed, regularizers, run_dir, sharding
+from gaxp.models import growth as grow
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, load, plain
 from gaxp.errors import ConfigError
@@ -29,9 +30,11 @@ from gaxp.logging.writers import JsonlWriter, Progress, WandbWriter
 from gaxp.loop import Loop, step_of
 from gaxp.run import Run, assemble, make_spec, open_dataset  # noqa: F401 - re-exported
 from gaxp.state import GANState, init_state
-from gaxp.step import TRACES, ema_beta, sample_images
+from gaxp.nets import sample_images
+from gaxp.step import TRACES, ema_beta
 from gaxp import tasks
 from gaxp.randomness import gaxp_draws
+from gaxp.metrics.evaluator import Evaluator
 
 log = logging.getLogger("gaxp")
 
@@ -242,7 +245,6 @@ def make_evaluator(run: Run):
     task = tasks.TASKS.entry(run.config.task.name)
     if task.evaluator is not None:  # the task's own metrics (image-to-image: L1, PSNR, SSIM, FD)
         return task.evaluator(run.config, run.dataset, run.mesh, run.spec)
-    from gaxp.metrics.evaluator import Evaluator
 
     sample = lambda p, s, z, y=None: sample_images(run.spec, p, s, z, y)  # noqa: E731
     return Evaluator(run.config, run.dataset, run.mesh, sample, run.config.model.z_dim,
@@ -260,7 +262,7 @@ def run_summary(config: Config, result: dict, meta: dict, start: int, traces: in
         "devices": result["devices"], "step_traces": traces, "resumed_from": start,
         "digest": param_digest(state), "final": final, "run_dir": str(directory),
         "rollbacks": int(np.max(jax.device_get(state.rollbacks))),
-        **({"stages": result["stages"]} if "stages" in result else {}),  # progressive growing
+        **({"phases": result["phases"]} if "phases" in result else {}),  # gaxp.phases: per phase
     }
     if evals is not None:
         summary["eval"] = {"protocol": protocol, **evals}

@@ -92,7 +92,7 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     import jax
     from hydra import compose, initialize_config_dir
 
-    from gaxp import grow, tasks
+    from gaxp import phases, tasks
     from gaxp.config import load
     from gaxp.loop import compile_step
     from gaxp.training import prepare
@@ -105,10 +105,10 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     key = jax.random.key(0)
     device_batch = next(batches)
     compiled, compile_s = compile_step(run, state, device_batch, key, compiler_options=compiler_options)
-    spec = grow.bind(run.spec, int(jax.device_get(state.step)))
+    spec = phases.bind(run.spec, phases.active(run.phases, int(jax.device_get(state.step))))
 
     def lower():
-        return jax.jit(tasks.step_fn(run.config, spec)).lower(state, device_batch, key)
+        return jax.jit(tasks.step_fn(run.config, spec)).lower(state, device_batch, key, {})
 
     out = (compiled, state, device_batch, key, batches, compile_s, program_gflop(lower, compiled, devices))
     return out + (run, ckpt) if full else out

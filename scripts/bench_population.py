@@ -28,15 +28,17 @@ def population_step(run, state, batch, key, n: int, devices: int, compiler_optio
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from gaxp import grow as growth, xla
+    from gaxp import xla
+    from gaxp import phases
     from gaxp.members import unrolled
     from gaxp.population import lower_members
     from gaxp.step import train_step
 
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     sh = NamedSharding(mesh, P("data"))
-    # ProGAN: the program of the stage the state is in, as gaxp.population compiles per stage
-    spec = dataclasses.replace(growth.bind(run.spec, int(jax.device_get(state.step))), z_sharding=None)
+    # the program of the phases the state is in (ProGAN: its stage), as gaxp.population compiles them
+    spec = phases.bind(run.spec, phases.active(run.phases, int(jax.device_get(state.step))))
+    spec = dataclasses.replace(spec, z_sharding=None)
     grow = lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + x.shape), sh)  # noqa: E731
     pop_state, pop_batch = jax.tree.map(grow, state), jax.tree.map(grow, batch)
     keys = jax.device_put(jax.random.split(key, n), sh)

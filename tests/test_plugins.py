@@ -168,3 +168,33 @@ def test_an_experiment_of_the_users_own_directory(plugin_dir, tmp_path, how):
     cfg = json.loads((out / "run.json").read_text())["config"]
     assert cfg["loss"]["name"] == "soft_hinge" and cfg["loss"]["margin"] == 2.0
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_a_plugin_task_with_a_warm_up_phase_that_trains_d_alone(plugin_dir, tmp_path, monkeypatch):
+    """task=gan_warmup (my_gan.ideas) declares two phases: D alone for 4 steps, then both. Each
+    compiles on its own; G is untouched through the warm-up and trains after it, D trains in both."""
+    out = tmp_path / "run"
+    result = run(*PLUGIN, "model=mlp", "data=ring", "task=gan_warmup", "trainer.progress=false",
+                 "logger=none", "trainer.steps=8", "trainer.log_every=1", "trainer.ckpt_every=2",
+                 "trainer.keep=4", "trainer.sample_every=100", "model.g_width=16", "model.d_width=16",
+                 "data.batch_size=32", "metrics=none", f"hydra.run.dir={out}", cwd=tmp_path,
+                 pythonpath=plugin_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    assert "step 0: warmup (trains D only), compiled in" in said and "step 4: both, compiled in" in said
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["phase"], p["from_step"], p["steps"]) for p in summary["phases"]] == \
+        [("warmup (trains D only)", 0, 4), ("both", 4, 4)]
+    train_rows = rows(out)
+    assert ["train/g_loss" in r for r in train_rows] == [False] * 4 + [True] * 4
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    import jax
+    import numpy as np
+
+    from gaxp.evaluate import load_state
+
+    states = {s: load_state(str(out), step=s)[2] for s in (2, 4, 6)}
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))  # noqa: E731
+    assert same(states[2].g_params, states[4].g_params) and same(states[2].g_ema, states[4].g_ema)
+    assert not same(states[2].d_params, states[4].d_params)
+    assert not same(states[4].g_params, states[6].g_params)

@@ -29,7 +29,7 @@ def _float_dtypes(tree) -> set:
 def test_bf16_computes_in_bf16_and_keeps_float32_state(tiny, overrides):
     run, batches, _, state, _ = prepare(load(tiny(*overrides, "trainer.precision=bf16")))
     batch, key = next(batches), jax.random.key(0)
-    jaxpr = str(jax.make_jaxpr(lambda s, b: train_step(s, b, key, spec=run.spec))(state, batch))
+    jaxpr = str(jax.make_jaxpr(lambda s, b: train_step(s, b, key, {}, spec=run.spec))(state, batch))
     assert "bf16" in jaxpr and ("dot_general" in jaxpr)
     fn, _ = compile_step(run, state, batch, key)
     for _ in range(2):
@@ -44,7 +44,7 @@ def test_bf16_computes_in_bf16_and_keeps_float32_state(tiny, overrides):
 def test_fp32_step_has_no_bf16(tiny):
     run, batches, _, state, _ = prepare(load(tiny(*DCGAN)))
     key = jax.random.key(0)
-    jaxpr = str(jax.make_jaxpr(lambda s, b: train_step(s, b, key, spec=run.spec))(state, next(batches)))
+    jaxpr = str(jax.make_jaxpr(lambda s, b: train_step(s, b, key, {}, spec=run.spec))(state, next(batches)))
     assert "bf16" not in jaxpr
 
 

@@ -1,4 +1,4 @@
-"""Progressive growing (model=progan, gaxp.grow): fade-in of G, of D's input path and of the real
+"""Progressive growing (model=progan, gaxp.models.growth): fade-in of G, of D's input path and of the real
 images, equalized learning rate, pixel norm, the schedule, one compile per stage, exact resume
 mid-stage, the drift term, and the one-line errors for sizes that do not fit the schedule."""
 
@@ -12,7 +12,8 @@ import pytest
 from conftest import compose
 from flax import nnx
 
-from gaxp import grow, regularizers
+from gaxp import regularizers
+from gaxp.models import growth as grow
 from gaxp.config import check_for_data, load
 from gaxp.errors import ConfigError
 from gaxp.models import ARCHS
@@ -136,8 +137,8 @@ def test_each_stage_compiles_once_and_resume_mid_fade_is_exact(tiny, tmp_path):
     # stages: 4 px steps 0-1, 8 px from step 2 (fade-in until step 6), 16 px from step 8
     straight = train(tiny(*RUN, "trainer.steps=11", name="straight"))
     assert straight["step_traces"] == 3  # one program per stage, each compiled once
-    assert [(s["resolution"], s["from_step"], s["steps"]) for s in straight["stages"]] == \
-        [(4, 0, 2), (8, 2, 6), (16, 8, 3)]
+    assert [(s["phase"], s["value"], s["from_step"], s["steps"]) for s in straight["phases"]] == \
+        [("stage 0 (4 px)", [0], 0, 2), ("stage 1 (8 px)", [1], 2, 6), ("stage 2 (16 px)", [2], 8, 3)]
     rows = _rows(tmp_path / "straight")
     assert [r["grow/resolution"] for r in rows] == [4] * 2 + [8] * 6 + [16] * 3
     np.testing.assert_allclose([r["grow/alpha"] for r in rows],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gaxp import tasks
+from gaxp import phases as gaxp_phases
 from gaxp.config import ModelSpec, load
 from gaxp.errors import ConfigError
 from gaxp.models.unet import UNet
@@ -135,7 +135,7 @@ def test_srgan_pretraining_leaves_d_untouched_then_switches(tiny):
     d0, d_stats0, d_opt0, g0 = host(state)
     phases = []
     for step in range(4):
-        spec = tasks.bind(run.spec, step)
+        spec = gaxp_phases.bind(run.spec, gaxp_phases.active(run.phases, step))
         phases.append(spec.phase)
         batch = next(batches)
         fn, _ = compile_step(run, state, batch, key, spec)
@@ -145,7 +145,7 @@ def test_srgan_pretraining_leaves_d_untouched_then_switches(tiny):
         if step < 3:  # G alone on pixel MSE: D's parameters, statistics and optimizer as they were
             jax.tree.map(np.testing.assert_array_equal, (d, d_stats, d_opt), (d0, d_stats0, d_opt0))
             assert "train/d_loss" not in m and np.isfinite(float(m["train/mse"]))
-    assert phases == ["pretrain"] * 3 + [None]
+    assert phases == ["pretrain"] * 3 + ["adversarial"]
     changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), d, d0))
     assert any(changed) and any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), g, g0)))
     ckpt.close()

@@ -46,6 +46,7 @@ from gaxp.errors import ConfigError
 from gaxp.files import unwritable
 from gaxp.files import write_atomic
 from gaxp.pixels import to_float
+from gaxp.data import make_dataset
 
 WIDTHS = (16, 32)  # the two convolutions' channels
 FEATURE_DIM = 128
@@ -389,7 +390,6 @@ def train_and_save(data_spec, *, name: str | None = None, steps: int = 500,
     read, else on a stratified held-out 10%. Under ``min_accuracy`` it is refused and not saved,
     and what was cached stays (a lower value is recorded in its metadata: only tests of the
     plumbing lower it)."""
-    from gaxp.data import make_dataset
 
     d = data_spec
     dataset = make_dataset(d.source, d.name, split="train", image_size=d.image_size,

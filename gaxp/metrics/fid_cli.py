@@ -31,6 +31,14 @@ import numpy as np
 
 from gaxp import xla
 from gaxp.errors import ConfigError
+from gaxp.metrics.fid import moments
+from gaxp.evaluate import load_generator
+from gaxp.logging.grids import to_uint8
+from gaxp.nets import sample_images
+from gaxp.metrics.inception_fid import load_stats, reference_stats
+from gaxp.metrics.inception_fid import InceptionFeatures
+from gaxp.metrics.inception_fid import fid_kid, save_stats
+from gaxp.compose import fail
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -89,7 +97,6 @@ def read_folder(folder: Path) -> tuple[list[np.ndarray], str | None]:
 
 def folder_stats(ext, images: list[np.ndarray]) -> dict:
     """Statistics of images that may differ in size or channels (grouped by shape)."""
-    from gaxp.metrics.fid import moments
 
     feats = np.zeros((len(images), 2048), np.float32)
     groups: dict[tuple, list[int]] = {}
@@ -109,10 +116,6 @@ def run_samples(path: str, n: int, seed: int, batch: int) -> np.ndarray:
     """``n`` samples (uint8) of a run directory's EMA generator."""
     import jax
     import jax.numpy as jnp
-
-    from gaxp.evaluate import load_generator
-    from gaxp.logging.grids import to_uint8
-    from gaxp.step import sample_images
 
     loaded = load_generator(path, ["metrics=none"])
     if loaded.dataset.kind != "image" or loaded.config.task.name != "gan":
@@ -147,7 +150,6 @@ def kind_of(arg: str) -> str:
 
 def stats_of(arg: str, ext, args) -> tuple[dict, dict]:
     """(statistics, description) of one argument."""
-    from gaxp.metrics.inception_fid import load_stats, reference_stats
 
     kind = kind_of(arg)
     if kind == "stats":
@@ -173,7 +175,6 @@ def _note(message: str) -> None:
 
 
 def _extractor(args):
-    from gaxp.metrics.inception_fid import InceptionFeatures
 
     return InceptionFeatures.load(args.weights, args.cache_dir, download=not args.no_download,
                                   batch=args.batch, log=_note)
@@ -182,7 +183,6 @@ def _extractor(args):
 def compute(args) -> dict:
     """FID, KID and the protocol of ``args.a`` against ``args.b``; the Inception weights are
     loaded only when a side needs features (two statistics files need none)."""
-    from gaxp.metrics.inception_fid import fid_kid, save_stats
 
     kinds = [kind_of(arg) for arg in (args.a, args.b)]  # bad arguments fail before any work
     if args.n is not None and args.n < 2:
@@ -221,7 +221,6 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gaxp.compose import fail
 
     try:
         args = parser().parse_args(argv)

@@ -34,6 +34,8 @@ from gaxp.errors import ConfigError
 from gaxp.metrics import classifier, inception, inception_weights, reference
 from gaxp.metrics.fid import frechet_distance, moments
 from gaxp.metrics.kid import kid
+from gaxp.data import make_dataset
+from gaxp.data.registry import SOURCES
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
@@ -144,8 +146,6 @@ def reference_stats(ext: InceptionFeatures, dataset: str, split: str, n: int | N
     seed-0 random subset when fewer than all: MNIST's embedded digits are sorted by class),
     computed once per protocol and cached by ``gaxp.metrics.reference``, the code path and cache
     key of the in-run evaluator and ``gaxp-eval``; ``stats["protocol"]`` says what they are."""
-    from gaxp.data import make_dataset
-    from gaxp.data.registry import SOURCES
 
     source = dataset if dataset in SOURCES else "tfds"
     ds = make_dataset(source, dataset, split=split, image_size=image_size, data_dir=data_dir)

@@ -5,7 +5,7 @@ data shape, and checks before anything is built that it can produce that shape.
 
 from __future__ import annotations
 
-from gaxp.models import dcgan, infogan, mlp, progan, resnet, srgan, unet
+from gaxp.models import dcgan, growth, infogan, mlp, progan, resnet, srgan, unet
 from gaxp.registry import ARCHS, ArchEntry, register  # noqa: F401 - ARCHS re-exported
 
 
@@ -18,8 +18,9 @@ register.arch("resnet", check=resnet.check)(resnet.build)
 # Lucic et al. (2018)'s InfoGAN-style pair for 28x28 images: sigmoid G, images in [0, 1]
 register.arch("infogan", check=infogan.check, supports=("g_spectral_norm",),
               params=infogan.InfoGANParams, pixels="unit")(infogan.build)
-# Progressive growing (gaxp.grow compiles one program per stage); equalized lr, no spectral norm.
-register.arch("progan", check=progan.check, supports=("pack", "mbstd"))(progan.build)
+# Progressive growing (gaxp.models.growth compiles one program per stage); equalized lr, no spectral norm.
+register.arch("progan", check=progan.check, supports=("pack", "mbstd"),
+              phases=growth.phases)(progan.build)
 # Image-to-image (gaxp.tasks): shape = (target_shape, source_shape); G maps source images.
 register.arch("pix2pix", check=unet.check_pix2pix, supports=("g_spectral_norm",))(unet.build_pix2pix)
 register.arch("srgan", check=srgan.check, supports=("g_spectral_norm",))(srgan.build)

@@ -17,7 +17,7 @@ checkpoints keep one layout through the whole run; a stage only selects how many
   He's constant ``gain / sqrt(fan_in)``; LeakyReLU(0.2) everywhere but the outputs.
 
 ``stage`` is a static Python int (a different output size is a different program) and ``alpha`` a
-traced scalar (``gaxp.grow`` derives it from the step). G records the stage and alpha of its last
+traced scalar (``gaxp.models.growth`` derives it from the step). G records the stage and alpha of its last
 training call in two statistics (``BatchStat``, checkpointed with the state), and a call without
 ``stage`` (sampling, evaluation, ``gaxp-sample``) draws at that stage and alpha and returns images
 upsampled (nearest) to the data size, so sample grids and metrics need no knowledge of the growth.

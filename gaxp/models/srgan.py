@@ -23,6 +23,7 @@ from flax import nnx
 from gaxp.specs import ModelSpec
 from gaxp.errors import ConfigError
 from gaxp.models.blocks import Conv, Dense, Down2x, Norm, lrelu
+from gaxp.models.unet import _check_divisible
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
@@ -112,7 +113,6 @@ class SRDiscriminator(nnx.Module):
 
 
 def check(spec: ModelSpec, shape, image: bool) -> None:
-    from gaxp.models.unet import _check_divisible
 
     if not image or len(shape) != 2 or not all(isinstance(s, tuple) for s in shape):
         raise ConfigError("model=srgan super-resolves images: use it with task=srgan and "

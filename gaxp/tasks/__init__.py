@@ -10,52 +10,47 @@ selects an entry.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Callable
 
 from gaxp.errors import ConfigError
 from gaxp.registry import TASKS, register
-
-
-def _lazy(name: str) -> Callable:
-    """A step of ``gaxp.tasks.steps``, imported when first called (it builds on the whole core)."""
-    def step(*args, **kwargs):
-        from gaxp.tasks import steps
-
-        return getattr(steps, name)(*args, **kwargs)
-
-    step.__qualname__ = step.__name__ = name
-    return step
+from gaxp.specs import Phase
+from gaxp.tasks import pool, steps
+from gaxp.tasks.evaluate import Grid, TranslationEvaluator
 
 
 def _perceptual(config) -> dict:
     """SRGAN's feature network as a constant of its step (``task.perceptual``)."""
     if config.task.perceptual is None:
         return {}
-    from gaxp.tasks import steps
-
     return {"features": steps.load_features(config.task.perceptual)}
 
 
-def _grid(run):
-    from gaxp.tasks.evaluate import Grid
+def _srgan_phases(config) -> tuple:
+    """SRGAN's phases: G alone on pixel MSE for ``task.pretrain_steps``, then adversarial."""
+    n = config.task.pretrain_steps
+    return (Phase("pretrain", 0, "g"), Phase("adversarial", n)) if n else ()
 
-    return Grid(run)
+
+def _cyclegan_state(config, shape) -> dict | None:
+    """CycleGAN's empty history pool (``gaxp.tasks.pool``; None for pool_size 0)."""
+    target, source = shape
+    return pool.init(config.task.pool_size, source, target)
 
 
 def _evaluator(config, dataset, mesh, spec):
-    from gaxp.tasks.evaluate import TranslationEvaluator
-
     return TranslationEvaluator(config, dataset, mesh, spec)
 
 
 # The image-to-image tasks register exactly as a plugin's do; task=gan registers in gaxp.step.
-_I2I = dict(grid=_grid, evaluator=_evaluator)
-register.task("pix2pix", archs=("pix2pix",), **_I2I)(_lazy("pix2pix_step"))
-register.task("srgan", archs=("srgan",), extras=_perceptual, **_I2I)(_lazy("srgan_step"))
-register.task("cyclegan", archs=("cyclegan",), needs_paired=False, **_I2I)(_lazy("cyclegan_step"))
+_I2I = dict(grid=Grid, evaluator=_evaluator)
+register.task("pix2pix", archs=("pix2pix",), **_I2I)(steps.pix2pix_step)
+register.task("srgan", archs=("srgan",), extras=_perceptual, phases=_srgan_phases,
+              **_I2I)(steps.srgan_step)
+register.task("cyclegan", archs=("cyclegan",), needs_paired=False, state=_cyclegan_state,
+              **_I2I)(steps.cyclegan_step)
 
 ALLOWED_REGULARIZERS = ("spectral_norm",)  # what the image-to-image steps support
 
@@ -152,24 +147,6 @@ def check_data(config, dataset) -> None:
                           "task.identity_weight=0")
 
 
-def bind(spec, step: int):
-    """``spec`` (a ``gaxp.step.StepSpec``) bound to the task's phase at ``step``: ``"pretrain"``
-    for SRGAN's first ``task.pretrain_steps`` steps, else None. Phases compile to different
-    programs (``gaxp.loop.Loop.program``), like progressive growing's stages."""
-    phase = "pretrain" if step < spec.task.pretrain_steps else None
-    return spec if phase == spec.phase else dataclasses.replace(spec, phase=phase)
-
-
-def describe_phase(spec) -> str | None:
-    """One line for the console when a phase's program starts (None: the task has no phases)."""
-    n = spec.task.pretrain_steps
-    if not n:
-        return None
-    if spec.phase == "pretrain":
-        return f"phase pretrain (G on pixel MSE, D untouched) until step {n}"
-    return "phase adversarial"
-
-
 def model_shape(config, dataset) -> tuple:
     """What the arch is built for: the data shape, or (target_shape, source_shape)."""
     if not is_translation(config):
@@ -186,13 +163,3 @@ def step_fn(config, spec) -> Callable:
     task = TASKS.entry(config.task.name)
     extras = task.extras(config) if task.extras is not None else {}
     return functools.partial(task.step, spec=spec, **extras)
-
-
-def init_pool(config, shape) -> dict | None:
-    """CycleGAN's empty history pool for the train state (``gaxp.tasks.pool``), else None."""
-    if config.task.name != "cyclegan":
-        return None
-    from gaxp.tasks import pool  # None for pool_size 0
-
-    target, source = shape
-    return pool.init(config.task.pool_size, source, target)

@@ -12,7 +12,7 @@ by ``lr_scale``, the non-finite guard, the NaN-injection debug hook), ``ema_beta
 * SRGAN (Ledig et al. 2017): D(x) vs D(G(c)); G: pixel_weight * MSE + perceptual_weight * MSE of
   a feature network's features (only with ``task.perceptual``) + adv_weight * adversarial. The
   first ``task.pretrain_steps`` steps train the SRResNet on pixel MSE alone, D untouched: a
-  separate program (``spec.phase == "pretrain"``, bound by ``gaxp.tasks.bind``).
+  separate program (``spec.phase == "pretrain"``: the entry's phases, bound by ``gaxp.phases``).
 * CycleGAN (Zhu et al. 2017): D_A, D_B (halved losses); G: adversarial of both directions +
   cycle_weight * (cycle L1 + identity_weight * identity L1), ``cycle_terms``. With
   ``task.pool_size``, D sees fakes through the history pool of ``gaxp.tasks.pool``.
@@ -31,7 +31,8 @@ from gaxp import losses as losses_
 from gaxp.models import adapter
 from gaxp.pixels import to_float
 from gaxp.step import TRACES, StepSpec, _apply, ema_beta, guard_metrics, step_key
-from gaxp.tasks import pool
+from gaxp.tasks.pool import query_both
+from gaxp.metrics import classifier
 
 
 def _net(spec: StepSpec, which: str):
@@ -79,7 +80,7 @@ def pix2pix_loss(adv: jax.Array, fake: jax.Array, target: jax.Array, *, adv_weig
     return adv_weight * adv + l1_weight * l1, {"train/g_adv": adv, "train/l1": l1}
 
 
-def pix2pix_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
+def pix2pix_step(state, batch: dict, key: jax.Array, hp: dict, *, spec: StepSpec):
     TRACES["train_step"] += 1
     c, x = _pair(batch)
     G, D, loss, t = _net(spec, "g"), _net(spec, "d"), losses_.get(spec.loss), spec.task
@@ -110,7 +111,6 @@ def pix2pix_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
 def load_features(directory: str):
     """(params, fn) of a classifier saved by scripts/train_classifier.py: fn(params, images in
     [-1, 1]) -> its penultimate features (SRGAN's perceptual loss)."""
-    from gaxp.metrics import classifier
 
     params, meta = classifier.load_dir(directory)
     model = classifier.model_of(meta)
@@ -142,7 +142,7 @@ def srgan_pretrain(spec: StepSpec, state, c: jax.Array, x: jax.Array):
     return _finish(spec, state, metrics | {"train/pretrain": jnp.float32(1.0)})
 
 
-def srgan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec, features=None):
+def srgan_step(state, batch: dict, key: jax.Array, hp: dict, *, spec: StepSpec, features=None):
     TRACES["train_step"] += 1
     c, x = _pair(batch)
     if spec.phase == "pretrain":
@@ -187,17 +187,17 @@ def cycle_terms(g_ab, g_ba, a: jax.Array, b: jax.Array, identity: bool = True) -
     return out
 
 
-def cyclegan_step(state, batch: dict, key: jax.Array, *, spec: StepSpec):
+def cyclegan_step(state, batch: dict, key: jax.Array, hp: dict, *, spec: StepSpec):
     TRACES["train_step"] += 1
     a, b = _pair(batch)  # c: domain A, x: domain B
     G, D, loss, t = _net(spec, "g"), _net(spec, "d"), losses_.get(spec.loss), spec.task
     fake_b = jax.lax.stop_gradient(G(state.g_params, state.g_stats, a, train=True, direction="ab")[0])
     fake_a = jax.lax.stop_gradient(G(state.g_params, state.g_stats, b, train=True, direction="ba")[0])
     pool_metrics = {}
-    if state.pool is not None:  # D sees the history pool's mix of new and older fakes
-        fake_a, fake_b, history, used = pool.query_both(state.pool, fake_a, fake_b,
+    if state.task_state is not None:  # D sees the history pool's mix of new and older fakes
+        fake_a, fake_b, history, used = query_both(state.task_state, fake_a, fake_b,
                                                         step_key(key, state))
-        state, pool_metrics = state.replace(pool=history), {"train/pool_fraction": used}
+        state, pool_metrics = state.replace(task_state=history), {"train/pool_fraction": used}
 
     def d_loss(d_params):
         r_b, stats = D(d_params, state.d_stats, b, train=True, domain="b")

@@ -71,7 +71,7 @@ def mean_radius(fake, real, ctx):
 
 
 @gaxp.register.task("gan_counted", archs=(), needs_paired=False, batch_keys=("x",))
-def gan_counted(state, batch, key, hp=None, *, spec):
+def gan_counted(state, batch, key, hp, *, spec):
     """gaxp's GAN step, plus a metric of its own: the fraction of fakes inside the unit disc."""
     from gaxp.step import generate, train_step
 
@@ -79,3 +79,29 @@ def gan_counted(state, batch, key, hp=None, *, spec):
     z = jax.random.normal(jax.random.fold_in(key, 7), (64, spec.z_dim))
     fake, _ = generate(spec, state.g_params, state.g_stats, z, None, train=False)
     return state, metrics | {"train/inside_disc": jnp.mean(jnp.linalg.norm(fake, axis=1) < 1.0)}
+
+
+WARMUP_STEPS = 4  # gan_warmup's first steps train D alone
+
+
+def _warmup_phases(config):
+    """Two phases: D alone for WARMUP_STEPS steps (G and its EMA untouched), then both."""
+    return (gaxp.Phase("warmup", 0, trains="d"), gaxp.Phase("both", WARMUP_STEPS))
+
+
+@gaxp.register.task("gan_warmup", archs=(), needs_paired=False, batch_keys=("x",),
+                    phases=_warmup_phases)
+def gan_warmup(state, batch, key, hp, *, spec):
+    """gaxp's GAN step after a warm-up of D-only updates; each phase compiles on its own and
+    ``spec.phase`` says which one this program runs."""
+    from gaxp.pixels import to_float
+    from gaxp.step import d_step, step_key, train_step
+
+    if spec.phase == "both":
+        return train_step(state, batch, key, hp, spec=spec)
+    x, k = to_float(batch["x"], spec.pixels), step_key(key, state)
+    n = x.shape[0]
+    metrics = {}
+    for i in range(n):  # the loss's n_critic D updates, each on its own batch
+        state, metrics = d_step(spec, state, x[i], jax.random.fold_in(k, i), state.step * n + i, hp)
+    return state.replace(step=state.step + 1), metrics

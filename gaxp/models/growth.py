@@ -18,12 +18,13 @@ faded like G's output: ``(1 - alpha) * up(pool(x)) + alpha * x`` (the paper's ap
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import jax.numpy as jnp
 
-from gaxp.specs import Config
+from gaxp.specs import Config, Phase
 from gaxp.errors import ConfigError
 from gaxp.models.progan import downsample, lerp, upsample
 
@@ -99,8 +100,22 @@ def bind(spec, step: int):
     model does not grow. Specs of different stages compile to different programs."""
     if spec.grow is None:
         return spec
-    return dataclasses.replace(spec, grow=dataclasses.replace(spec.grow,
-                                                              stage=spec.grow.stage_at(step)))
+    return bind_stage(spec, spec.grow.stage_at(step))
+
+
+def bind_stage(spec, stage: int):
+    """``spec`` with its growth schedule bound to ``stage``: what the stage's program runs."""
+    return dataclasses.replace(spec, grow=dataclasses.replace(spec.grow, stage=stage))
+
+
+def phases(config: Config) -> tuple[Phase, ...]:
+    """The growth stages as the arch's phases (``gaxp.phases``): one program per stage."""
+    g = growth(config)
+    if g is None:
+        return ()
+    return tuple(Phase(f"stage {i} ({r} px)", start, value=i,
+                       bind=functools.partial(bind_stage, stage=i))
+                 for i, (r, start) in enumerate(zip(g.resolutions, g.starts)))
 
 
 def describe(g: Growth, total_steps: int) -> str:
