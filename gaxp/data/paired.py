@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from gaxp.data import images
+from gaxp.data import images, pictures
 from gaxp.errors import ConfigError, unknown
+
+log = logging.getLogger("gaxp")
 
 MNIST_PAIRS = ("edges", "lowres2", "lowres4", "lowres<k>", "thick", "inverted", "thick_unpaired",
                "inverted_unpaired")
@@ -154,18 +158,22 @@ def _read_folder(folder: Path, size: int | None) -> tuple[list[str], np.ndarray]
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    first = Image.open(files[0])
-    mode = "L" if first.mode in ("1", "L", "I;16", "I") else "RGB"
-    arrays = []
-    for f in files:
-        a = np.asarray(Image.open(f).convert(mode), np.uint8)
-        a = a[..., None] if a.ndim == 2 else a
+    arrays, rules = [], Counter()
+    for f in files:  # each converted by gaxp.data.pictures' rule; channels as the first image's
+        a, applied = pictures.read(f)
+        rules.update(applied)
+        if arrays and a.shape[-1] != arrays[0].shape[-1]:
+            a = (np.repeat(a, 3, axis=-1) if a.shape[-1] == 1
+                 else np.asarray(Image.fromarray(a).convert("L"), np.uint8)[..., None])
         if size is not None:
             a = images.fit_image(a, size)
         elif arrays and a.shape != arrays[0].shape:
             raise ConfigError(f"{f} is {a.shape[1]}x{a.shape[0]} px, {files[0].name} "
                               f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; set data.image_size")
         arrays.append(a)
+    said = pictures.note(dict(rules), folder)
+    if said:
+        log.warning("gaxp: %s", said)
     return [f.stem for f in files], np.stack(arrays)
 
 

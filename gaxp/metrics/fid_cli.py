@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gaxp import xla
+from gaxp.data import pictures
 from gaxp.errors import ConfigError
 from gaxp.metrics.fid import moments
 from gaxp.evaluate import load_generator
@@ -71,28 +72,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_folder(folder: Path) -> tuple[list[np.ndarray], str | None]:
-    """Images of a folder as uint8 arrays [H, W, 1 or 3] (file-name order), and a note when
-    their sizes differ."""
-    from PIL import Image
-
+    """Images of a folder as uint8 arrays [H, W, 1 or 3] (file-name order, each converted by the
+    rule of ``gaxp.data.pictures``), and a note when their sizes differ or a rule changed values
+    (16-bit scaled, alpha composited)."""
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
     if not files:
         raise ConfigError(f"folder {folder} has no images ({' '.join(IMAGE_EXTS)}; not recursive)")
-    images = []
+    images, rules = [], Counter()
     for f in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
-                arr = np.asarray(im, np.uint8)
-        except OSError as e:
-            raise ConfigError(f"cannot read image {f}: {e}") from None
-        images.append(arr[..., None] if arr.ndim == 2 else arr)
+        arr, applied = pictures.read(f)
+        images.append(arr)
+        rules.update(applied)
     sizes = Counter(f"{a.shape[1]}x{a.shape[0]}" for a in images)
-    note = None
+    notes = [pictures.note(dict(rules), folder)]
     if len(sizes) > 1:
         listed = ", ".join(f"{s}: {c}" for s, c in sizes.most_common())
-        note = f"{folder}: images of {len(sizes)} sizes ({listed}), each resized to 299x299 directly"
-    return images, note
+        notes.append(f"{folder}: images of {len(sizes)} sizes ({listed}), each resized to 299x299 directly")
+    return images, "; ".join(n for n in notes if n) or None
 
 
 def folder_stats(ext, images: list[np.ndarray]) -> dict:
