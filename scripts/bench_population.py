@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from bench import MODELS, ROOT, gaxp_step, jax_copy, time_jax
+from bench_common import MODELS, ROOT, gaxp_step, jax_copy, time_jax
 
 
 def population_step(run, state, batch, key, n: int, devices: int, compiler_options=None, unroll=None):

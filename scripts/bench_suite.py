@@ -12,7 +12,7 @@ import json
 import subprocess
 import time
 
-from bench import ROOT, bench_inception, bench_one, matmul_peak
+from bench_common import ROOT, bench_inception, bench_one, matmul_peak
 from bench_population import bench_population
 
 # --gpu-suite: issue 15's figures in one run, the jobs in the order they run (the goals' first).

@@ -117,3 +117,19 @@ def test_evaluation_never_imports_the_training_step(module):
     both (``gaxp.pixels``, ``gaxp.nets``). (``gaxp-fid`` loads a run's generator, an application.)"""
     step_modules = {"gaxp.step", "gaxp.tasks.steps", "gaxp.loop", "gaxp.training", "gaxp.population"}
     assert not {t for t, _, _ in _imports(module)} & step_modules
+
+
+def test_benchmark_scripts_import_in_one_direction():
+    """scripts/bench*.py: bench.py (the command) on top, bench_common.py the shared part below."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    names = {f.stem for f in scripts.glob("bench*.py")}
+    graph = {n: set() for n in names}
+    for n in names:
+        for node in ast.walk(ast.parse((scripts / f"{n}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in names:
+                graph[n].add(node.module)
+            elif isinstance(node, ast.Import):
+                graph[n] |= {a.name for a in node.names if a.name in names}
+    assert _cycle(graph) is None, _cycle(graph)
+    assert "bench_common" in graph["bench_population"] and "bench_common" in graph["bench_suite"]
+    assert not graph["bench_common"] - {"bench_torch"}
