@@ -120,8 +120,8 @@ class SourceEntry(NamedTuple):
 
 class MetricEntry(NamedTuple):
     """An evaluation metric: ``compute(fake, real, ctx) -> {name: value}`` on host arrays of
-    generated and reference samples (images in [-1, 1] NHWC, or 2D points), ``kinds`` the data
-    kinds it accepts (``image``, ``points``)."""
+    ``n_fake`` generated and ``n_real`` real samples (images in [-1, 1] NHWC, or 2D points drawn
+    from the mixture with a fixed seed), ``kinds`` the data kinds it accepts (``image``, ``points``)."""
 
     compute: Callable
     kinds: tuple = ("image", "points")

@@ -57,6 +57,9 @@ def test_every_kind_of_plugin_trains_with_its_own_settings(plugin_dir, tmp_path)
     assert all(r["train/centered_gp"] > 0 for r in train_rows)  # the penalty's term
     evals = [r for r in rows(out) if "eval/mean_radius" in r]
     assert evals and evals[-1]["eval/radius_gap"] >= 0  # the registered metric
+    # it receives metrics.n_real (default n_fake) real points of the mixture: radius 1.5, sigma 0.02
+    assert evals[-1]["eval/n_real"] == 500
+    assert abs(evals[-1]["eval/real_radius"] - 1.5) < 0.01
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 10 and (out / "samples" / "step_0000010.png").exists()
     # the arch's own hyperparameter builds other networks: another width, another digest

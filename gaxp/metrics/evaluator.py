@@ -14,6 +14,7 @@ training goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, Callable, NamedTuple
@@ -292,13 +293,16 @@ class Evaluator(Scheduled):
     # ------------------------------------------------------------------ metrics
 
     def _registered(self, name: str, samples: np.ndarray) -> dict:
-        """A registered metric: ``compute(fake, real, ctx)`` with the real reference examples
-        (images in [-1, 1]; None for 2D points, whose mixture is ``ctx.dataset``)."""
-        real = None
-        if not self.points:
-            if self._real is None:
+        """A registered metric: ``compute(fake, real, ctx)`` with ``n_real`` real examples: images
+        in [-1, 1], the reference subset the built-in metrics use; 2D points, drawn from the
+        mixture of ``metrics.split`` with the fixed seed 0 (``metrics.n_real``, default n_fake)."""
+        if self._real is None:
+            if self.points:
+                fixed = dataclasses.replace(self.data, seed=0)  # the same points in every run
+                self._real = fixed.examples(self.spec.n_real or self.n_fake, self.spec.split)["x"]
+            else:
                 self._real = to_float(self.reference.gather(self.reference_indices())["x"])
-            real = np.asarray(self._real)
+        real = np.asarray(self._real)
         ctx = MetricContext(self.data, self.spec, self.num_classes)
         out = METRICS[name].compute(samples, real, ctx)
         return {(k if "/" in k else f"eval/{k}"): float(v) for k, v in out.items()}

@@ -64,10 +64,12 @@ def ring5(name, *, split="train", image_size=None, data_dir=None, seed=0, proces
 
 @gaxp.register.metric("mean_radius", kinds=("points",))
 def mean_radius(fake, real, ctx):
-    """How far the samples sit from the origin, against the mixture's own radius."""
+    """How far the samples sit from the origin, against the real points' (``real``: n_real points
+    of the mixture, drawn with a fixed seed) and the mixture's own radius."""
     radius = float(np.mean(np.linalg.norm(ctx.dataset.modes, axis=1)))
     return {"mean_radius": float(np.mean(np.linalg.norm(fake, axis=1))), "radius_gap":
-            abs(float(np.mean(np.linalg.norm(fake, axis=1))) - radius)}
+            abs(float(np.mean(np.linalg.norm(fake, axis=1))) - radius),
+            "real_radius": float(np.mean(np.linalg.norm(real, axis=1))), "n_real": len(real)}
 
 
 @gaxp.register.task("gan_counted", archs=(), needs_paired=False, batch_keys=("x",))
