@@ -84,8 +84,15 @@ def test_wandb_offline_run_is_written_and_resumed_with_the_same_id(tiny, tmp_pat
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs(tiny, experiment):
-    summary = train(tiny(f"experiment={experiment}", "debug=fast", "trainer.devices=4"))
+def test_every_experiment_runs(tiny, experiment, tmp_path, monkeypatch):
+    extra = ()
+    if experiment == "lucic_fashion":  # a fixture of the IDX files; its cheap score kept tiny
+        from test_lucic import write_fashion
+
+        write_fashion(tmp_path / "fashion")
+        monkeypatch.setenv("GAXP_FASHION_MNIST_DIR", str(tmp_path / "fashion"))
+        extra = ("metrics=none",)
+    summary = train(tiny(f"experiment={experiment}", "debug=fast", "trainer.devices=4", *extra))
     assert summary["steps"] == 4 and np.isfinite(summary["final"]["train/d_loss"])
 
 
