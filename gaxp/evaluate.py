@@ -195,6 +195,8 @@ def main(argv: list[str]) -> None:
         step = pick_step(locate(argv[0])[0], options.get("step"), options.get("by"))
         loaded = load_generator(argv[0], overrides, step=step, ema=ema)
         report = evaluate(loaded) | {"weights": "ema" if ema else "raw"}
+        if not ema:  # the Evaluator's protocol names the EMA weights it scores in training
+            report["protocol"]["generator"] = "raw weights (ema=false), fixed noise"
     except ConfigError as e:
         fail("gaxp-eval", str(e))
     out = Path(options.get("json") or loaded.run_dir / "eval" / f"step_{loaded.step:07d}.json")

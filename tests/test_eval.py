@@ -185,6 +185,7 @@ def test_gaxp_eval_prints_a_table_and_writes_json(mnist_run, env, tmp_path):
     assert "eval/fd_mnist" in r.stdout and "step 4 (ema generator)" in r.stdout
     report = json.loads(out.read_text())
     assert report["step"] == 4 and report["weights"] == "ema"
+    assert report["protocol"]["generator"].startswith("EMA weights")
     assert MNIST_KEYS <= set(report["metrics"]) and report["protocol"]["n_fake"] == 200
 
 

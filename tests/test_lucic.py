@@ -347,6 +347,7 @@ def test_tiny_lucic_run_scores_its_checkpoints_and_the_best_one(tmp_path, monkey
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["step"] == best and report["weights"] == "raw"
+    assert report["protocol"]["generator"].startswith("raw weights")
     assert report["protocol"]["reference"] == "fashion_mnist/test"
     for key in ("eval/fid", "eval/kid", "eval/precision", "eval/recall"):
         assert np.isfinite(report["metrics"][key]), key
