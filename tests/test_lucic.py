@@ -351,3 +351,59 @@ def test_tiny_lucic_run_scores_its_checkpoints_and_the_best_one(tmp_path, monkey
     assert report["protocol"]["reference"] == "fashion_mnist/test"
     for key in ("eval/fid", "eval/kid", "eval/precision", "eval/recall"):
         assert np.isfinite(report["metrics"][key]), key
+
+
+# ------------------------------------------------------------------- the study's own scripts
+
+LUCIC = Path(__file__).resolve().parents[1] / "experiments" / "lucic_fashion"
+
+
+def test_torch_reference_reads_the_fixture_and_logs_the_step(fashion, tmp_path):
+    """torch_reference.py (the independent PyTorch copy of compare_gan's graph) reads the same
+    images as gaxp's reader, runs its loop, and logs gaxp's four training figures."""
+    pytest.importorskip("torch")
+    folder, arrays = fashion
+    sys.path.insert(0, str(LUCIC))
+    try:
+        import torch_reference
+    finally:
+        sys.path.remove(str(LUCIC))
+    ours = torch_reference.read_images(folder)
+    assert ours.shape == (128, 1, 28, 28)
+    np.testing.assert_array_equal(ours[:, 0], arrays["train"][0] / np.float32(255.0))
+    out = tmp_path / "ref" / "lsgan.jsonl"
+    r = subprocess.run([sys.executable, str(LUCIC / "torch_reference.py"), "--loss", "lsgan",
+                        "--lr", "2e-4", "--b1", "0.5", "--steps", "4", "--log-every", "2",
+                        "--threads", "1", "--data", str(folder), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["step"] for x in rows] == [2, 4]
+    for x in rows:
+        assert 0 < x["train/d_loss"] < 0.5 and 0 < x["train/g_loss"] < 0.5  # LSGAN on a sigmoid
+        assert all(math.isfinite(x[k]) for k in ("train/d_real", "train/d_fake"))
+    from PIL import Image
+
+    assert Image.open(out.with_suffix(".png")).size == (240, 240)  # 8 x 8 samples of 30 px
+
+
+def test_study_table_puts_each_row_beside_the_paper(tmp_path):
+    """study.py --table's row from two result.json files of known figures: the means, each
+    seed, KID x 1e3, precision / recall, the paper's best and the gap to it."""
+    sys.path.insert(0, str(LUCIC))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(LUCIC))
+    for seed, best, last in ((0, 30.0, 31.0), (1, 34.0, 36.0)):
+        folder = tmp_path / f"ns-s{seed}"
+        folder.mkdir()
+        figures = lambda fid: {"eval/fid": fid, "eval/kid": fid / 1000,  # noqa: E731
+                               "eval/precision": 0.6, "eval/recall": 0.4}
+        (folder / "result.json").write_text(json.dumps(
+            {"row": "ns", "seed": seed, "best": figures(best), "last": figures(last),
+             "train_wall_s": 3600.0 + 60 * seed}))
+    lines = study.table(tmp_path).splitlines()
+    assert len(lines) == 3
+    assert lines[2] == ("| ns | 0, 1 | 32.0; 30.0, 34.0 | 33.5; 31.0, 36.0 | 32.00 | 0.60 / 0.40 "
+                        "| 26.5 ± 1.6 | +5.5 | 60, 61 |")
