@@ -51,17 +51,30 @@ def count_gflop(program) -> float:
     return max(float(cost.get("flops", 0.0)), 0.0) / 1e9 if cost else 0.0
 
 
-def program_gflop(lower, compiled, devices: int = 1) -> float:
+def cpu_lowering(fn, *args):
+    """``fn`` lowered for the host's CPU at the shapes and dtypes of ``args`` (arrays anywhere, PRNG
+    keys included): the program whose XLA:CPU count ``program_gflop`` takes off CPU."""
+    import jax
+
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+    return jax.jit(fn).lower(*specs)
+
+
+def program_gflop(lower_cpu, compiled, devices: int = 1) -> float:
     """GFLOP of one call: on CPU XLA's count of the compiled program (per device for an SPMD
-    program, times ``devices``; the count of the figures in experiments/speed), elsewhere its
-    count of the lowered program, ``lower()`` (the global program, before XLA's rewrites): on GPUs
-    the compiled count misses the products handed to cuBLAS and cuDNN (jax-ml/jax#22249)."""
+    program, times ``devices``; the count of the figures in experiments/speed). Elsewhere the
+    same count of the same global program compiled for the host's CPU, ``lower_cpu()`` (see
+    ``cpu_lowering``): a GPU's compiled count misses the products handed to cuBLAS and cuDNN
+    (jax-ml/jax#22249), and on an H200 (2026-12-04) the lowered program's count missed most
+    convolutions too (Inception at batch 500: 38 of its 5,504 GFLOP; the InfoGAN step 3.9 of 19.8
+    GFLOP at batch 64, 1.6 of 77.9 at 256)."""
     import jax
 
     if jax.default_backend() != "cpu":
-        lowered = count_gflop(lower())
-        if lowered:
-            return lowered
+        on_cpu = count_gflop(lower_cpu().compile())
+        if on_cpu:
+            return on_cpu
     return count_gflop(compiled) * devices
 
 
@@ -98,10 +111,10 @@ def gaxp_step(model: str, batch: int, out_dir: str, devices: int = 1, extra: tup
     compiled, compile_s = compile_step(run, state, device_batch, key, compiler_options=compiler_options)
     spec = phases.bind(run.spec, phases.active(run.phases, int(jax.device_get(state.step))))
 
-    def lower():
-        return jax.jit(tasks.step_fn(run.config, spec)).lower(state, device_batch, key, {})
+    def lower_cpu():
+        return cpu_lowering(tasks.step_fn(run.config, spec), state, device_batch, key, {})
 
-    out = (compiled, state, device_batch, key, batches, compile_s, program_gflop(lower, compiled, devices))
+    out = (compiled, state, device_batch, key, batches, compile_s, program_gflop(lower_cpu, compiled, devices))
     return out + (run, ckpt) if full else out
 
 
@@ -207,7 +220,7 @@ def bench_inception(batch: int, args, peak: float) -> dict:
     lowered = jax.jit(inception.apply).lower(variables, x)
     compiled = lowered.compile(compiler_options=xla.options())
     compile_s = time.perf_counter() - t0
-    gflop_batch = program_gflop(lambda: lowered, compiled)
+    gflop_batch = program_gflop(lambda: cpu_lowering(inception.apply, variables, x), compiled)
     compiled(variables, x)[0].block_until_ready()  # warm-up
     times = []
     for _ in range(args.rounds):

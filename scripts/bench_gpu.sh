@@ -27,7 +27,7 @@ if [ "${1:-}" = wheels ]; then
   done
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d .whl grain==0.2.18 array_record==0.8.6 hydra-core==1.3.8 omegaconf==2.3.1 \
-    mlxtend==0.25.0 googleapis-common-protos==1.76.0 portpicker==1.6.0
+    mlxtend==0.25.0 googleapis-common-protos==1.76.0 portpicker==1.6.0 dm-pix==0.4.5
   python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # an sdist only: built here
   ls -l .whl && du -sh .whl
   exit 0
