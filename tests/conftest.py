@@ -48,6 +48,34 @@ def compose(*overrides: str, out_dir: str | Path = "/nonexistent"):
 FAST = ("trainer.progress=false", "logger=none")
 
 
+@pytest.fixture(autouse=True)
+def _registries_as_found():
+    """Every test leaves gaxp's registries without the names a plugin added during it. A test that
+    loads a plugin's run in its own process (``load_state`` imports the run's ``plugins=[...]``)
+    would otherwise leak the plugin's names into the next test of the same xdist worker. The
+    plugin's package is forgotten with its names, so a later import registers them again; names
+    that gaxp's own modules register on first import stay."""
+    import sys
+
+    from gaxp import registry
+
+    registries = [r for r in vars(registry).values() if isinstance(r, registry.Registry)]
+    before = [set(r) for r in registries]
+    yield
+    for r, names in zip(registries, before):
+        for name in [n for n in r if n not in names]:
+            dotted = r.where[name].split(" ", 1)[0].split(".")  # "module.qualname (file:line)"
+            module = next((m for m in (".".join(dotted[:k]) for k in range(len(dotted) - 1, 0, -1))
+                           if m in sys.modules), "")
+            if module.split(".")[0] == "gaxp":
+                continue
+            del r[name], r.where[name]
+            top = module.split(".")[0]
+            if top and not top.startswith(("test_", "conftest")):  # the plugin's whole package
+                for m in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                    del sys.modules[m]
+
+
 def no_final_eval(args) -> list:
     """``args`` of a gaxp-train subprocess plus ``metrics=none`` when they choose no metrics (and no
     experiment, whose metrics stay): the default job's final evaluation (Inception, the MNIST
