@@ -494,7 +494,7 @@ def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path)
                CARRY_DIR=str(tmp_path / "carry"), CHUNK_MB="40", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
                GAXP_CARRY_STORE=str(tmp_path / "store"), GAXP_PAYLOAD=str(tmp_path / "payload"),
                STUDY_RUNS=str(tmp_path / "runs"), STUDY_RESULTS=str(tmp_path / "res" / "results"),
-               DONE_DIR=str(tmp_path / "done"), ROWS="mm wgan_gp", SEEDS="0", WORKERS="1", FLOOR_N="16", STUDY_S="800",
+               DONE_DIR=str(tmp_path / "done"), ROWS="mm wgan_gp", SEEDS="0", WORKERS="1", FLOOR_N="16", FLOOR_S="900", STUDY_S="900",
                STUDY_EXTRA=f"trainer.steps=4 metrics.every=2 trainer.ckpt_every=2 trainer.sample_every=2 "
                            f"data.batch_size=8 {small}", STUDY_EVAL_EXTRA=small)
     (tmp_path / "done" / "mm-s0").mkdir(parents=True)  # a run already committed: not trained again
@@ -542,3 +542,13 @@ def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path)
     again = subprocess.run([*script, "unpack", str(tmp_path / "out" / "results.tar"), str(res)],
                            capture_output=True, text=True, timeout=60)
     assert "kept" in again.stdout  # a run already there is never overwritten
+    # no W&B on that machine: the run's W&B run is made here from what came back
+    replay = subprocess.run([sys.executable, str(LUCIC / "study.py"), "--wandb-replay", str(res / "wgan_gp-s0"),
+                             "--runs", str(tmp_path / "here")], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, WANDB_MODE="offline"))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    [log] = (tmp_path / "here" / "wgan_gp-s0" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = log.read_bytes()
+    assert b"infogan-wgan+wgan_gp-s0" in records and b"lucic_fashion" in records  # its name and group
+    assert b"train/d_loss" in records and b"eval/kid" in records and b"matmul precision highest" in records
+    assert len(list(log.parent.glob("files/media/images/samples_*.png"))) == 2  # best and last grids

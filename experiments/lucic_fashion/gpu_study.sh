@@ -13,14 +13,16 @@
 #                                                        # there and matches its checksum, unpacks and
 #                                                        # runs the study
 #   bash experiments/lucic_fashion/gpu_study.sh unpack F # here: F (the returned results.tar) into runs/
+#   python experiments/lucic_fashion/study.py --wandb-replay runs/<name> ...   # here: their W&B runs
 #
 # The run: the FID floor (10,000 training against the 10,000 test images, which also caches the
 # test statistics once), then WORKERS study.py processes side by side, each with its share of
 # ROWS x SEEDS (seed 0 of every row first), with JAX_DEFAULT_MATMUL_PRECISION=highest (the
 # authors' TF 1 ran in float32; a GPU's default is TF32), logger=none (no W&B on that machine).
 # STUDY_S (default 420) stops the workers; whatever finished is in $OUT/results.tar, with the logs.
-# Runs already in runs/ (DONE_DIR) are skipped. Other settings (environment): ROWS, SEEDS, WORKERS (8), STUDY_EXTRA and STUDY_EVAL_EXTRA (gaxp-train
-# and gaxp-eval overrides), FLOOR_N (10000), MEM_FRACTION (each process's share of the GPU, 0.08),
+# Runs already in runs/ (DONE_DIR) are skipped. Other settings (environment): ROWS, SEEDS,
+# WORKERS (8), STUDY_EXTRA and STUDY_EVAL_EXTRA (gaxp-train and gaxp-eval overrides), FLOOR_N
+# (10000), FLOOR_S (its time limit, 120), MEM_FRACTION (each process's share of the GPU, 0.08),
 # PYTHON (python3); for pack: CHUNK_MB (54), CARRY_DIR (.carry), WHEELS (a folder of wheels instead
 # of bench_gpu.sh's). A chunk whose checksum fails is refused in one line; carry it again.
 set -uo pipefail

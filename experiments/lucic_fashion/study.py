@@ -25,6 +25,10 @@ protocol as row ``<row>_searched``:
 
     python experiments/lucic_fashion/study.py --search ns --trials 8 --search-steps 4000 --commit
     python experiments/lucic_fashion/study.py --searched ns --seeds 0 1 --commit
+
+Runs trained on a machine without W&B (``gpu_study.sh``) get their W&B run here afterwards:
+
+    python experiments/lucic_fashion/study.py --wandb-replay experiments/lucic_fashion/runs/<name>
 """
 
 from __future__ import annotations
@@ -299,6 +303,45 @@ def plot(results: Path, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def wandb_replay(dest: Path, runs: Path) -> Path:
+    """A W&B run (offline unless logged in) for a finished run that trained without one
+    (gpu_study.sh's machine has no W&B), from what ``runs/<name>/`` holds: the config composed as
+    the run composed it, every row of metrics.jsonl at its own step, the best and last grids, the
+    summary, and the machine it trained on. Written under ``<runs>/<name>/wandb``; its folder."""
+    from dataclasses import asdict
+
+    from hydra import compose, initialize_config_dir
+
+    from gaxp.config import load
+    from gaxp.logging.writers import WandbWriter
+    from gaxp.training import run_name
+
+    result = json.loads((dest / "result.json").read_text())
+    row = result["config"].split("/", 1)[1]
+    label = result["row"]
+    tags = ",".join(dict.fromkeys(["lucic_fashion", row, label]))
+    overrides = [o for o in result["overrides"] if o != "logger=none"]
+    run_dir = runs / dest.name
+    with initialize_config_dir(config_dir=str(ROOT / "gaxp" / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[result["config"], f"trainer.seed={result['seed']}",
+                                          f"out_dir={run_dir}", "logger.wandb.group=lucic_fashion",
+                                          f"logger.wandb.tags=[{tags}]", *overrides])
+    config = load(cfg)
+    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    writer = WandbWriter(config.logger.wandb, run_dir, asdict(config), None, name=run_name(config))
+    for r in _rows(dest / "metrics.jsonl"):
+        writer.log(r["step"], {k: v for k, v in r.items() if k != "step"})
+    for step, grid in ((result["best_step"], "best_grid.png"), (result["last_step"], "last_grid.png")):
+        if (dest / grid).exists():
+            writer.log_image(step, "samples", dest / grid)
+    writer.update_config({"machine": result.get("machine"), "replayed_from": str(dest)})
+    writer.summarize(json.loads((dest / "summary.json").read_text()))
+    writer.close()
+    if writer.run is None:
+        raise SystemExit(f"study.py: W&B could not record {dest.name}; see the warning above")
+    return run_dir / "wandb"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=list(ROWS[:6]), choices=ROWS)
@@ -318,9 +361,15 @@ def main() -> None:
     p.add_argument("--search-steps", type=int, default=4000, help="each trial's D updates")
     p.add_argument("--searched", choices=sorted(NARROW_BN),
                    help="the best search trial's setting of this row at the full protocol, --seeds")
+    p.add_argument("--wandb-replay", nargs="+", type=Path, metavar="RESULT_DIR",
+                   help="a W&B run for each finished run folder (runs/<name>) trained without one")
     p.add_argument("--table", action="store_true",
                    help="print the results table and redraw kid_curves.png from --results, then stop")
     args = p.parse_args()
+    if args.wandb_replay:
+        for dest in args.wandb_replay:
+            print(f"{dest.name}: {wandb_replay(dest.resolve(), args.runs.resolve())}")
+        return
     if args.table:
         print(table(args.results))
         plot(args.results, HERE / "kid_curves.png")
