@@ -35,6 +35,11 @@ payload=${GAXP_PAYLOAD:-/tmp/gaxp_payload}
 out=${OUT:-/tmp/gaxp_gpu_out}
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
+# manifest FILE count|payload|K: the number of chunks, the payload's SHA-256, or chunk K's
+manifest() {
+  python3 -c "import json, sys; m = json.load(open(sys.argv[1])); k = sys.argv[2]
+print(len(m['chunks']) if k == 'count' else m['payload_sha256'] if k == 'payload' else m['chunks'][int(k) - 1])" "$1" "$2"
+}
 
 if [ "${1:-}" = pack ]; then
   set -e
@@ -56,17 +61,12 @@ if [ "${1:-}" = pack ]; then
   rm -rf "$carry" && mkdir -p "$carry"
   split -b "${chunk_mb}M" -d -a 2 "$tmp/payload.tar" "$tmp/chunk."
   chunks=("$tmp"/chunk.*)
-  python3 - "$tmp/payload.tar" "${chunks[@]}" >"$tmp/manifest.json" <<'EOF'
-import hashlib, json, sys
-def sha(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-tar, *chunks = sys.argv[1:]
-print(json.dumps({"payload_sha256": sha(tar), "chunks": [sha(c) for c in chunks]}, indent=1))
-EOF
+  {  # the manifest: the payload's SHA-256, then each chunk's, in order
+    echo "{\"payload_sha256\": \"$(sha "$tmp/payload.tar")\", \"chunks\": ["
+    sep=
+    for c in "${chunks[@]}"; do echo "$sep\"$(sha "$c")\""; sep=,; done
+    echo "]}"
+  } >"$tmp/manifest.json"
   k=0
   for c in "${chunks[@]}"; do
     k=$((k + 1))
@@ -104,7 +104,7 @@ for d in "$carry"/*/; do
   [ -d "$d" ] || continue
   for part in "$d"/part-*; do
     k=${part##*-}
-    want=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['chunks'][int(sys.argv[2]) - 1])" "$d/manifest.json" "$k")
+    want=$(manifest "$d/manifest.json" "$k")
     if [ "$(sha "$part")" != "$want" ]; then
       echo "gpu_study.sh: chunk $k does not match its checksum (a broken transfer?); carry $carry/$k again"
       exit 2
@@ -116,7 +116,7 @@ for d in "$carry"/*/; do
   done
 done
 [ -f "$store/manifest.json" ] || { echo "gpu_study.sh: no chunk carried (carry $carry/<k>; see the head of this file)"; exit 2; }
-total=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['chunks']))" "$store/manifest.json")
+total=$(manifest "$store/manifest.json" count)
 have=0
 for k in $(seq 1 "$total"); do [ -f "$store/part-$k" ] && have=$((have + 1)); done
 if [ "$have" -lt "$total" ]; then
@@ -125,7 +125,7 @@ if [ "$have" -lt "$total" ]; then
 fi
 if [ ! -f "$payload/.done" ]; then
   cat $(for k in $(seq 1 "$total"); do echo "$store/part-$k"; done) >"$store/payload.tar"
-  want=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['payload_sha256'])" "$store/manifest.json")
+  want=$(manifest "$store/manifest.json" payload)
   [ "$(sha "$store/payload.tar")" = "$want" ] || { echo "gpu_study.sh: the reassembled payload does not match its checksum; pack again here and carry every chunk anew"; rm -f "$store"/part-* "$store/payload.tar"; exit 2; }
   rm -rf "$payload" && mkdir -p "$payload" && tar -xf "$store/payload.tar" -C "$payload" && rm "$store/payload.tar"
   touch "$payload/.done"
