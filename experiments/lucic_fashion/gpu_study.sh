@@ -43,8 +43,6 @@ print(len(m['chunks']) if k == 'count' else m['payload_sha256'] if k == 'payload
 
 if [ "${1:-}" = pack ]; then
   set -e
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx '/.carry/' "$exclude" 2>/dev/null || echo '/.carry/' >>"$exclude"
   wheels=${WHEELS:-}
   if [ -z "$wheels" ]; then bash scripts/bench_gpu.sh wheels >/dev/null; wheels=.whl; fi
   cache=${GAXP_CACHE:-$HOME/.cache/gaxp}
