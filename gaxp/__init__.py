@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "gaxp.api", "load": "gaxp.api", "run": "gaxp.api", "Generator": "gaxp.api",
     "register": "gaxp.registry", "Loss": "gaxp.losses", "DTermContext": "gaxp.regularizers",
-    "PenaltyParams": "gaxp.specs", "ModelSpec": "gaxp.specs", "Phase": "gaxp.specs",
+    "PenaltyParams": "gaxp.specs", "ModelSpec": "gaxp.specs", "Phase": "gaxp.specs", "Schedule": "gaxp.specs",
     "ConfigError": "gaxp.errors",
 }
 __all__ = sorted(_LAZY)

@@ -78,8 +78,7 @@ class Loop:
             self.programs[active], seconds = self.compile(state, abstract, self.key, spec)
             self.compile_s += seconds
             if active:
-                names = " + ".join(p.name + ("" if p.trains == "both" else f" (trains {p.trains.upper()} only)")
-                                   for p in active)
+                names = " + ".join(phases.label(p) for p in active)
                 values = [p.value for p in active if p.value is not None]
                 self.phases.append({"phase": names, **({"value": values} if values else {}),
                                     "step": step, "t": t0, "compile_s": seconds})

@@ -1,7 +1,7 @@
 """G and D as functions of their parameters, for the step and for every sampling path (grids,
 metrics, ``gaxp-sample``, ``gaxp-fid``): below both training and evaluation.
 
-``spec`` is a ``gaxp.step.StepSpec`` (its graphdefs, precision, growth stage and pixel range)."""
+``spec`` is a ``gaxp.step.StepSpec`` (its graphdefs, precision, bound arch phase and pixel range)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from gaxp.models import adapter
 from gaxp.pixels import to_signed
 
 
-def _grow_kwargs(spec, step) -> dict:
-    """Progressive growing: the static stage and the fade-in alpha at ``step`` for G and D; none
-    without growth, or for sampling (``step=None``: G draws at its last trained stage, full size)."""
-    return {} if spec.grow is None or step is None else spec.grow.model_kwargs(step)
+def _schedule_kwargs(spec, step) -> dict:
+    """What the bound arch phase gives G and D at ``step`` (``spec.schedule``; ProGAN: the static
+    stage and the fade-in alpha); none without one, or for sampling (``step=None``: ProGAN's G
+    draws at its last trained stage, full size)."""
+    return {} if spec.schedule is None or step is None else spec.schedule.model_kwargs(step)
 
 
 def generate(spec, params, stats, z, y=None, *, train: bool, step=None):
@@ -20,7 +21,7 @@ def generate(spec, params, stats, z, y=None, *, train: bool, step=None):
     args = (z,) if y is None else (z, y)
     return adapter.apply(spec.nets.g_def, params, stats, *args, train=train,
                          compute_dtype=adapter.PRECISIONS[spec.precision],
-                         **_grow_kwargs(spec, step))
+                         **_schedule_kwargs(spec, step))
 
 
 def discriminate(spec, params, stats, x, y=None, *, train: bool, step=None):
@@ -28,7 +29,7 @@ def discriminate(spec, params, stats, x, y=None, *, train: bool, step=None):
     args = (x,) if y is None else (x, y)
     return adapter.apply(spec.nets.d_def, params, stats, *args, train=train,
                          compute_dtype=adapter.PRECISIONS[spec.precision],
-                         **_grow_kwargs(spec, step))
+                         **_schedule_kwargs(spec, step))
 
 
 def sample_images(spec, params, stats, z, y=None):

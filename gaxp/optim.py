@@ -47,15 +47,6 @@ def learning_rate(o: OptSpec, updates: int = 0):
                                  optax.linear_schedule(o.lr, 0.0, decay)], [updates - decay])
 
 
-def run_updates(config, net: str) -> int:
-    """The updates of network ``net`` (``"g"`` or ``"d"``) in the whole run."""
-    steps = config.trainer.steps
-    if net == "d":
-        return (steps - config.task.pretrain_steps) * config.loss.n_critic
-    pre = config.regularizer.get("d_pretrain")
-    return max(steps - (pre.steps if pre is not None else 0), 0)
-
-
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """optax's ``apply_if_finite`` semantics (same state type, ``ApplyIfFiniteState``; never applies
     a non-finite update): when any gradient holds a NaN or Inf, the update is zero and the inner

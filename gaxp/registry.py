@@ -89,7 +89,8 @@ class RegularizerEntry(NamedTuple):
     - ``d_term(ctx, p) -> (scalar, metrics)``: a term added to D's loss (``ctx``: ``DTermContext``);
     - ``view(x, key, step, p) -> (x, metrics)``: changes what D sees, real and fake, in both steps;
     - ``model(model_spec, p) -> {ModelSpec field: value}``: a stabilizer that lives in the networks;
-    - ``check(path, p, loss_name)``: validation beyond the dataclass types (raise ConfigError).
+    - ``check(path, p, loss_name)``: validation beyond the dataclass types (raise ConfigError);
+    - ``phases(config) -> (Phase, ...)``: the stretches of the run it changes (D pre-training).
     """
 
     params: type
@@ -99,6 +100,7 @@ class RegularizerEntry(NamedTuple):
     model: Optional[Callable] = None
     check: Optional[Callable] = None
     order: int = 100  # position among the d_terms and views (the sum's order is part of a digest)
+    phases: Optional[Callable] = None  # (config) -> tuple of gaxp.specs.Phase (D pre-training)
 
 
 class ArchEntry(NamedTuple):
@@ -178,12 +180,13 @@ class _Register:
 
     @staticmethod
     def regularizer(name: str, *, params: type, d_term=None, view=None, model=None, check=None,
-                    order: int = 100):
-        """Register a stabilizer with any of the hooks of ``RegularizerEntry``."""
+                    order: int = 100, phases=None):
+        """Register a stabilizer with any of the hooks of ``RegularizerEntry``; ``phases(config)``:
+        its phases (``gaxp.specs.Phase``), each compiled on its own (D pre-training)."""
         _check_params("regularizer", name, params)
-        hooks = (d_term, view, model)
+        hooks = (d_term, view, model, phases)
         where = _where(next((h for h in hooks if h is not None), params))
-        REGULARIZERS.add(name, RegularizerEntry(params, None, d_term, view, model, check, order),
+        REGULARIZERS.add(name, RegularizerEntry(params, None, d_term, view, model, check, order, phases),
                          where)
         return params
 

@@ -320,8 +320,14 @@ register.regularizer("pacgan", params=C.PackParams, check=_pack_check,
                      model=lambda m, p: {"d_pack": p.pack})
 register.regularizer("mbstd", params=C.MbstdParams, check=_mbstd_check,
                      model=lambda m, p: {"d_mbstd": p.group})
-# D pre-training: the step skips G's update for the first steps (gaxp.step.g_step_after_pretraining)
-register.regularizer("d_pretrain", params=C.PretrainParams,
+def _d_pretrain_phases(config: C.Config) -> tuple:
+    """D pre-training's phases: D alone for ``steps`` steps (G and its EMA held), then both."""
+    return (C.Phase("d_pretrain", 0, trains="d"),
+            C.Phase("adversarial", config.regularizer.get("d_pretrain").steps))
+
+
+# D pre-training: a phase of its own that trains D alone (gaxp.phases, the step's spec.trains)
+register.regularizer("d_pretrain", params=C.PretrainParams, phases=_d_pretrain_phases,
                      check=lambda path, p, loss: _positive(f"{path}.steps", p.steps))
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import jax
 
 from gaxp import conditional, phases, sharding, tasks
-from gaxp.models import growth as grow
 from gaxp.config import Config, check_for_data
 from gaxp.data import make_dataset
 from gaxp.registry import ARCHS
@@ -51,7 +50,7 @@ def make_spec(config: Config, nets, mesh) -> StepSpec:
     return StepSpec(nets=nets, loss=config.loss, ema=config.trainer.ema, z_dim=config.model.z_dim,
                     batch=config.data.batch_size, z_sharding=sharding.batch_sharding(mesh),
                     inject_nan=config.trainer.guard.inject_nan, regs=config.regularizer,
-                    precision=config.trainer.precision, grow=grow.growth(config),
+                    precision=config.trainer.precision,
                     cond=conditional.cond_spec(config.model), task=config.task,
                     pixels=ARCHS[config.model.name].pixels)
 

@@ -4,22 +4,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of a run that compiles to a program of its own, declared by a task or an arch
-    entry (``phases=``): from step ``start`` (0-based ``state.step``) until the entry's next phase.
-    ``trains``: what it updates (``both``, ``g`` or ``d``). A task's step reads its active phase's
-    name as ``spec.phase``; ``bind(spec) -> spec``, when given, binds anything else the phase
-    changes (ProGAN: the growth stage). ``value``: the phase's own datum (ProGAN: the stage)."""
+    """A stretch of a run that compiles to a program of its own, declared by a task, an arch or a
+    stabilizer entry (``phases=``): from step ``start`` (0-based ``state.step``) until the entry's
+    next phase. ``trains``: what it updates (``both``, ``g`` or ``d``), read by the step as
+    ``spec.trains``. A task's step reads its active phase's name as ``spec.phase``; ``bind(spec) ->
+    spec``, when given, binds anything else the phase changes (ProGAN: the growth stage, as
+    ``spec.schedule``). ``value``: the phase's own datum (ProGAN: the stage)."""
 
     name: str
     start: int
     trains: str = "both"
     value: Any = None
     bind: Optional[Callable] = field(default=None, compare=False, hash=False, repr=False)
+
+
+class Schedule(Protocol):
+    """What an arch's phase binds into the step as ``StepSpec.schedule`` (ProGAN's growth stage,
+    ``gaxp.models.growth.Growth``). Each method takes the traced ``state.step``; the object must be
+    hashable (it is part of the static spec)."""
+
+    def model_kwargs(self, step) -> dict:
+        """What G and D take on top of their inputs during training at ``step``."""
+
+    def real(self, x, step):
+        """The real images ``[..., H, W, C]`` (the arch's pixel range) as D sees them at ``step``."""
+
+    def metrics(self, step) -> dict:
+        """The phase's own figures, logged with the step's metrics."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from gaxp import optim
+from gaxp import optim, phases
 from gaxp.specs import Config
 from gaxp.models import ARCHS, adapter
 from gaxp.registry import TASKS
@@ -55,8 +55,8 @@ def make_nets(config: Config, shape: tuple, image: bool) -> Nets:
     d_opt = lazy_optimizer(config.optim.d, config.regularizer.lazy_interval)
     guard = config.trainer.guard.enabled
     return Nets(adapter.split(g)[0], adapter.split(d)[0],
-                optim.build(config.optim.g, guard=guard, updates=optim.run_updates(config, "g")),
-                optim.build(d_opt, guard=guard, updates=optim.run_updates(config, "d")))
+                optim.build(config.optim.g, guard=guard, updates=phases.updates(config, "g")),
+                optim.build(d_opt, guard=guard, updates=phases.updates(config, "d")))
 
 
 def _task_state(config: Config, shape: tuple):

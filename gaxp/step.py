@@ -5,7 +5,9 @@ own real micro-batch and fresh fakes, G held fixed) and then one generator updat
 then the EMA of G. It is jitted once over the whole mesh by the train loop; nothing here knows
 about devices beyond an optional sharding constraint on the latent batch. The stabilizers of
 ``spec.regs`` enter through ``gaxp.regularizers``: ``d_inputs`` (what D sees, in both steps) and
-``d_terms`` (what is added to D's loss); D pre-training skips the G update by ``lax.cond``.
+``d_terms`` (what is added to D's loss). The active phases (``gaxp.phases``) reach the step as
+``spec.trains`` (a phase that trains D or G alone: D pre-training, a plugin's warm-up) and
+``spec.schedule`` (an arch phase's view of the step: ProGAN's growth stage).
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class StepSpec:
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
-    grow: Optional[Any] = None  # progressive growing (gaxp.models.growth.Growth): the stage this program runs
+    schedule: Optional[Any] = None  # an arch phase's gaxp.specs.Schedule (ProGAN's bound growth stage)
     cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
     task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
     phase: Optional[str] = None  # the task's active phase (gaxp.phases), e.g. SRGAN's "pretrain"
+    trains: str = "both"  # what the active phases train: both, d (G and its EMA held) or g (D held)
     pixels: str = "signed"  # the arch's pixel range (gaxp.pixels): D's real images, G's output
 
 
@@ -149,21 +152,6 @@ def g_step(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array, hp:
     return state.replace(g_params=g_params, g_stats=g_stats, g_opt=g_opt), metrics
 
 
-def g_step_after_pretraining(spec: StepSpec, state: GANState, real: jax.Array, key: jax.Array,
-                             hp: dict, y=None):
-    """``g_step`` once ``state.step`` reaches the D pre-training steps, before that G is left
-    as is (``lax.cond``: the G update's cost is skipped too). Logs ``train/g_active``."""
-    steps = spec.regs.get("d_pretrain").steps
-    shapes = jax.eval_shape(lambda s: g_step(spec, s, real, key, hp, y)[1], state)
-
-    def skip(s):
-        return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-
-    active = state.step >= steps
-    state, metrics = jax.lax.cond(active, lambda s: g_step(spec, s, real, key, hp, y), skip, state)
-    return state, metrics | {"train/g_active": active.astype(jnp.float32)}
-
-
 def ema_beta(ema: EmaSpec, batch: int, step: jax.Array, halflife_kimg=None) -> jax.Array:
     """Per-step EMA decay for a half-life in kimg, with StyleGAN's ramp-up (Karras et al. 2020):
     the half-life is capped at ``rampup`` times the images seen so far. ``halflife_kimg``: a
@@ -184,12 +172,13 @@ def step_key(key: jax.Array, state: GANState) -> jax.Array:
 def train_step(state: GANState, batch: dict, key: jax.Array, hp: dict, *, spec: StepSpec):
     """``n_critic`` D updates on ``batch['x'][i]``, one G update, EMA of G. Returns (state, metrics).
     ``hp``: traced hyperparameters of a population member (``gaxp.members.hparams``), ``{}`` for
-    a single run, whose program then has no argument for them."""
+    a single run, whose program then has no argument for them. In a phase that trains D alone
+    (``spec.trains == "d"``), G and its EMA are left as they are; in one that trains G alone, D."""
     TRACES["train_step"] += 1
     k_d, k_g = jax.random.split(step_key(key, state))
     x = to_float(batch["x"], spec.pixels)  # [n_critic, batch, ...], in the arch's pixel range
-    if spec.grow is not None:  # progressive growing: reals at the stage's size, faded in like G's
-        x = spec.grow.real(x, state.step)
+    if spec.schedule is not None:  # the arch phase's view of the reals (ProGAN: the stage's size)
+        x = spec.schedule.real(x, state.step)
     y = batch.get("y") if spec.cond is not None else None  # labels [n_critic, batch] (conditional)
 
     # n_critic > 1: a loop over the D updates (lax.scan), compiled once. It ran 5x slower than a
@@ -203,19 +192,22 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp: dict, *, spec: 
         return d_step(spec, state, x[i], jax.random.fold_in(k_d, i), state.step * n + i, hp,
                       None if y is None else y[i])
 
-    if n == 1:
-        state, d_metrics = critic(state, 0)
-        d_metrics = jax.tree.map(lambda a: a[None], d_metrics)
-    else:
-        state, d_metrics = jax.lax.scan(critic, state, jnp.arange(n))
-    g_update = g_step if spec.regs.get("d_pretrain") is None else g_step_after_pretraining
-    state, g_metrics = g_update(spec, state, x[-1], k_g, hp, None if y is None else y[-1])
-    beta = ema_beta(spec.ema, spec.batch, state.step, hp.get("ema_kimg"))
-    g_ema = optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta)
-    metrics = {k: jnp.mean(v, axis=0) for k, v in d_metrics.items()} | g_metrics
-    if spec.grow is not None:
-        metrics |= spec.grow.metrics(state.step)
-    return state.replace(step=state.step + 1, g_ema=g_ema), metrics | guard_metrics(state, n)
+    metrics = {}
+    if spec.trains != "g":
+        if n == 1:
+            state, d_metrics = critic(state, 0)
+            d_metrics = jax.tree.map(lambda a: a[None], d_metrics)
+        else:
+            state, d_metrics = jax.lax.scan(critic, state, jnp.arange(n))
+        metrics = {k: jnp.mean(v, axis=0) for k, v in d_metrics.items()}
+    if spec.trains != "d":
+        state, g_metrics = g_step(spec, state, x[-1], k_g, hp, None if y is None else y[-1])
+        beta = ema_beta(spec.ema, spec.batch, state.step, hp.get("ema_kimg"))
+        state = state.replace(g_ema=optax.incremental_update(state.g_params, state.g_ema, 1.0 - beta))
+        metrics |= g_metrics
+    if spec.schedule is not None:
+        metrics |= spec.schedule.metrics(state.step)
+    return state.replace(step=state.step + 1), metrics | guard_metrics(state, n)
 
 
 # task=gan: noise -> sample, registered exactly as a plugin's task is (gaxp.tasks has the others)

@@ -18,8 +18,7 @@ import jax
 import numpy as np
 
 from gaxp import xla
-from gaxp import conditional, distributed, regularizers, run_dir, sharding
-from gaxp.models import growth as grow
+from gaxp import conditional, distributed, phases, regularizers, run_dir, sharding
 from gaxp.checkpoint import Checkpointer, abstract_like
 from gaxp.config import Config, load, plain
 from gaxp.errors import ConfigError
@@ -84,8 +83,8 @@ def setup(config: Config) -> Run:
     if run.is_main:
         for line in regularizers.advice(run.config):
             log.warning("gaxp: %s", line)
-        if run.spec.grow is not None:
-            log.info("gaxp: %s", grow.describe(run.spec.grow, config.trainer.steps))
+        if run.phases:
+            log.info("gaxp: %s", phases.describe(run.phases, config.trainer.steps))
     return run
 
 

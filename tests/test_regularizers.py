@@ -8,7 +8,7 @@ import pytest
 from conftest import compose
 from flax import nnx
 
-from gaxp import augment, regularizers as R
+from gaxp import augment, phases, regularizers as R
 from gaxp.config import NoiseParams, OptSpec, check_for_data, load
 from gaxp.data import make_dataset
 from gaxp.errors import ConfigError
@@ -241,25 +241,35 @@ def test_loss_wgan_gp_is_the_wgan_gp_regularizer():
 
 
 def test_lazy_r1_and_d_pretraining_in_the_compiled_step(tiny):
+    """regularizer=d_pretrain is a phase that trains D alone (G, its EMA and G's optimizer held),
+    compiled on its own; lazy R1 keeps its clock of D updates across the two programs."""
     config = load(tiny("model=mlp", "data=ring", "data.batch_size=16", "model.g_width=16",
                        "model.d_width=16", "regularizer=[r1,d_pretrain]", "regularizer.r1.every=2",
                        "regularizer.d_pretrain.steps=2"))
     run, batches, _, state, _ = prepare(config)
+    assert [[(p.name, p.start, p.trains) for p in line] for line in run.phases] == \
+        [[("d_pretrain", 0, "d"), ("adversarial", 2, "both")]]
+    steps = config.trainer.steps  # G updates after the pre-training, D's at every step
+    assert (phases.updates(config, "g"), phases.updates(config, "d")) == (steps - 2, steps)
     key = jax.random.key(0)
-    traces = TRACES["train_step"]
-    step_fn, _ = compile_step(run, state, next(batches), key)
-    g0 = jax.device_get(state.g_params)
+    traces, programs = TRACES["train_step"], {}
+    host = lambda tree: jax.tree.leaves(jax.device_get(tree))  # noqa: E731
+    changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
     rows = []
-    for _ in range(4):
-        before = jax.device_get(state.g_params)
-        state, m = step_fn(state, next(batches), key)
-        moved = any(not np.array_equal(a, b) for a, b in
-                    zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.g_params))))
-        rows.append((float(m["train/r1"]), float(m["train/g_active"]), moved))
-    assert [r[0] > 0 for r in rows] == [True, False, True, False]  # D steps 0, 2: applied
-    assert [(r[1], r[2]) for r in rows] == [(0, False), (0, False), (1, True), (1, True)]
-    assert TRACES["train_step"] - traces == 1
-    assert jax.tree.leaves(g0)[0].shape == jax.tree.leaves(state.g_params)[0].shape
+    for step in range(4):
+        active = phases.active(run.phases, step)
+        if active not in programs:
+            batch = next(batches)
+            programs[active] = compile_step(run, state, batch, key, phases.bind(run.spec, active))[0]
+        before = [host(getattr(state, k)) for k in ("g_params", "g_ema", "g_opt", "d_params")]
+        state, m = programs[active](state, next(batches), key)
+        after = [host(getattr(state, k)) for k in ("g_params", "g_ema", "g_opt", "d_params")]
+        rows.append((float(m["train/r1"]) > 0, "train/g_loss" in m,
+                     *[changed(a, b) for a, b in zip(before, after)]))
+    # r1 > 0 at D updates 0 and 2 (every=2); G, its EMA and its optimizer move from step 2; D always
+    assert rows == [(True, False, False, False, False, True), (False, False, False, False, False, True),
+                    (True, True, True, True, True, True), (False, True, True, True, True, True)]
+    assert TRACES["train_step"] - traces == 2 and int(state.step) == 4
 
 
 @pytest.mark.parametrize("name,modes,sigma", [("ring", 8, 0.01), ("grid", 25, 0.05)])
@@ -296,3 +306,35 @@ def test_penalty_with_batchnorm_in_d_is_advised_against(overrides, warned):
         assert advice == []
     else:
         assert len(advice) == 1 and advice[0].startswith(f"gradient penalty {warned} with BatchNorm")
+
+
+def test_phases_that_train_different_networks_alone_are_refused_and_each_run_says_its_phases():
+    """D pre-training next to a task whose first phase trains G alone cannot run: one line names
+    both phases, before anything compiles. The start-up line lists every timeline's phases."""
+    import dataclasses
+
+    from gaxp.registry import TASKS, register
+    from gaxp.specs import Phase
+    from gaxp.step import train_step
+
+    register.task("test_g_first", archs=(), needs_paired=False, batch_keys=("x",),
+                  phases=lambda c: (Phase("g_warmup", 0, trains="g"), Phase("both", 5)))(train_step)
+    assert "test_g_first" in TASKS
+    config = load(compose("model=mlp", "data=ring", "regularizer=d_pretrain",
+                          "regularizer.d_pretrain.steps=3", "trainer.steps=10"))
+    assert phases.describe(phases.of(config), 10) == \
+        "phases: d_pretrain (trains D only) from step 0; adversarial from step 3"
+    assert phases.describe(phases.of(config), 2) == \
+        "phases: d_pretrain (trains D only) from step 0 (trainer.steps=2 ends before adversarial)"
+    clash = dataclasses.replace(config, task=dataclasses.replace(config.task, name="test_g_first"))
+    with pytest.raises(ConfigError, match=r"^phases that train different networks alone overlap at "
+                       r"step 0: task=test_g_first 'g_warmup' trains G only, regularizer=d_pretrain "
+                       r"'d_pretrain' trains D only; change one"):
+        phases.of(clash)
+    late = dataclasses.replace(config, regularizer=dataclasses.replace(
+        config.regularizer, entries=(("d_pretrain", dataclasses.replace(
+            config.regularizer.get("d_pretrain"), steps=0)),)))
+    assert phases.of(late)  # steps=0 is refused by the config; here: no overlap once D's ends at 0
+    after = dataclasses.replace(clash, regularizer=late.regularizer)
+    assert [p.name for p in phases.active(phases.of(after), 0)] == ["g_warmup", "adversarial"]
+    assert (phases.updates(after, "g"), phases.updates(after, "d")) == (10, 5)

@@ -7,8 +7,10 @@ no fade-in; stage k > 0 fades its resolution in over ``fade_kimg`` (alpha rising
 to 1, one value per train step) and then trains it for ``stable_kimg``; the last stage trains on
 until ``trainer.steps``.
 
-The stage is static: the train loop compiles one program per stage (``bind(spec, step)``, and
-``summary.json``'s ``step_traces`` counts them), each exactly once, switching at stage boundaries.
+The stage is static: each stage is a phase of the arch (``phases``, ``gaxp.phases``), and the
+train loop compiles one program per stage (``summary.json``'s ``step_traces`` counts them), each
+exactly once, switching at stage boundaries. A stage's program holds the ``Growth`` bound to it as
+``spec.schedule`` (``gaxp.specs.Schedule``): G's and D's stage and alpha, the reals, the figures.
 Alpha is a traced function of ``state.step``, so a run resumed mid-stage recovers its stage and
 fade-in from the step alone and matches an uninterrupted one bit for bit. Real images are
 downsampled on device to the stage's resolution by 2x2 average pooling and, during a fade-in,
@@ -31,7 +33,8 @@ from gaxp.models.progan import downsample, lerp, upsample
 
 @dataclass(frozen=True)
 class Growth:
-    """The schedule in steps; ``stage`` is the stage a compiled program runs (None: not bound)."""
+    """The schedule in steps; ``stage`` is the stage a compiled program runs (None: not bound).
+    Bound, it is the stage's ``gaxp.specs.Schedule``."""
 
     resolutions: tuple  # (4, 8, 16, 32)
     starts: tuple  # first train step (0-based ``state.step``) of each stage
@@ -67,8 +70,8 @@ class Growth:
 
     def _bound(self) -> int:
         if self.stage is None:
-            raise ValueError("progressive growing: the step spec has no stage; "
-                             "use gaxp.grow.bind(spec, step) before compiling")
+            raise ValueError("progressive growing: the schedule has no stage; bind the stage's "
+                             "phase (gaxp.phases.bind) before compiling")
         return self.stage
 
 
@@ -95,17 +98,10 @@ def growth(config: Config) -> Optional[Growth]:
     return Growth(tuple(g.resolutions), tuple(starts), tuple(fades))
 
 
-def bind(spec, step: int):
-    """``spec`` (a ``gaxp.step.StepSpec``) bound to the growth stage of ``step``; unchanged when the
-    model does not grow. Specs of different stages compile to different programs."""
-    if spec.grow is None:
-        return spec
-    return bind_stage(spec, spec.grow.stage_at(step))
-
-
-def bind_stage(spec, stage: int):
-    """``spec`` with its growth schedule bound to ``stage``: what the stage's program runs."""
-    return dataclasses.replace(spec, grow=dataclasses.replace(spec.grow, stage=stage))
+def bind_stage(spec, growth: Growth, stage: int):
+    """``spec`` (a ``gaxp.step.StepSpec``) running ``stage`` of ``growth``: what the stage's
+    program runs. Specs of different stages compile to different programs."""
+    return dataclasses.replace(spec, schedule=dataclasses.replace(growth, stage=stage))
 
 
 def phases(config: Config) -> tuple[Phase, ...]:
@@ -114,31 +110,5 @@ def phases(config: Config) -> tuple[Phase, ...]:
     if g is None:
         return ()
     return tuple(Phase(f"stage {i} ({r} px)", start, value=i,
-                       bind=functools.partial(bind_stage, stage=i))
+                       bind=functools.partial(bind_stage, growth=g, stage=i))
                  for i, (r, start) in enumerate(zip(g.resolutions, g.starts)))
-
-
-def describe(g: Growth, total_steps: int) -> str:
-    """One line: the stages, their first steps, and where the run ends."""
-    parts = [f"{r} px from step {s}" + (f" (fade-in {f} steps)" if f else "")
-             for r, s, f in zip(g.resolutions, g.starts, g.fades) if s < total_steps]
-    end = g.resolutions[g.stage_at(max(total_steps - 1, 0))]
-    note = "" if end == g.resolutions[-1] else \
-        f"; trainer.steps={total_steps} ends at {end} px, before the last stage"
-    return "progressive growing: " + ", ".join(parts) + note
-
-
-def stage_figures(records: list, end_step: int, end_time: float, images_per_step: int) -> list:
-    """Per stage of this run: steps, wall seconds (compilation included), compile seconds and
-    images/s (without compilation). ``records``: dicts with stage, resolution, step, t, compile_s
-    in the order the stages started."""
-    out = []
-    for i, r in enumerate(records):
-        nxt = records[i + 1] if i + 1 < len(records) else {"step": end_step, "t": end_time}
-        steps, wall = nxt["step"] - r["step"], nxt["t"] - r["t"]
-        run = max(wall - r["compile_s"], 1e-9)
-        out.append({"stage": r["stage"], "resolution": r["resolution"], "from_step": r["step"],
-                    "steps": steps, "wall_s": round(wall, 2), "compile_s": round(r["compile_s"], 2),
-                    "images_per_s": round(steps * images_per_step / run, 1) if steps else 0.0})
-    return out
-

@@ -94,16 +94,8 @@ def _warmup_phases(config):
 @gaxp.register.task("gan_warmup", archs=(), needs_paired=False, batch_keys=("x",),
                     phases=_warmup_phases)
 def gan_warmup(state, batch, key, hp, *, spec):
-    """gaxp's GAN step after a warm-up of D-only updates; each phase compiles on its own and
-    ``spec.phase`` says which one this program runs."""
-    from gaxp.pixels import to_float
-    from gaxp.step import d_step, step_key, train_step
+    """gaxp's GAN step; each phase compiles on its own (``spec.phase`` names it), and the step
+    reads what the phase trains as ``spec.trains``: in the warm-up, D's updates alone."""
+    from gaxp.step import train_step
 
-    if spec.phase == "both":
-        return train_step(state, batch, key, hp, spec=spec)
-    x, k = to_float(batch["x"], spec.pixels), step_key(key, state)
-    n = x.shape[0]
-    metrics = {}
-    for i in range(n):  # the loss's n_critic D updates, each on its own batch
-        state, metrics = d_step(spec, state, x[i], jax.random.fold_in(k, i), state.step * n + i, hp)
-    return state.replace(step=state.step + 1), metrics
+    return train_step(state, batch, key, hp, spec=spec)
