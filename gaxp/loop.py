@@ -1,4 +1,4 @@
-"""The step loop: the compiled step (one program per growth stage or task phase), then steps with
+"""The step loop: the compiled step (one program per combination of phases), then steps with
 logs, sample grids, in-loop evaluation, checkpoints, preemption and the divergence guard.
 ``gaxp.training`` builds a run and hands it here; populations (``gaxp.population``) reuse it with
 their vmapped step."""
@@ -66,7 +66,7 @@ class Loop:
     def program(self, step: int, state: GANState, batch: dict):
         """The compiled step for the phases in force at ``step`` (``state.step``), compiled on
         first use: one program per combination of the task's and the arch's phases
-        (``gaxp.phases``: SRGAN's pre-training, ProGAN's growth stages, a plugin's warm-up), one
+        (``gaxp.phases``, as the task, arch and stabilizer entries declare them), one
         in all without phases."""
         active = phases.active(self.run.phases, step)
         if active not in self.programs:
@@ -103,7 +103,7 @@ class Loop:
         batch = next(self.batches) if start < t.steps else None
         metrics, t_log, step_log = {}, time.perf_counter(), start
         while step < t.steps:
-            step_fn = self.program(step, state, batch)  # compiles at the start and at stage switches
+            step_fn = self.program(step, state, batch)  # compiles at the start and at phase switches
             step += 1
             state, m = step_fn(state, batch, self.key)
             stopping = stop.requested(step)

@@ -7,7 +7,7 @@ about devices beyond an optional sharding constraint on the latent batch. The st
 ``spec.regs`` enter through ``gaxp.regularizers``: ``d_inputs`` (what D sees, in both steps) and
 ``d_terms`` (what is added to D's loss). The active phases (``gaxp.phases``) reach the step as
 ``spec.trains`` (a phase that trains D or G alone: D pre-training, a plugin's warm-up) and
-``spec.schedule`` (an arch phase's view of the step: ProGAN's growth stage).
+``spec.schedule`` (an arch phase's view of the step, ``gaxp.specs.Schedule``).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class StepSpec:
     inject_nan: tuple = ()  # debug: steps (1-based) whose gradients are NaN on the first attempt
     regs: RegSpec = RegSpec()  # stabilizers (regularizer group + loss.penalty)
     precision: str = "fp32"  # fp32 | bf16: the networks' compute type (adapter.PRECISIONS)
-    schedule: Optional[Any] = None  # an arch phase's gaxp.specs.Schedule (ProGAN's bound growth stage)
+    schedule: Optional[Any] = None  # the active arch phase's gaxp.specs.Schedule (None: none)
     cond: Optional[conditional.CondSpec] = None  # class-conditional G and D (None: unconditional)
     task: TaskSpec = TaskSpec()  # image-to-image tasks' loss weights (gaxp.tasks.steps)
-    phase: Optional[str] = None  # the task's active phase (gaxp.phases), e.g. SRGAN's "pretrain"
+    phase: Optional[str] = None  # the name of the task's active phase (gaxp.phases)
     trains: str = "both"  # what the active phases train: both, d (G and its EMA held) or g (D held)
     pixels: str = "signed"  # the arch's pixel range (gaxp.pixels): D's real images, G's output
 
@@ -177,7 +177,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array, hp: dict, *, spec: 
     TRACES["train_step"] += 1
     k_d, k_g = jax.random.split(step_key(key, state))
     x = to_float(batch["x"], spec.pixels)  # [n_critic, batch, ...], in the arch's pixel range
-    if spec.schedule is not None:  # the arch phase's view of the reals (ProGAN: the stage's size)
+    if spec.schedule is not None:  # the reals as the arch phase's D sees them
         x = spec.schedule.real(x, state.step)
     y = batch.get("y") if spec.cond is not None else None  # labels [n_critic, batch] (conditional)
 
