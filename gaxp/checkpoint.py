@@ -208,7 +208,7 @@ class Checkpointer:
             for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)
         self.manager.reload()  # forget the step Orbax had already listed
-        err = WriteFailed(failed_file(e, self.directory / str(step)), cause(e),
+        err = WriteFailed(self._failed_path(step, e), cause(e),
                           f"checkpoint {step}" if step is not None else "a checkpoint")
         if self.on_write_error != "warn" or final:
             raise err from None
@@ -223,6 +223,20 @@ class Checkpointer:
                 raise
         log.warning("gaxp: %s; training goes on and the next checkpoint tries again "
                     "(trainer.on_write_error=warn)", err)
+
+    def _failed_path(self, step: int | None, e: Exception) -> str:
+        """The path a failed save names: the checkpoint's own directory when the file that failed
+        lay inside it (its temporary directory is gone by now, and which of its files hit the
+        error first is chance), else the file that failed (a directory beside it, say)."""
+        own = self.directory / str(step) if step is not None else self.directory
+        found = Path(failed_file(e, own))
+        if step is None or not found.is_absolute():
+            return str(found)
+        try:
+            first = found.relative_to(self.directory.absolute()).parts[0]
+        except (ValueError, IndexError):
+            return str(found)
+        return str(own) if first == str(step) or first.startswith(f"{step}.") else str(found)
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.

@@ -107,9 +107,10 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_resume_matches(tmp_path
     assert done.returncode == WriteFailed.exit_code, done.stderr[-3000:]
     line = done.stderr.strip()
     assert "\n" not in line and "Traceback" not in line, line
-    assert line.startswith(f"gaxp-train: error: could not write checkpoint 30 to {run}/checkpoints/30.")
-    assert (f": No space left on device; the last intact checkpoint is step 20 "
-            f"({run}/checkpoints/20); fix that, then resume with: gaxp-train ") in line
+    # the checkpoint's directory, whichever of its files hit the full disk first
+    assert line.startswith(f"gaxp-train: error: could not write checkpoint 30 to {run}/checkpoints/30: "
+                           f"No space left on device; the last intact checkpoint is step 20 "
+                           f"({run}/checkpoints/20); fix that, then resume with: gaxp-train ")
     assert line.endswith(f" trainer.resume={run}")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["10", "20"]
     assert not _partials(run)  # the partial checkpoint was removed
@@ -164,6 +165,28 @@ def test_a_write_error_on_metrics_jsonl_mid_run_is_one_line_and_truncates_nothin
     assert json.loads((run / "summary.json").read_text())["resumed_from"] == 20
 
 
+def test_a_failed_save_names_its_checkpoint_or_the_file_outside_it(tmp_path):
+    """Which file of a checkpoint meets the full disk first is chance, and its temporary directory
+    is removed: the line names the checkpoint's directory. A file elsewhere is named as it is."""
+    import errno
+
+    from gaxp.checkpoint import Checkpointer
+
+    ckpts = tmp_path / "checkpoints"
+    c = Checkpointer(ckpts, 3)
+    full = os.strerror(errno.ENOSPC)
+    inside = [OSError(errno.ENOSPC, full, str(ckpts / "30.orbax-checkpoint-tmp-17" / "state" / "d")),
+              OSError(errno.ENOSPC, full, str(ckpts / "30" / "meta" / "metadata")),
+              ValueError(f'RESOURCE_EXHAUSTED: Failed writing: "{ckpts}/30.orbax-checkpoint-tmp-2/'
+                         f'state/ocdbt.process_0/d/x" [os_error_code=28]'),
+              ValueError("RESOURCE_EXHAUSTED: no file named [os_error_code=28]")]
+    assert [c._failed_path(30, e) for e in inside] == [str(ckpts / "30")] * 4
+    assert c._failed_path(30, OSError(errno.ENOSPC, full, str(ckpts / "300" / "x"))) == str(ckpts / "300" / "x")
+    assert c._failed_path(30, OSError(errno.ENOSPC, full, "/elsewhere/lock")) == "/elsewhere/lock"
+    assert c._failed_path(None, ValueError("[os_error_code=28]")) == str(ckpts)
+    c.close()
+
+
 def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmpfs, caplog):
     """In process, on a tmpfs filled with a filler file: ``warn`` logs a failed save and the
     next one succeeds once there is room; the run's last save must succeed (``close``); ``stop``
@@ -191,7 +214,7 @@ def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmp
 
     assert c.save(2, state, batches.iterator, {})
     c.wait()  # warn: the failure is a warning
-    assert "could not write checkpoint 2 to " in caplog.text and "No space left on device" in caplog.text
+    assert f"could not write checkpoint 2 to {ckpts}/2: No space left on device" in caplog.text
     assert "the next checkpoint tries again (trainer.on_write_error=warn)" in caplog.text
     assert sorted(p.name for p in ckpts.iterdir()) == ["1"]
     with pytest.raises(WriteFailed, match=r"summary.json: No space left on device"):
@@ -220,7 +243,7 @@ def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmp
     restored, meta = stop.restore_latest_good(abstract, batches.iterator)
     assert int(restored.step) == int(state.step) and integrity(restored)[1] == meta["integrity"]
     _fill(disk)
-    with pytest.raises(WriteFailed, match=r"could not write checkpoint 5 to .*: No space left on device"):
+    with pytest.raises(WriteFailed, match=f"could not write checkpoint 5 to {ckpts}/5: No space left on device"):
         stop.save(5, state, batches.iterator, {})  # the failure surfaces here or at the wait
         stop.wait()
     stop.close()
