@@ -230,13 +230,11 @@ class Checkpointer:
         error first is chance), else the file that failed (a directory beside it, say)."""
         own = self.directory / str(step) if step is not None else self.directory
         found = Path(failed_file(e, own))
-        if step is None or not found.is_absolute():
-            return str(found)
-        try:
-            first = found.relative_to(self.directory.absolute()).parts[0]
-        except (ValueError, IndexError):
-            return str(found)
-        return str(own) if first == str(step) or first.startswith(f"{step}.") else str(found)
+        if step is not None and found.is_relative_to(self.directory):
+            first = found.relative_to(self.directory).parts[:1]  # "30" or "30.orbax-checkpoint-tmp-..."
+            if first and first[0].split(".")[0] == str(step):
+                return str(own)
+        return str(found)
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the layout of ``abstract_state``; moves ``data_iter`` in place.
