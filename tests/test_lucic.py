@@ -399,10 +399,17 @@ def test_study_table_puts_each_row_beside_the_paper(tmp_path):
         (folder / "result.json").write_text(json.dumps(
             {"row": "ns", "seed": seed, "best": figures(best), "last": figures(last),
              "train_wall_s": 3600.0 + 60 * seed}))
+    folder = tmp_path / "wgan-s0"  # a recall below 0.01 keeps two significant digits, not "0.00"
+    folder.mkdir()
+    figures = {"eval/fid": 157.9, "eval/kid": 0.144, "eval/precision": 0.21, "eval/recall": 0.0014}
+    (folder / "result.json").write_text(json.dumps(
+        {"row": "wgan", "seed": 0, "best": figures, "last": figures, "train_wall_s": 3793.0}))
     lines = study.table(tmp_path).splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert lines[2] == ("| ns | 0, 1 | 32.0; 30.0, 34.0 | 33.5; 31.0, 36.0 | 32.00 | 0.60 / 0.40 "
                         "| 26.5 ± 1.6 | +5.5 | 60, 61 |")
+    assert lines[3] == ("| wgan | 0 | 157.9; 157.9 | 157.9; 157.9 | 144.00 | 0.21 / 0.0014 "
+                        "| 21.5 ± 1.6 | +136.4 | 63 |")
 
 
 def _study():

@@ -271,7 +271,7 @@ def table(results: Path) -> str:
         mean = lambda v: sum(v) / len(v)  # noqa: E731
         each = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
         kid = mean([r["best"]["eval/kid"] * 1e3 for r in rs])
-        pr = f"{mean([r['best']['eval/precision'] for r in rs]):.2f} / {mean([r['best']['eval/recall'] for r in rs]):.2f}"
+        pr = " / ".join(_share(mean([r["best"][k] for r in rs])) for k in ("eval/precision", "eval/recall"))
         paper = PAPER.get(row.removesuffix("_searched"))
         ref = f"{paper[0]} ± {paper[1]}" if paper else "-"
         gap = f"{mean(fb) - paper[0]:+.1f}" if paper else "-"
@@ -279,6 +279,12 @@ def table(results: Path) -> str:
         lines.append(f"| {row} | {', '.join(str(r['seed']) for r in rs)} | {mean(fb):.1f}; {each(fb)} "
                      f"| {mean(fl):.1f}; {each(fl)} | {kid:.2f} | {pr} | {ref} | {gap} | {mins} |")
     return "\n".join(lines)
+
+
+def _share(v: float) -> str:
+    """A precision or recall for the table: two decimals, or two significant digits below 0.01,
+    so that a recall of 0.0014 does not read as 0."""
+    return f"{v:.2f}" if v >= 0.01 else f"{v:.2g}"
 
 
 def plot(results: Path, out: Path) -> None:
