@@ -389,7 +389,8 @@ def test_torch_reference_reads_the_fixture_and_logs_the_step(fashion, tmp_path):
 
 def test_study_table_puts_each_row_beside_the_paper(tmp_path):
     """study.py --table's row from two result.json files of known figures: the means, each
-    seed, KID x 1e3, precision / recall, the paper's best and the gap to it."""
+    seed, KID x 1e3, precision / recall, the paper's best and the gap to it; and its plot: a
+    line per run against D updates, a row's seeds in one colour and two line styles."""
     study = _study()
     # (row, seed, best FID, last FID, precision, recall, training s); wgan's recall below 0.01
     # keeps two significant digits, not "0.00"
@@ -401,13 +402,21 @@ def test_study_table_puts_each_row_beside_the_paper(tmp_path):
         (tmp_path / f"{row}-s{seed}").mkdir()
         (tmp_path / f"{row}-s{seed}" / "result.json").write_text(json.dumps(
             {"row": row, "seed": seed, "best": figures(best), "last": figures(last),
-             "train_wall_s": wall}))
+             "train_wall_s": wall,
+             "curve": [{"step": 100, "eval/kid": 0.5}, {"step": 200, **figures(best)}]}))
     lines = study.table(tmp_path).splitlines()
     assert len(lines) == 4
     assert lines[2] == ("| ns | 0, 1 | 32.0; 30.0, 34.0 | 33.5; 31.0, 36.0 | 32.00 | 0.60 / 0.40 "
                         "| 26.5 ± 1.6 | +5.5 | 60, 61 |")
     assert lines[3] == ("| wgan | 0 | 157.9; 157.9 | 157.9; 157.9 | 157.90 | 0.21 / 0.0014 "
                         "| 21.5 ± 1.6 | +136.4 | 63 |")
+    ns0, ns1, wgan = study.plot(tmp_path, tmp_path / "kid.png").axes[0].get_lines()
+    assert (tmp_path / "kid.png").stat().st_size > 0
+    assert [ln.get_label() for ln in (ns0, ns1, wgan)] == ["ns s0", "ns s1", "wgan s0"]
+    assert list(ns0.get_xdata()) == [100, 200] and list(wgan.get_xdata()) == [500, 1000]  # n_disc 5
+    assert list(ns1.get_ydata()) == [500.0, 34.0]
+    assert ns0.get_color() == ns1.get_color() != wgan.get_color()
+    assert ns0.get_linestyle() != ns1.get_linestyle() and ns0.get_marker() != ns1.get_marker()
 
 
 def _study():

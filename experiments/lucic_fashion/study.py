@@ -287,26 +287,33 @@ def _share(v: float) -> str:
     return f"{v:.2f}" if v >= 0.01 else f"{v:.2g}"
 
 
-def plot(results: Path, out: Path) -> None:
-    """The cheap score (KID of 2,000 vs 2,000) against D updates, one line per run."""
+def plot(results: Path, out: Path):
+    """The cheap score (KID of 2,000 vs 2,000) against D updates, one line per run: a colour per
+    row, a line style and marker per seed, so that a row's seeds read as one family. Returns the
+    figure (saved to ``out``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [json.loads(f.read_text()) for f in sorted(results.glob("*/result.json"))]
+    rows = sorted({r["row"] for r in runs})
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for f in sorted(results.glob("*/result.json")):
-        r = json.loads(f.read_text())
+    for r in runs:
         n_critic = r.get("d_per_step", d_per_step(r["row"]))
         steps = [c["step"] * n_critic for c in r["curve"]]
-        ax.plot(steps, [c["eval/kid"] * 1e3 for c in r["curve"]], marker="o",
-                label=f"{r['row']} s{r['seed']}")
+        line, marker = styles[r["seed"] % len(styles)]
+        ax.plot(steps, [c["eval/kid"] * 1e3 for c in r["curve"]], linestyle=line, marker=marker,
+                color=colours(rows.index(r["row"]) % colours.N), label=f"{r['row']} s{r['seed']}")
     ax.set_xlabel("D updates")
     ax.set_ylabel("KID x 1e3 (2,000 vs 2,000 test)")
     ax.set_yscale("log")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    return fig
 
 
 def wandb_replay(dest: Path, runs: Path) -> Path:
