@@ -254,13 +254,15 @@ PAPER = {"mm": (29.6, 1.6), "ns": (26.5, 1.6), "lsgan": (30.7, 2.2), "wgan": (21
 
 def table(results: Path) -> str:
     """The README's table from ``results/*/result.json``: per row, the best-checkpoint and final
-    FID (mean and each seed), KID, precision/recall at the best checkpoint, the paper's best."""
+    FID (mean and each seed), the seeds' mean KID and precision/recall at the best checkpoint, the
+    paper's best and the mean best-checkpoint FID's distance to it."""
     found = {}
     for f in sorted(results.glob("*/result.json")):
         r = json.loads(f.read_text())
         found.setdefault(r["row"], []).append(r)
-    lines = ["| row | seeds | FID best ckpt (mean; each) | FID final (mean; each) | KID x1e3 (best) "
-             "| precision / recall (best) | paper's best (± SD) | best - paper | train min (each) |",
+    lines = ["| row | seeds | FID best ckpt (mean; each) | FID final (mean; each) | KID x1e3 (best, mean) "
+             "| precision / recall (best, mean) | paper's best (± SD) | mean best - paper "
+             "| train min (each) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in [r for base in ROWS for r in (base, f"{base}_searched")]:
         rs = sorted(found.get(row, []), key=lambda r: r["seed"])
