@@ -252,13 +252,17 @@ PAPER = {"mm": (29.6, 1.6), "ns": (26.5, 1.6), "lsgan": (30.7, 2.2), "wgan": (21
          "wgan_gp": (24.5, 2.1), "dragan": (27.7, 1.2)}
 
 
+def _results(results: Path) -> list[dict]:
+    """Every finished run's ``result.json`` under ``results``, in folder order."""
+    return [json.loads(f.read_text()) for f in sorted(results.glob("*/result.json"))]
+
+
 def table(results: Path) -> str:
     """The README's table from ``results/*/result.json``: per row, the best-checkpoint and final
     FID (mean and each seed), the seeds' mean KID and precision/recall at the best checkpoint, the
     paper's best and the mean best-checkpoint FID's distance to it."""
     found = {}
-    for f in sorted(results.glob("*/result.json")):
-        r = json.loads(f.read_text())
+    for r in _results(results):
         found.setdefault(r["row"], []).append(r)
     lines = ["| row | seeds | FID best ckpt (mean; each) | FID final (mean; each) | KID x1e3 (best, mean) "
              "| precision / recall (best, mean) | paper's best (± SD) | mean best - paper "
@@ -298,7 +302,7 @@ def plot(results: Path, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(f.read_text()) for f in sorted(results.glob("*/result.json"))]
+    runs = _results(results)
     rows = sorted({r["row"] for r in runs})
     colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
     styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
