@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,15 @@ def _quiet_unraisable(previous):
 _QUIET = _NoWriteErrorTracebacks()
 
 
+def _quiet_abandoned_writes() -> None:
+    """After a failed save, the writes of that save that had not started yet are dropped with
+    Orbax's closed event loop; Python then warns, when they are collected (often at exit, as
+    ``sys:1: RuntimeWarning: coroutine '...write_fragment' was never awaited``), once for each.
+    gaxp has reported the failure itself, so those warnings are left out from then on."""
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
+                            category=RuntimeWarning)
+
+
 def _quiet_write_errors() -> None:
     for name in ("absl", "asyncio"):  # Orbax logs through absl
         logging.getLogger(name).addFilter(_QUIET)
@@ -204,6 +214,7 @@ class Checkpointer:
         """A save that failed: remove what it left, then raise ``WriteFailed`` (or warn)."""
         if not is_write_error(e):
             raise e
+        _quiet_abandoned_writes()
         if step is not None and jax.process_index() == 0:
             for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)

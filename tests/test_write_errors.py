@@ -187,6 +187,34 @@ def test_a_failed_save_names_its_checkpoint_or_the_file_outside_it(tmp_path):
     c.close()
 
 
+_ABANDONED = """
+import errno, os, sys
+from gaxp.checkpoint import Checkpointer
+
+async def write_fragment():  # a write of the failed save that Orbax's closed loop never ran
+    pass
+
+c = Checkpointer(sys.argv[1], 3, on_write_error="warn")
+if sys.argv[2] == "failed":
+    c._failed(30, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), sys.argv[1]), final=False)
+left = write_fragment()  # collected at exit, unawaited
+"""
+
+
+def test_the_writes_a_failed_save_abandons_do_not_warn_at_exit(tmp_path):
+    """A failed save's unstarted writes are dropped unawaited; Python warns of each when it is
+    collected, often at exit (``sys:1: RuntimeWarning: coroutine ... was never awaited``), after
+    gaxp's one line. Once a save has failed those warnings are left out; before, they show."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONWARNINGS="default")
+    runs = {how: subprocess.run([sys.executable, "-c", _ABANDONED, str(tmp_path / how), how],
+                                env=env, text=True, capture_output=True, timeout=300)
+            for how in ("failed", "saved")}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr[-2000:] for r in runs.values()]
+    assert "write_fragment' was never awaited" in runs["saved"].stderr
+    assert "never awaited" not in runs["failed"].stderr, runs["failed"].stderr
+    assert "No space left on device" in runs["failed"].stderr  # the warn policy's one warning
+
+
 def test_checkpoint_policies_and_atomic_files_on_a_full_disk(tiny, tmp_path, tmpfs, caplog):
     """In process, on a tmpfs filled with a filler file: ``warn`` logs a failed save and the
     next one succeeds once there is room; the run's last save must succeed (``close``); ``stop``
