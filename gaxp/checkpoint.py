@@ -19,7 +19,8 @@ asynchronous write is waited for (the next save, ``wait`` or ``close``): its tem
 is removed, the earlier checkpoints are untouched, and ``WriteFailed`` names the file and the
 cause. With ``on_write_error="warn"`` a failed periodic save is one warning and the next save
 tries again; the last save of a run (``close``) must succeed either way. Orbax's own tracebacks
-of such a failure (logged from its threads) are left out: gaxp reports it once, in one line.
+of such a failure (logged from its threads), and Python's warnings about the writes it abandoned
+(once a save has failed), are left out: gaxp reports it once, in one line.
 """
 
 from __future__ import annotations
