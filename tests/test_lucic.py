@@ -419,6 +419,25 @@ def test_study_table_puts_each_row_beside_the_paper(tmp_path):
     assert ns0.get_linestyle() != ns1.get_linestyle() and ns0.get_marker() != ns1.get_marker()
 
 
+def test_budget_check_ranks_the_search_score_at_each_checkpoint_against_the_full_fid(tmp_path):
+    """study.py --table's budget check from four result.json files of known figures: at the first
+    checkpoint the KIDs rank the runs against their best FIDs with rho 0.2 and tau 0 (worked by
+    hand); at the second the search's score, the lowest KID so far, ranks them as the FIDs do
+    (rho 1), though the second KIDs alone would not; checkpoints are named in D updates."""
+    study = _study()
+    for (row, seed), first, second, fid in zip(
+            (("ns", 0), ("ns", 1), ("lsgan", 0), ("wgan", 0)),
+            (0.4, 0.3, 0.2, 0.5), (0.01, 0.02, 0.9, 0.35), (10.0, 20.0, 30.0, 40.0)):
+        steps = (20, 40) if row == "wgan" else (100, 200)  # wgan: 5 D updates a step
+        (tmp_path / f"{row}-s{seed}").mkdir()
+        (tmp_path / f"{row}-s{seed}" / "result.json").write_text(json.dumps(
+            {"row": row, "seed": seed, "best": {"eval/fid": fid},
+             "curve": [{"step": steps[0], "eval/kid": first}, {"step": steps[1], "eval/kid": second}]}))
+    assert study.budget_check(tmp_path).splitlines()[2:] == ["| 100 | 4 | 0.20 | 0.00 |",
+                                                           "| 200 | 4 | 1.00 | 1.00 |"]
+    assert len(study.budget_check(tmp_path / "none").splitlines()) == 2  # no runs: the header alone
+
+
 def _study():
     sys.path.insert(0, str(LUCIC))
     try:

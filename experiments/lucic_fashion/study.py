@@ -15,7 +15,8 @@ the study after an interruption or a new session):
    ``--commit``, committed on their own (``git commit -- <that folder>``).
 
     python experiments/lucic_fashion/study.py --rows ns mm lsgan wgan wgan_gp dragan --seeds 0 1 --commit
-    python experiments/lucic_fashion/study.py --table     # the README's table from runs/
+    python experiments/lucic_fashion/study.py --table     # the README's table from runs/,
+                                                          # then the search budget's check
 
 The narrow search (compare_gan v1's ``params.py`` narrow ranges: beta1 0.5, lr 10^U[-4, -3],
 n_disc 1, D-BN on or off where the loss allows it, clip 10^U[-2, 0], lambda 10^U[-1, 1]), at a
@@ -23,7 +24,7 @@ shorter budget, trial ``k`` of a row drawn from a generator seeded by ``<row>-<k
 KID curve in ``runs/search/<row>/t<k>/trial.json``; then the best trial's setting at the full
 protocol as row ``<row>_searched``:
 
-    python experiments/lucic_fashion/study.py --search ns --trials 8 --search-steps 4000 --commit
+    python experiments/lucic_fashion/study.py --search ns --trials 8 --search-steps 7812 --commit
     python experiments/lucic_fashion/study.py --searched ns --seeds 0 1 --commit
 
 Runs trained on a machine without W&B (``gpu_study.sh``) get their W&B run here afterwards:
@@ -287,6 +288,24 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def budget_check(results: Path) -> str:
+    """Whether a shorter budget ranks runs as the full protocol does: at each of the protocol's
+    checkpoints, the search's score there (the lowest KID up to it, as ``search`` ranks its trials)
+    against each landed run's best-checkpoint FID, as Spearman's rho and Kendall's tau over all
+    runs (scipy's). The narrow search's budget is the first checkpoint whose ranks agree."""
+    from scipy.stats import kendalltau, spearmanr
+
+    runs = [r for r in _results(results) if r.get("curve")]
+    lines = ["| search score after (D updates) | runs | Spearman rho | Kendall tau |", "|---|---|---|---|"]
+    for k in range(min(len(r["curve"]) for r in runs) if len(runs) >= 3 else 0):
+        score = [min(c["eval/kid"] for c in r["curve"][:k + 1]) for r in runs]
+        fid = [r["best"]["eval/fid"] for r in runs]
+        updates = max(r["curve"][k]["step"] * r.get("d_per_step", d_per_step(r["row"])) for r in runs)
+        lines.append(f"| {updates:,} | {len(runs)} | {spearmanr(score, fid).statistic:.2f} "
+                     f"| {kendalltau(score, fid).statistic:.2f} |")
+    return "\n".join(lines)
+
+
 def _share(v: float) -> str:
     """A precision or recall for the table: two decimals, or two significant digits below 0.01,
     so that a recall of 0.0014 does not read as 0."""
@@ -377,7 +396,9 @@ def main() -> None:
     p.add_argument("--search", choices=sorted(NARROW_BN),
                    help="run the narrow search's trials of this row (seed 0), then print the ranking")
     p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--search-steps", type=int, default=4000, help="each trial's D updates")
+    p.add_argument("--search-steps", type=int, default=7812,
+                   help="each trial's D updates (7,812: the protocol's second checkpoint, the first "
+                        "whose score ranks the full runs; --table's budget check)")
     p.add_argument("--searched", choices=sorted(NARROW_BN),
                    help="the best search trial's setting of this row at the full protocol, --seeds")
     p.add_argument("--wandb-replay", nargs="+", type=Path, metavar="RESULT_DIR",
@@ -391,6 +412,8 @@ def main() -> None:
         return
     if args.table:
         print(table(args.results))
+        print()
+        print(budget_check(args.results))
         plot(args.results, HERE / "kid_curves.png")
         return
     if args.search:
