@@ -475,6 +475,16 @@ def test_narrow_search_draws_compare_gans_ranges_and_composes(row):
     assert study.d_per_step(row) == (5 if row.startswith("wgan") else 1)
 
 
+def test_a_search_trial_out_of_range_is_one_line(tmp_path):
+    """--trial names trials of --trials; another number is refused in one line before anything runs."""
+    r = subprocess.run([sys.executable, str(LUCIC / "study.py"), "--search", "wgan", "--trials", "2",
+                        "--trial", "0", "2", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "study.py: --trial takes trial numbers from 0 to 1 (--trials 2)")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()
+
+
 @pytest.mark.slow
 def test_narrow_search_runs_ranks_and_resumes(tmp_path):
     """study.py --search on the fixture: two short trials, each scored at its two checkpoints and
@@ -512,8 +522,9 @@ def test_narrow_search_runs_ranks_and_resumes(tmp_path):
 def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path):
     """gpu_study.sh as the device tool runs it, here on the CPU: `pack` splits the weights and the
     data into chunks with checksums; each call stores its chunk and runs nothing until all are
-    there; a damaged chunk is refused in one line and nothing runs; with all chunks, the floor and
-    a tiny study run and come back as results.tar, which `unpack` copies into a runs folder."""
+    there; a damaged chunk is refused in one line and nothing runs; with all chunks, the floor, a
+    tiny study and a tiny narrow search run and come back as results.tar, which `unpack` copies
+    into a runs folder; a later call on a fresh machine runs the searched row from those trials."""
     from gaxp.metrics import inception_weights
 
     cache = Path(os.environ["GAXP_CACHE"])
@@ -528,6 +539,7 @@ def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path)
                GAXP_CARRY_STORE=str(tmp_path / "store"), GAXP_PAYLOAD=str(tmp_path / "payload"),
                STUDY_RUNS=str(tmp_path / "runs"), STUDY_RESULTS=str(tmp_path / "res" / "results"),
                DONE_DIR=str(tmp_path / "done"), ROWS="mm wgan_gp", SEEDS="0", WORKERS="1", FLOOR_N="16", FLOOR_S="900", STUDY_S="900",
+               SEARCH="wgan", TRIALS="2", SEARCH_STEPS="4", SEARCHED="wgan",
                STUDY_EXTRA=f"trainer.steps=4 metrics.every=2 trainer.ckpt_every=2 trainer.sample_every=2 "
                            f"data.batch_size=8 {small}", STUDY_EVAL_EXTRA=small)
     (tmp_path / "done" / "mm-s0").mkdir(parents=True)  # a run already committed: not trained again
@@ -561,7 +573,9 @@ def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path)
     part.write_bytes(good)
     r = call("3")  # the two stored chunks are kept: only the damaged one is carried again
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "runs to do: wgan_gp:0\n" in r.stdout
+    # the searched row waits for its search; the table's run and the trials go to the workers
+    assert "searched wgan: 0 of 2 search trials done; run SEARCH=wgan first\n" in r.stdout
+    assert "runs to do: wgan_gp:0 search:wgan:0 search:wgan:1\n" in r.stdout
     floor = json.loads((tmp_path / "out" / "fid_floor.json").read_text())
     assert np.isfinite(floor["fid"]) and floor["fid"] >= 0
     res = tmp_path / "unpacked"
@@ -572,6 +586,24 @@ def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path)
     assert result["last_step"] == 4 and np.isfinite(result["best"]["eval/fid"])
     assert "matmul precision highest" in result["machine"] and "logger=none" in result["overrides"]
     assert (res / "wgan_gp-s0" / "metrics.jsonl").exists()
+    study = _study()
+    trials = [json.loads((res / "search" / "wgan" / f"t{k}" / "trial.json").read_text()) for k in range(2)]
+    assert [t["settings"] for t in trials] == [study.draw("wgan", k) for k in range(2)]
+    assert all(t["steps"] == 4 and len(t["curve"]) == 2 for t in trials)
+    # a fresh machine (new results, runs and output folders), no chunk carried (the payload is
+    # stored), the trials unpacked into DONE_DIR: the searched row runs at the best trial's setting
+    fresh = dict(env, CARRY_DIR=str(tmp_path / "nothing"), DONE_DIR=str(res), ROWS="", SEARCH="",
+                 STUDY_RUNS=str(tmp_path / "runs2"), STUDY_RESULTS=str(tmp_path / "res2" / "results"),
+                 OUT=str(tmp_path / "out2"))
+    (tmp_path / "nothing").mkdir()
+    r2 = subprocess.run(script, capture_output=True, text=True, timeout=1500, env=fresh, cwd=tmp_path)
+    assert r2.returncode == 0 and "runs to do: searched:wgan:0\n" in r2.stdout, r2.stdout[-3000:] + r2.stderr[-3000:]
+    un2 = subprocess.run([*script, "unpack", str(tmp_path / "out2" / "results.tar"), str(res)],
+                         capture_output=True, text=True, timeout=60)
+    assert un2.returncode == 0 and "kept" in un2.stdout, un2.stdout + un2.stderr  # the trials, copied back
+    searched = json.loads((res / "wgan_searched-s0" / "result.json").read_text())
+    best = min(trials, key=lambda t: t["kid"])["settings"]
+    assert searched["row"] == "wgan_searched" and searched["overrides"][:len(best)] == best
     again = subprocess.run([*script, "unpack", str(tmp_path / "out" / "results.tar"), str(res)],
                            capture_output=True, text=True, timeout=60)
     assert "kept" in again.stdout  # a run already there is never overwritten

@@ -20,8 +20,11 @@
 # ROWS x SEEDS (seed 0 of every row first), with JAX_DEFAULT_MATMUL_PRECISION=highest (the
 # authors' TF 1 ran in float32; a GPU's default is TF32), logger=none (no W&B on that machine).
 # STUDY_S (default 420) stops the workers; whatever finished is in $OUT/results.tar, with the logs.
-# Runs already in runs/ (DONE_DIR) are skipped. Other settings (environment): ROWS, SEEDS,
-# WORKERS (8), STUDY_EXTRA and STUDY_EVAL_EXTRA (gaxp-train and gaxp-eval overrides), FLOOR_N
+# Runs already in runs/ (DONE_DIR) are skipped. The narrow search (README.md, "Commands") runs
+# here too: SEARCH="wgan mm" adds each row's trials 0 .. TRIALS-1 (8) at SEARCH_STEPS D updates
+# (7812) to the workers' tasks, and SEARCHED="wgan mm" each row's best trial's setting at the full
+# protocol, SEEDS, once all TRIALS of its trials are in DONE_DIR/search (unpack puts them there);
+# ROWS="" leaves the table's rows out. Other settings (environment): ROWS, SEEDS, WORKERS (8), STUDY_EXTRA and STUDY_EVAL_EXTRA (gaxp-train and gaxp-eval overrides), FLOOR_N
 # (10000), FLOOR_S (its time limit, 120), MEM_FRACTION (each process's share of the GPU, 0.08),
 # PYTHON (python3); for pack: CHUNK_MB (54), CARRY_DIR (.carry), WHEELS (a folder of wheels instead
 # of bench_gpu.sh's). A chunk whose checksum fails is refused in one line; carry it again.
@@ -86,10 +89,10 @@ if [ "${1:-}" = unpack ]; then
   dest=${3:-$here/runs}
   tmp=$(mktemp -d)
   tar -xf "$2" -C "$tmp"
-  for d in "$tmp"/results/*/; do
-    [ -f "$d/result.json" ] || continue
-    name=$(basename "$d")
-    if [ -e "$dest/$name/result.json" ]; then echo "kept $dest/$name (already there)"; continue; fi
+  for d in "$tmp"/results/*/ "$tmp"/results/search/*/t*/; do  # runs, then search trials
+    [ -f "$d/result.json" ] || [ -f "$d/trial.json" ] || continue
+    name=${d#"$tmp"/results/} && name=${name%/}
+    if [ -e "$dest/$name/result.json" ] || [ -e "$dest/$name/trial.json" ]; then echo "kept $dest/$name (already there)"; continue; fi
     mkdir -p "$dest/$name" && cp -r "$d". "$dest/$name/" && echo "$dest/$name"
   done
   rm -rf "$tmp"
@@ -148,14 +151,29 @@ SECONDS=0
 timeout "${FLOOR_S:-120}" $PY -c "from gaxp.cli import fid_main; fid_main()" fashion_mnist:train fashion_mnist:test \
   --n "${FLOOR_N:-10000}" --json "$out/fid_floor.json" 2>&1 | tail -3
 echo "floor: ${SECONDS} s"
-read -r -a rows <<<"${ROWS:-ns lsgan wgan_gp mm wgan dragan ns_sn_ema hinge_sn_ema}"
+read -r -a rows <<<"${ROWS-ns lsgan wgan_gp mm wgan dragan ns_sn_ema hinge_sn_ema}"
 read -r -a seeds <<<"${SEEDS:-0 1}"
 read -r -a extra <<<"${STUDY_EXTRA:-}"
 done_dir=${DONE_DIR:-$here/runs}  # runs already committed (by the CPU study, or an earlier lease) are skipped
-pairs=()
+read -r -a search <<<"${SEARCH:-}"
+read -r -a searched <<<"${SEARCHED:-}"
+trials=${TRIALS:-8}
+# the search's finished trials, where the search skips them and --searched ranks them
+[ -d "$done_dir/search" ] && mkdir -p "$results/search" && cp -rn "$done_dir/search/." "$results/search/"
+pairs=()  # the workers' tasks: <row>:<seed> (a table run), search:<row>:<k>, searched:<row>:<seed>
 for s in "${seeds[@]}"; do for r in "${rows[@]}"; do
   [ -f "$done_dir/$r-s$s/result.json" ] || pairs+=("$r:$s")
 done; done
+for r in "${search[@]}"; do for k in $(seq 0 $((trials - 1))); do
+  [ -f "$results/search/$r/t$k/trial.json" ] || pairs+=("search:$r:$k")
+done; done
+for r in "${searched[@]}"; do
+  have=$(ls "$results/search/$r"/t*/trial.json 2>/dev/null | wc -l)
+  if [ "$have" -lt "$trials" ]; then echo "searched $r: $have of $trials search trials done; run SEARCH=$r first"; continue; fi
+  for s in "${seeds[@]}"; do
+    [ -f "$done_dir/${r}_searched-s$s/result.json" ] || pairs+=("searched:$r:$s")
+  done
+done
 echo "runs to do: ${pairs[*]:-none}"
 workers=${WORKERS:-8}
 pids=()
@@ -163,9 +181,14 @@ set -m  # each worker in its own process group, so that the time limit stops it 
 for w in $(seq 0 $((workers - 1))); do
   (
     for ((i = w; i < ${#pairs[@]}; i += workers)); do
-      IFS=: read -r r s <<<"${pairs[$i]}"
-      $PY $here/study.py --rows "$r" --seeds "$s" --runs "$runs" --results "$results" \
-        --extra logger=none "${extra[@]}" ${STUDY_EVAL_EXTRA:+--eval-extra $STUDY_EVAL_EXTRA} || echo "worker $w: $r-s$s failed"
+      IFS=: read -r kind r s <<<"${pairs[$i]}"
+      case $kind in
+        search) what=(--search "$r" --trials "$trials" --trial "$s" --search-steps "${SEARCH_STEPS:-7812}") ;;
+        searched) what=(--searched "$r" --seeds "$s") ;;
+        *) s=$r r=$kind what=(--rows "$r" --seeds "$s") ;;
+      esac
+      $PY $here/study.py "${what[@]}" --runs "$runs" --results "$results" \
+        --extra logger=none "${extra[@]}" ${STUDY_EVAL_EXTRA:+--eval-extra $STUDY_EVAL_EXTRA} || echo "worker $w: ${pairs[$i]} failed"
     done
   ) >"$runs/worker-$w.log" 2>&1 &
   pids+=($!)

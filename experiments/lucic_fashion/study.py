@@ -196,12 +196,13 @@ def length(steps: int, scores: int) -> list[str]:
             f"metrics.every={every}", "trainer.log_every=100", f"trainer.keep={scores + 1}"]
 
 
-def search(row: str, trials: int, steps: int, runs: Path, results: Path, commit: bool,
+def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool,
            extra=()) -> list[dict]:
-    """The narrow search's trials 0..trials-1 of ``row`` at ``steps`` D updates, seed 0, each
-    scored by the cheap score (KID of 2,000 vs 2,000) at two checkpoints; ranked by the lower."""
+    """The narrow search's trials ``trials`` (trial numbers) of ``row`` at ``steps`` D updates,
+    seed 0, each scored by the cheap score (KID of 2,000 vs 2,000) at two checkpoints; ranked by
+    the lower. A trial already in ``results`` is not run again."""
     found = []
-    for k in range(trials):
+    for k in trials:
         dest = results / "search" / row / f"t{k}"
         if not (dest / "trial.json").exists():
             run_dir = runs / "search" / row / f"t{k}"
@@ -396,6 +397,8 @@ def main() -> None:
     p.add_argument("--search", choices=sorted(NARROW_BN),
                    help="run the narrow search's trials of this row (seed 0), then print the ranking")
     p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--trial", nargs="+", type=int, metavar="K",
+                   help="run only these of the search's trials (gpu_study.sh's workers share them out)")
     p.add_argument("--search-steps", type=int, default=7812,
                    help="each trial's D updates (7,812: the protocol's second checkpoint, the first "
                         "whose score ranks the full runs; --table's budget check)")
@@ -417,7 +420,10 @@ def main() -> None:
         plot(args.results, HERE / "kid_curves.png")
         return
     if args.search:
-        for t in search(args.search, args.trials, args.search_steps, args.runs.resolve(),
+        ks = args.trial if args.trial is not None else range(args.trials)
+        if any(not 0 <= k < args.trials for k in ks):
+            raise SystemExit(f"study.py: --trial takes trial numbers from 0 to {args.trials - 1} (--trials {args.trials})")
+        for t in search(args.search, ks, args.search_steps, args.runs.resolve(),
                         args.results.resolve(), args.commit, args.extra):
             print(f"{args.search} t{t['trial']}: KID {t['kid']:.4f}  {' '.join(t['settings'])}")
         return
