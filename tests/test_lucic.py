@@ -428,7 +428,7 @@ def test_budget_check_ranks_the_search_score_at_each_checkpoint_against_the_full
     for (row, seed), first, second, fid in zip(
             (("ns", 0), ("ns", 1), ("lsgan", 0), ("wgan", 0)),
             (0.4, 0.3, 0.2, 0.5), (0.01, 0.02, 0.9, 0.35), (10.0, 20.0, 30.0, 40.0)):
-        steps = (20, 40) if row == "wgan" else (100, 200)  # wgan: 5 D updates a step
+        steps = (20, 40) if row == "wgan" else (90, 180)  # wgan: 5 D updates a step, the most
         (tmp_path / f"{row}-s{seed}").mkdir()
         (tmp_path / f"{row}-s{seed}" / "result.json").write_text(json.dumps(
             {"row": row, "seed": seed, "best": {"eval/fid": fid},
@@ -487,8 +487,10 @@ def test_a_search_trial_out_of_range_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_narrow_search_runs_ranks_and_resumes(tmp_path):
-    """study.py --search on the fixture: two short trials, each scored at its two checkpoints and
-    recorded with its settings; the ranking is by the lower KID; a second call trains nothing."""
+    """study.py --search on the fixture: --trial 1 runs that trial alone, and --searched refuses
+    an incomplete search in one line; then both trials, each scored at its two checkpoints and
+    recorded with its settings (trial 1 is not trained again); the ranking is by the lower KID; a
+    second call trains nothing, and one at another budget is refused in one line."""
     from gaxp.metrics import inception_weights
 
     if inception_weights.installed_pt() is None and not inception_weights.cached(None, Path(os.environ["GAXP_CACHE"])):
@@ -500,9 +502,16 @@ def test_narrow_search_runs_ranks_and_resumes(tmp_path):
            "--search-steps", "4", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
            "--extra", "data.batch_size=8", "metrics.n_fake=16", "metrics.n_real=16",
            "metrics.kid_subset_size=8", "metrics.batch_size=16"]
+    one = subprocess.run([*cmd, "--trial", "1"], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "res" / "search" / "wgan").iterdir()) == ["t1"]
+    log1 = (tmp_path / "runs" / "search" / "wgan" / "t1.log").read_text()
+    study = _study()
+    with pytest.raises(SystemExit, match=r"1 of wgan's 2 search trials are done in .*; run --search wgan --trials 2 first"):
+        study.best_setting("wgan", tmp_path / "res", 2)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    study = _study()
+    assert (tmp_path / "runs" / "search" / "wgan" / "t1.log").read_text() == log1
     trials = [json.loads((tmp_path / "res" / "search" / "wgan" / f"t{k}" / "trial.json").read_text())
               for k in range(2)]
     for k, t in enumerate(trials):
@@ -511,11 +520,15 @@ def test_narrow_search_runs_ranks_and_resumes(tmp_path):
         assert t["kid"] == min(c["eval/kid"] for c in t["curve"])
     ranked = sorted(trials, key=lambda t: t["kid"])
     assert r.stdout.splitlines()[0].startswith(f"wgan t{ranked[0]['trial']}: KID")
-    assert study.best_setting("wgan", tmp_path / "res") == ranked[0]["settings"]
+    assert study.best_setting("wgan", tmp_path / "res", 2) == ranked[0]["settings"]
     logs = [(tmp_path / "runs" / "search" / "wgan" / f"t{k}.log").read_text() for k in range(2)]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout == r.stdout
     assert [(tmp_path / "runs" / "search" / "wgan" / f"t{k}.log").read_text() for k in range(2)] == logs
+    other = [*cmd[:cmd.index("--search-steps") + 1], "6", *cmd[cmd.index("--search-steps") + 2:]]
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.strip().startswith(
+        "study.py: wgan's search trial t0 ran 4 steps, not 6; pass --search-steps 4, or move ")
 
 
 @pytest.mark.slow
@@ -574,7 +587,8 @@ def test_gpu_study_carries_its_payload_in_chunks_then_runs_and_unpacks(tmp_path)
     r = call("3")  # the two stored chunks are kept: only the damaged one is carried again
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # the searched row waits for its search; the table's run and the trials go to the workers
-    assert "searched wgan: 0 of 2 search trials done; run SEARCH=wgan first\n" in r.stdout
+    assert ("searched wgan: 0 of its 2 search trials were done when this call began; "
+            "call again once SEARCH=wgan has run them\n") in r.stdout
     assert "runs to do: wgan_gp:0 search:wgan:0 search:wgan:1\n" in r.stdout
     floor = json.loads((tmp_path / "out" / "fid_floor.json").read_text())
     assert np.isfinite(floor["fid"]) and floor["fid"] >= 0

@@ -23,11 +23,14 @@
 # Runs already in runs/ (DONE_DIR) are skipped. The narrow search (README.md, "Commands") runs
 # here too: SEARCH="wgan mm" adds each row's trials 0 .. TRIALS-1 (8) at SEARCH_STEPS D updates
 # (7812) to the workers' tasks, and SEARCHED="wgan mm" each row's best trial's setting at the full
-# protocol, SEEDS, once all TRIALS of its trials are in DONE_DIR/search (unpack puts them there);
-# ROWS="" leaves the table's rows out. Other settings (environment): ROWS, SEEDS, WORKERS (8), STUDY_EXTRA and STUDY_EVAL_EXTRA (gaxp-train and gaxp-eval overrides), FLOOR_N
-# (10000), FLOOR_S (its time limit, 120), MEM_FRACTION (each process's share of the GPU, 0.08),
-# PYTHON (python3); for pack: CHUNK_MB (54), CARRY_DIR (.carry), WHEELS (a folder of wheels instead
-# of bench_gpu.sh's). A chunk whose checksum fails is refused in one line; carry it again.
+# protocol, SEEDS, if all those trials were done when the call began (in DONE_DIR/search, where
+# unpack puts them, or from an earlier call on this machine); ROWS="" leaves the table's rows out.
+# A search call gives the workers up to 8 trials a row more: raise STUDY_S for it. Other
+# settings (environment): ROWS, SEEDS, WORKERS (8), STUDY_EXTRA and STUDY_EVAL_EXTRA (gaxp-train
+# and gaxp-eval overrides), FLOOR_N (10000), FLOOR_S (its time limit, 120), MEM_FRACTION (each
+# process's share of the GPU, 0.08), PYTHON (python3); for pack: CHUNK_MB (54), CARRY_DIR
+# (.carry), WHEELS (a folder of wheels instead of bench_gpu.sh's). A chunk whose checksum fails is
+# refused in one line; carry it again.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 here=experiments/lucic_fashion
@@ -168,8 +171,12 @@ for r in "${search[@]}"; do for k in $(seq 0 $((trials - 1))); do
   [ -f "$results/search/$r/t$k/trial.json" ] || pairs+=("search:$r:$k")
 done; done
 for r in "${searched[@]}"; do
-  have=$(ls "$results/search/$r"/t*/trial.json 2>/dev/null | wc -l)
-  if [ "$have" -lt "$trials" ]; then echo "searched $r: $have of $trials search trials done; run SEARCH=$r first"; continue; fi
+  have=0
+  for k in $(seq 0 $((trials - 1))); do [ -f "$results/search/$r/t$k/trial.json" ] && have=$((have + 1)); done
+  if [ "$have" -lt "$trials" ]; then
+    echo "searched $r: $have of its $trials search trials were done when this call began; call again once SEARCH=$r has run them"
+    continue
+  fi
   for s in "${seeds[@]}"; do
     [ -f "$done_dir/${r}_searched-s$s/result.json" ] || pairs+=("searched:$r:$s")
   done
@@ -184,7 +191,7 @@ for w in $(seq 0 $((workers - 1))); do
       IFS=: read -r kind r s <<<"${pairs[$i]}"
       case $kind in
         search) what=(--search "$r" --trials "$trials" --trial "$s" --search-steps "${SEARCH_STEPS:-7812}") ;;
-        searched) what=(--searched "$r" --seeds "$s") ;;
+        searched) what=(--searched "$r" --trials "$trials" --seeds "$s") ;;
         *) s=$r r=$kind what=(--rows "$r" --seeds "$s") ;;
       esac
       $PY $here/study.py "${what[@]}" --runs "$runs" --results "$results" \

@@ -200,7 +200,13 @@ def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool
            extra=()) -> list[dict]:
     """The narrow search's trials ``trials`` (trial numbers) of ``row`` at ``steps`` D updates,
     seed 0, each scored by the cheap score (KID of 2,000 vs 2,000) at two checkpoints; ranked by
-    the lower. A trial already in ``results`` is not run again."""
+    the lower. A trial already in ``results`` is not run again; one that ran another number of
+    steps is refused in one line before anything trains."""
+    for k in trials:
+        done = results / "search" / row / f"t{k}" / "trial.json"
+        if done.exists() and (ran := json.loads(done.read_text())["steps"]) != steps:
+            raise SystemExit(f"study.py: {row}'s search trial t{k} ran {ran} steps, not {steps}; pass "
+                             f"--search-steps {ran}, or move {done.parent} away to run it again")
     found = []
     for k in trials:
         dest = results / "search" / row / f"t{k}"
@@ -228,13 +234,18 @@ def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool
     return sorted(found, key=lambda t: t["kid"])
 
 
-def best_setting(row: str, results: Path) -> list[str]:
-    """The settings of ``row``'s search trial of lowest KID."""
-    trials = [json.loads(f.read_text()) for f in (results / "search" / row).glob("t*/trial.json")]
-    if not trials:
-        raise SystemExit(f"study.py: no search trials of {row} in {results / 'search' / row}; "
-                         f"run --search {row} first")
-    return min(trials, key=lambda t: t["kid"])["settings"]
+def best_setting(row: str, results: Path, trials: int) -> list[str]:
+    """The settings of the trial of lowest KID among ``row``'s search trials 0..trials-1, all of
+    which must be done, at one budget."""
+    folder = results / "search" / row
+    found = [json.loads(f.read_text()) for k in range(trials) if (f := folder / f"t{k}" / "trial.json").exists()]
+    if len(found) < trials:
+        raise SystemExit(f"study.py: {len(found)} of {row}'s {trials} search trials are done in {folder}; "
+                         f"run --search {row} --trials {trials} first")
+    if len({t["steps"] for t in found}) > 1:
+        raise SystemExit(f"study.py: {row}'s search trials in {folder} ran different numbers of steps "
+                         f"({sorted({t['steps'] for t in found})}); run them again at one --search-steps")
+    return min(found, key=lambda t: t["kid"])["settings"]
 
 
 def _commit(folder: Path, message: str) -> None:
@@ -428,7 +439,7 @@ def main() -> None:
             print(f"{args.search} t{t['trial']}: KID {t['kid']:.4f}  {' '.join(t['settings'])}")
         return
     if args.searched:
-        setting = [*best_setting(args.searched, args.results.resolve()), *length(15625, 4)]
+        setting = [*best_setting(args.searched, args.results.resolve(), args.trials), *length(15625, 4)]
         for seed in args.seeds:
             r = one(args.searched, seed, args.runs.resolve(), args.results.resolve(), args.commit,
                     [*setting, *args.extra], args.eval_extra, label=f"{args.searched}_searched")
