@@ -300,6 +300,11 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def _result_d_per_step(result: dict) -> int:
+    """D updates per gaxp step of a finished run (older result.json files lack the field)."""
+    return result.get("d_per_step", d_per_step(result["row"]))
+
+
 def budget_check(results: Path) -> str:
     """Whether a shorter budget ranks runs as the full protocol does: at each of the protocol's
     checkpoints, the search's score there (the lowest KID up to it, as ``search`` ranks its trials)
@@ -308,11 +313,11 @@ def budget_check(results: Path) -> str:
     from scipy.stats import kendalltau, spearmanr
 
     runs = [r for r in _results(results) if r.get("curve")]
+    fid = [r["best"]["eval/fid"] for r in runs]
     lines = ["| search score after (D updates) | runs | Spearman rho | Kendall tau |", "|---|---|---|---|"]
     for k in range(min(len(r["curve"]) for r in runs) if len(runs) >= 3 else 0):
         score = [min(c["eval/kid"] for c in r["curve"][:k + 1]) for r in runs]
-        fid = [r["best"]["eval/fid"] for r in runs]
-        updates = max(r["curve"][k]["step"] * r.get("d_per_step", d_per_step(r["row"])) for r in runs)
+        updates = max(r["curve"][k]["step"] * _result_d_per_step(r) for r in runs)
         lines.append(f"| {updates:,} | {len(runs)} | {spearmanr(score, fid).statistic:.2f} "
                      f"| {kendalltau(score, fid).statistic:.2f} |")
     return "\n".join(lines)
@@ -339,7 +344,7 @@ def plot(results: Path, out: Path):
     styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
-        n_critic = r.get("d_per_step", d_per_step(r["row"]))
+        n_critic = _result_d_per_step(r)
         steps = [c["step"] * n_critic for c in r["curve"]]
         line, marker = styles[r["seed"] % len(styles)]
         ax.plot(steps, [c["eval/kid"] * 1e3 for c in r["curve"]], linestyle=line, marker=marker,
