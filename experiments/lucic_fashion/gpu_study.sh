@@ -163,16 +163,16 @@ read -r -a searched <<<"${SEARCHED:-}"
 trials=${TRIALS:-8}
 # the search's finished trials, where the search skips them and --searched ranks them
 [ -d "$done_dir/search" ] && mkdir -p "$results/search" && cp -rn "$done_dir/search/." "$results/search/"
+missing() {  # the trial numbers among 0 .. trials-1 of row $1 that are not in results/search yet
+  for k in $(seq 0 $((trials - 1))); do [ -f "$results/search/$1/t$k/trial.json" ] || echo "$k"; done
+}
 pairs=()  # the workers' tasks: <row>:<seed> (a table run), search:<row>:<k>, searched:<row>:<seed>
 for s in "${seeds[@]}"; do for r in "${rows[@]}"; do
   [ -f "$done_dir/$r-s$s/result.json" ] || pairs+=("$r:$s")
 done; done
-for r in "${search[@]}"; do for k in $(seq 0 $((trials - 1))); do
-  [ -f "$results/search/$r/t$k/trial.json" ] || pairs+=("search:$r:$k")
-done; done
+for r in "${search[@]}"; do for k in $(missing "$r"); do pairs+=("search:$r:$k"); done; done
 for r in "${searched[@]}"; do
-  have=0
-  for k in $(seq 0 $((trials - 1))); do [ -f "$results/search/$r/t$k/trial.json" ] && have=$((have + 1)); done
+  have=$((trials - $(missing "$r" | wc -l)))
   if [ "$have" -lt "$trials" ]; then
     echo "searched $r: $have of its $trials search trials were done when this call began; call again once SEARCH=$r has run them"
     continue

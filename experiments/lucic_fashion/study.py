@@ -202,15 +202,17 @@ def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool
     seed 0, each scored by the cheap score (KID of 2,000 vs 2,000) at two checkpoints; ranked by
     the lower. A trial already in ``results`` is not run again; one that ran another number of
     steps is refused in one line before anything trains."""
-    for k in trials:
-        done = results / "search" / row / f"t{k}" / "trial.json"
-        if done.exists() and (ran := json.loads(done.read_text())["steps"]) != steps:
-            raise SystemExit(f"study.py: {row}'s search trial t{k} ran {ran} steps, not {steps}; pass "
-                             f"--search-steps {ran}, or move {done.parent} away to run it again")
-    found = []
+    done = {k: json.loads(f.read_text()) for k in trials
+            if (f := results / "search" / row / f"t{k}" / "trial.json").exists()}
+    for k, trial in done.items():
+        if trial["steps"] != steps:
+            raise SystemExit(f"study.py: {row}'s search trial t{k} ran {trial['steps']} steps, not {steps}; "
+                             f"pass --search-steps {trial['steps']}, or move "
+                             f"{results / 'search' / row / f't{k}'} away to run it again")
+    found = list(done.values())
     for k in trials:
         dest = results / "search" / row / f"t{k}"
-        if not (dest / "trial.json").exists():
+        if k not in done:
             run_dir = runs / "search" / row / f"t{k}"
             run_dir.mkdir(parents=True, exist_ok=True)
             settings = draw(row, k)
@@ -230,7 +232,7 @@ def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool
             (dest / "trial.json").write_text(json.dumps(trial, indent=1))
             if commit:
                 _commit(dest, f"lucic_fashion: search {row} t{k} finished (KID {trial['kid']:.4f})")
-        found.append(json.loads((dest / "trial.json").read_text()))
+            found.append(trial)
     return sorted(found, key=lambda t: t["kid"])
 
 
