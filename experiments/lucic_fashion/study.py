@@ -196,14 +196,19 @@ def length(steps: int, scores: int) -> list[str]:
             f"metrics.every={every}", "trainer.log_every=100", f"trainer.keep={scores + 1}"]
 
 
+def _trials(results: Path, row: str, ks) -> dict[int, dict]:
+    """The finished search trials of ``row`` among trial numbers ``ks``: {k: its trial.json}."""
+    return {k: json.loads(f.read_text()) for k in ks
+            if (f := results / "search" / row / f"t{k}" / "trial.json").exists()}
+
+
 def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool,
            extra=()) -> list[dict]:
     """The narrow search's trials ``trials`` (trial numbers) of ``row`` at ``steps`` D updates,
     seed 0, each scored by the cheap score (KID of 2,000 vs 2,000) at two checkpoints; ranked by
     the lower. A trial already in ``results`` is not run again; one that ran another number of
     steps is refused in one line before anything trains."""
-    done = {k: json.loads(f.read_text()) for k in trials
-            if (f := results / "search" / row / f"t{k}" / "trial.json").exists()}
+    done = _trials(results, row, trials)
     for k, trial in done.items():
         if trial["steps"] != steps:
             raise SystemExit(f"study.py: {row}'s search trial t{k} ran {trial['steps']} steps, not {steps}; "
@@ -240,7 +245,7 @@ def best_setting(row: str, results: Path, trials: int) -> list[str]:
     """The settings of the trial of lowest KID among ``row``'s search trials 0..trials-1, all of
     which must be done, at one budget."""
     folder = results / "search" / row
-    found = [json.loads(f.read_text()) for k in range(trials) if (f := folder / f"t{k}" / "trial.json").exists()]
+    found = list(_trials(results, row, range(trials)).values())
     if len(found) < trials:
         raise SystemExit(f"study.py: {len(found)} of {row}'s {trials} search trials are done in {folder}; "
                          f"run --search {row} --trials {trials} first")
