@@ -438,6 +438,28 @@ def test_budget_check_ranks_the_search_score_at_each_checkpoint_against_the_full
     assert len(study.budget_check(tmp_path / "none").splitlines()) == 2  # no runs: the header alone
 
 
+def test_search_table_lists_each_rows_trials_from_the_lowest_kid(tmp_path):
+    """study.py --table's search table from three trial.json files of known figures: a row's
+    trials from the lowest KID up (the first is the setting --searched trains), with the drawn lr,
+    D's norm and clip or penalty weight, KID x 1e3 and the 2,000-sample FID at each checkpoint,
+    the D updates and the training minutes; a row without a search has no lines."""
+    study = _study()
+    for row, k, kids, wall in (("wgan", 0, (0.30, 0.20), 1200.0), ("wgan", 1, (0.05, 0.04), 1260.0),
+                               ("mm", 3, (0.5, 0.1), None)):
+        (tmp_path / "search" / row / f"t{k}").mkdir(parents=True)
+        curve = [{"step": 50, "eval/kid": kids[0], "eval/fid": kids[0] * 1000 + 1},
+                 {"step": 100, "eval/kid": kids[1]}]
+        (tmp_path / "search" / row / f"t{k}" / "trial.json").write_text(json.dumps(
+            {"row": row, "trial": k, "settings": study.draw(row, k), "steps": 100, "curve": curve,
+             "kid": min(kids), "train_wall_s": wall}))
+    lines = study.search_table(tmp_path).splitlines()
+    assert lines[2:] == ["| mm | t3 | 0.0007731 | batch | - | 500.0, 100.0 | 501.0, - | 100 | - |",
+                         "| wgan | t1 | 0.0003017 | none | 0.01278 | 50.0, 40.0 | 51.0, - | 100 | 21 |",
+                         "| wgan | t0 | 0.0009861 | none | 0.781 | 300.0, 200.0 | 301.0, - | 100 | 20 |"]
+    assert study.best_setting("wgan", tmp_path, 2) == study.draw("wgan", 1)
+    assert len(study.search_table(tmp_path / "none").splitlines()) == 2  # no search: the header alone
+
+
 def _study():
     sys.path.insert(0, str(LUCIC))
     try:

@@ -16,7 +16,8 @@ the study after an interruption or a new session):
 
     python experiments/lucic_fashion/study.py --rows ns mm lsgan wgan wgan_gp dragan --seeds 0 1 --commit
     python experiments/lucic_fashion/study.py --table     # the README's table from runs/,
-                                                          # then the search budget's check
+                                                          # the search budget's check, and
+                                                          # the search's trials
 
 The narrow search (compare_gan v1's ``params.py`` narrow ranges: beta1 0.5, lr 10^U[-4, -3],
 n_disc 1, D-BN on or off where the loss allows it, clip 10^U[-2, 0], lambda 10^U[-1, 1]), at a
@@ -307,6 +308,28 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def search_table(results: Path) -> str:
+    """The README's table of the narrow search from ``results/search/<row>/t<k>/trial.json``: per
+    row, its trials from the lowest KID up, with the drawn setting (lr, D's norm, the clip or the
+    penalty weight), the cheap score (KID x 1e3, and FID of 2,000) at each checkpoint, and the
+    training minutes; the row's searched setting (``--searched``) is the first."""
+    lines = ["| row | trial | lr | D norm | clip / lambda | KID x1e3 (each ckpt) | FID 2k (each ckpt) "
+             "| D updates | train min |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        folder = results / "search" / row
+        found = [json.loads(f.read_text()) for f in folder.glob("t*/trial.json")] if folder.is_dir() else []
+        for t in sorted(found, key=lambda t: (t["kid"], t["trial"])):
+            s = dict(o.split("=", 1) for o in t["settings"])
+            weight = next((s[k] for k in ("loss.clip", "loss.penalty_weight", "regularizer.dragan.weight")
+                           if k in s), "-")
+            kid = ", ".join(f"{c['eval/kid'] * 1e3:.1f}" for c in t["curve"])
+            fid = ", ".join(f"{c['eval/fid']:.1f}" if "eval/fid" in c else "-" for c in t["curve"])
+            mins = f"{t['train_wall_s'] / 60:.0f}" if t.get("train_wall_s") else "-"
+            lines.append(f"| {row} | t{t['trial']} | {s['optim.d.lr']} | {s['model.d_norm']} | {weight} "
+                         f"| {kid} | {fid} | {t['steps'] * d_per_step(row, t['settings']):,} | {mins} |")
+    return "\n".join(lines)
+
+
 def _result_d_per_step(result: dict) -> int:
     """D updates per gaxp step of a finished run (older result.json files lack the field)."""
     return result.get("d_per_step", d_per_step(result["row"]))
@@ -430,7 +453,8 @@ def main() -> None:
     p.add_argument("--wandb-replay", nargs="+", type=Path, metavar="RESULT_DIR",
                    help="a W&B run for each finished run folder (runs/<name>) trained without one")
     p.add_argument("--table", action="store_true",
-                   help="print the results table and redraw kid_curves.png from --results, then stop")
+                   help="print the results table, the budget check and the search's trials, and redraw "
+                        "kid_curves.png from --results, then stop")
     args = p.parse_args()
     if args.wandb_replay:
         for dest in args.wandb_replay:
@@ -440,6 +464,8 @@ def main() -> None:
         print(table(args.results))
         print()
         print(budget_check(args.results))
+        print()
+        print(search_table(args.results))
         plot(args.results, HERE / "kid_curves.png")
         return
     if args.search:
