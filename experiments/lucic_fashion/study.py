@@ -169,6 +169,9 @@ def d_per_step(row: str, extra=()) -> int:
 # D-BN on or off in the narrow search (compare_gan: "off" alone for WGAN-GP and DRAGAN)
 NARROW_BN = {"ns": ("batch", "none"), "mm": ("batch", "none"), "lsgan": ("batch", "none"),
              "wgan": ("batch", "none"), "wgan_gp": ("none",), "dragan": ("none",)}
+# the loss's own weight in the narrow search: (override, log10 range): WGAN's clip, the penalties' lambda
+NARROW_WEIGHT = {"wgan": ("loss.clip", -2, 0), "wgan_gp": ("loss.penalty_weight", -1, 1),
+                 "dragan": ("regularizer.dragan.weight", -1, 1)}
 
 
 def draw(row: str, k: int) -> list[str]:
@@ -180,12 +183,9 @@ def draw(row: str, k: int) -> list[str]:
     lr = f"{10 ** rnd.uniform(-4, -3):.4g}"
     o = [f"optim.g.lr={lr}", f"optim.d.lr={lr}", "optim.g.b1=0.5", "optim.d.b1=0.5",
          "loss.n_critic=1", f"model.d_norm={rnd.choice(NARROW_BN[row])}"]
-    if row == "wgan":
-        o.append(f"loss.clip={10 ** rnd.uniform(-2, 0):.4g}")
-    elif row == "wgan_gp":
-        o.append(f"loss.penalty_weight={10 ** rnd.uniform(-1, 1):.4g}")
-    elif row == "dragan":
-        o.append(f"regularizer.dragan.weight={10 ** rnd.uniform(-1, 1):.4g}")
+    if row in NARROW_WEIGHT:
+        key, lo, hi = NARROW_WEIGHT[row]
+        o.append(f"{key}={10 ** rnd.uniform(lo, hi):.4g}")
     return o
 
 
@@ -197,10 +197,12 @@ def length(steps: int, scores: int) -> list[str]:
             f"metrics.every={every}", "trainer.log_every=100", f"trainer.keep={scores + 1}"]
 
 
-def _trials(results: Path, row: str, ks) -> dict[int, dict]:
-    """The finished search trials of ``row`` among trial numbers ``ks``: {k: its trial.json}."""
-    return {k: json.loads(f.read_text()) for k in ks
-            if (f := results / "search" / row / f"t{k}" / "trial.json").exists()}
+def _trials(results: Path, row: str, ks=None) -> dict[int, dict]:
+    """The finished search trials of ``row`` among trial numbers ``ks`` (all when None):
+    {k: its trial.json}."""
+    found = {int(f.parent.name[1:]): f for f in (results / "search" / row).glob("t*/trial.json")
+             if f.parent.name[1:].isdigit()}
+    return {k: json.loads(f.read_text()) for k, f in sorted(found.items()) if ks is None or k in ks}
 
 
 def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool,
@@ -316,12 +318,9 @@ def search_table(results: Path) -> str:
     lines = ["| row | trial | lr | D norm | clip / lambda | KID x1e3 (each ckpt) | FID 2k (each ckpt) "
              "| D updates | train min |", "|---|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
-        folder = results / "search" / row
-        found = [json.loads(f.read_text()) for f in folder.glob("t*/trial.json")] if folder.is_dir() else []
-        for t in sorted(found, key=lambda t: (t["kid"], t["trial"])):
+        for t in sorted(_trials(results, row).values(), key=lambda t: (t["kid"], t["trial"])):
             s = dict(o.split("=", 1) for o in t["settings"])
-            weight = next((s[k] for k in ("loss.clip", "loss.penalty_weight", "regularizer.dragan.weight")
-                           if k in s), "-")
+            weight = s[NARROW_WEIGHT[row][0]] if row in NARROW_WEIGHT else "-"
             kid = ", ".join(f"{c['eval/kid'] * 1e3:.1f}" for c in t["curve"])
             fid = ", ".join(f"{c['eval/fid']:.1f}" if "eval/fid" in c else "-" for c in t["curve"])
             mins = f"{t['train_wall_s'] / 60:.0f}" if t.get("train_wall_s") else "-"
