@@ -87,6 +87,12 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
+def _curve(run_dir: Path) -> list[dict]:
+    """The run's cheap score at each checkpoint: [{step, eval/kid, eval/fid}], from its metrics."""
+    return [{k: r[k] for k in ("step", "eval/kid", "eval/fid") if k in r}
+            for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
+
+
 def train(row: str, seed: int, run_dir: Path, log: Path, extra=(), tags=()) -> list[str]:
     summary = run_dir / "summary.json"
     wandb = ([] if "logger=none" in extra else  # no W&B: gpu_study.sh's machine has none
@@ -130,8 +136,7 @@ def one(row: str, seed: int, runs: Path, results: Path, commit: bool, extra=(), 
     ema = row.endswith("_ema")
     at_best, s_best = score(run_dir, best, log, eval_extra, ema)
     at_last, s_last = score(run_dir, last, log, eval_extra, ema) if last != best else (at_best, 0.0)
-    curve = [{k: r[k] for k in ("step", "eval/kid", "eval/fid") if k in r}
-             for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
+    curve = _curve(run_dir)
     result = {"row": label, "config": f"experiment=lucic_fashion/{row}", "overrides": list(extra),
               "d_per_step": d_per_step(row, extra), "seed": seed, "best_step": best, "last_step": last,
               "best": at_best["metrics"], "last": at_last["metrics"],
@@ -205,6 +210,11 @@ def _trials(results: Path, row: str, ks=None) -> dict[int, dict]:
     return {k: json.loads(f.read_text()) for k, f in sorted(found.items()) if ks is None or k in ks}
 
 
+def _ranked(trials) -> list[dict]:
+    """Search trials from the lowest KID up, ties by trial number: the search's one ranking."""
+    return sorted(trials, key=lambda t: (t["kid"], t["trial"]))
+
+
 def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool,
            extra=()) -> list[dict]:
     """The narrow search's trials ``trials`` (trial numbers) of ``row`` at ``steps`` D updates,
@@ -227,8 +237,7 @@ def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool
             cmd = train(row, 0, run_dir, run_dir.parent / f"t{k}.log",
                         [*settings, *length(steps, 2), *extra], tags=("search", f"t{k}"))
             summary = json.loads((run_dir / "summary.json").read_text())
-            curve = [{key: r[key] for key in ("step", "eval/kid", "eval/fid") if key in r}
-                     for r in _rows(run_dir / "metrics.jsonl") if "eval/kid" in r]
+            curve = _curve(run_dir)
             trial = {"row": row, "trial": k, "settings": settings, "steps": steps, "curve": curve,
                      "kid": min(c["eval/kid"] for c in curve), "train_wall_s": summary.get("wall_time_s"),
                      "command": " ".join(cmd),
@@ -241,7 +250,7 @@ def search(row: str, trials, steps: int, runs: Path, results: Path, commit: bool
             if commit:
                 _commit(dest, f"lucic_fashion: search {row} t{k} finished (KID {trial['kid']:.4f})")
             found.append(trial)
-    return sorted(found, key=lambda t: t["kid"])
+    return _ranked(found)
 
 
 def best_setting(row: str, results: Path, trials: int) -> list[str]:
@@ -255,7 +264,7 @@ def best_setting(row: str, results: Path, trials: int) -> list[str]:
     if len({t["steps"] for t in found}) > 1:
         raise SystemExit(f"study.py: {row}'s search trials in {folder} ran different numbers of steps "
                          f"({sorted({t['steps'] for t in found})}); run them again at one --search-steps")
-    return min(found, key=lambda t: t["kid"])["settings"]
+    return _ranked(found)[0]["settings"]
 
 
 def _commit(folder: Path, message: str) -> None:
@@ -318,7 +327,7 @@ def search_table(results: Path) -> str:
     lines = ["| row | trial | lr | D norm | clip / lambda | KID x1e3 (each ckpt) | FID 2k (each ckpt) "
              "| D updates | train min |", "|---|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
-        for t in sorted(_trials(results, row).values(), key=lambda t: (t["kid"], t["trial"])):
+        for t in _ranked(_trials(results, row).values()):
             s = dict(o.split("=", 1) for o in t["settings"])
             weight = s[NARROW_WEIGHT[row][0]] if row in NARROW_WEIGHT else "-"
             kid = ", ".join(f"{c['eval/kid'] * 1e3:.1f}" for c in t["curve"])
