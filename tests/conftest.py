@@ -28,6 +28,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # gaxp's own cache (classifiers, Inception weights, reference statistics) starts empty, so no test
 # depends on what this machine has cached; tests that need one build it and point GAXP_CACHE there.
 os.environ["GAXP_CACHE"] = tempfile.mkdtemp(prefix="gaxp-tests-cache-")
+# Tests download nothing: pip (and so the Inception weights' first-use fetch, in this process and
+# in its gaxp-train subprocesses) reaches no index; a test that needs the weights finds them
+# installed or skips.
+os.environ["PIP_NO_INDEX"] = "1"
 
 from pathlib import Path  # noqa: E402
 

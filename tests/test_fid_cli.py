@@ -92,7 +92,12 @@ def test_two_statistics_files_need_no_weights(tmp_path, capsys, monkeypatch):
     assert result["kid_subset_size"] == 20 and "FID" in capsys.readouterr().out
 
 
-def test_bad_inputs_are_one_line_with_exit_code_2(tmp_path, capsys):
+def test_bad_inputs_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):
+    """Each bad input fails before the Inception weights load: without them and offline, an
+    empty folder still says it is empty (not that the weights could not be fetched)."""
+    monkeypatch.setattr(inception_weights, "installed_pt", lambda: None)  # as without the package
+    monkeypatch.setenv("GAXP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip reaches no index, as offline
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
@@ -109,8 +114,10 @@ def test_bad_inputs_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "unrecognized arguments" in _fail([stats, small, "--bogus"], capsys)
     wrong = tmp_path / "default_1.pt"
     wrong.write_bytes(b"not the weights")
-    err = _fail([empty.parent, stats, "--weights", wrong, "--cache-dir", tmp_path / "c"], capsys)
+    images = _write(tmp_path / "images", np.zeros((2, 8, 8, 1), np.uint8))
+    err = _fail([images, stats, "--weights", wrong, "--cache-dir", tmp_path / "c"], capsys)
     assert f"expected {inception_weights.PT_SHA1}" in err and not (tmp_path / "c").exists()
+    assert not (tmp_path / "cache").exists()  # nothing was fetched or converted
 
 
 def test_no_network_and_no_weights_say_how_to_get_them(tmp_path, capsys, monkeypatch):

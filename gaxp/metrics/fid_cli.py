@@ -71,15 +71,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, in name order; ConfigError when it has none."""
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+    if not files:
+        raise ConfigError(f"folder {folder} has no images ({' '.join(IMAGE_EXTS)}; not recursive)")
+    return files
+
+
 def read_folder(folder: Path) -> tuple[list[np.ndarray], str | None]:
     """Images of a folder as uint8 arrays [H, W, 1 or 3] (file-name order, each converted by the
     rule of ``gaxp.data.pictures``), and a note when their sizes differ or a rule changed values
     (16-bit scaled, alpha composited)."""
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
-    if not files:
-        raise ConfigError(f"folder {folder} has no images ({' '.join(IMAGE_EXTS)}; not recursive)")
     images, rules = [], Counter()
-    for f in files:
+    for f in image_files(folder):
         arr, applied = pictures.read(f)
         images.append(arr)
         rules.update(applied)
@@ -135,8 +140,10 @@ def kind_of(arg: str) -> str:
             raise ConfigError(f"statistics file {arg} does not exist")
         return "stats"
     if p.is_dir():
-        return "run" if (p / "checkpoints").is_dir() or (p / "population.json").exists() \
-            else "folder"
+        if (p / "checkpoints").is_dir() or (p / "population.json").exists():
+            return "run"
+        image_files(p)  # an empty folder fails here, before the weights load (or are fetched)
+        return "folder"
     name, sep, split = arg.partition(":")
     if sep and name and split and "/" not in name:
         return "dataset"
