@@ -1,6 +1,8 @@
 """Test setup: CPU JAX with 8 virtual devices, configured before JAX is imported."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 
@@ -27,7 +29,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # gaxp's own cache (classifiers, Inception weights, reference statistics) starts empty, so no test
 # depends on what this machine has cached; tests that need one build it and point GAXP_CACHE there.
-os.environ["GAXP_CACHE"] = tempfile.mkdtemp(prefix="gaxp-tests-cache-")
+os.environ["GAXP_CACHE"] = _cache = tempfile.mkdtemp(prefix="gaxp-tests-cache-")
+# Each pytest process (the controller and every xdist worker) made its own; each removes its own
+# at exit, after its gaxp-train subprocesses have ended (a suite left ~100 MB per process behind).
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 # Tests download nothing: pip (and so the Inception weights' first-use fetch, in this process and
 # in its gaxp-train subprocesses) reaches no index; a test that needs the weights finds them
 # installed or skips.
