@@ -9,7 +9,6 @@ A read-only directory would be the obvious way to make a write fail, but these t
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +25,17 @@ TOY = ("model=mlp", "data=ring", "model.g_width=32", "model.d_width=32", "data.b
 PAGE = 4096
 
 
-def _cli(args, cwd, env=None, **kw):
+# Sets RLIMIT_FSIZE, then becomes the command: a preexec_fn would fork this multithreaded (JAX)
+# process and run Python in the child, which can deadlock.
+_WITH_FSIZE = ("import os, resource, sys; n = int(sys.argv[1]); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def _cli(args, cwd, env=None, fsize=None):
     env = dict(env or os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-    return subprocess.run([str(BIN), *no_final_eval(args)], cwd=cwd, env=env, text=True, capture_output=True,
-                          timeout=600, **kw)
+    limit = [] if fsize is None else [sys.executable, "-c", _WITH_FSIZE, str(fsize)]
+    return subprocess.run([*limit, str(BIN), *no_final_eval(args)], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=600)
 
 
 def _rows(path):
@@ -141,11 +147,8 @@ def test_a_write_error_on_metrics_jsonl_mid_run_is_one_line_and_truncates_nothin
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
 
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     longer = [*args, "trainer.steps=400", "trainer.ckpt_every=100000", "trainer.resume=true"]
-    done = _cli(longer, tmp_path, env=env, preexec_fn=limited)
+    done = _cli(longer, tmp_path, env=env, fsize=limit)
     assert done.returncode == WriteFailed.exit_code, done.stderr[-3000:]
     line = done.stderr.strip()
     assert "\n" not in line and "Traceback" not in line, line
