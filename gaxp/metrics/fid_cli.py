@@ -151,10 +151,9 @@ def kind_of(arg: str) -> str:
                       "dataset with a split (e.g. mnist:test)")
 
 
-def stats_of(arg: str, ext, args) -> tuple[dict, dict]:
-    """(statistics, description) of one argument."""
+def stats_of(arg: str, kind: str, ext, args) -> tuple[dict, dict]:
+    """(statistics, description) of one argument of kind ``kind_of(arg)``."""
 
-    kind = kind_of(arg)
     if kind == "stats":
         stats = load_stats(Path(arg).expanduser())
         return stats, {"kind": "statistics", "path": arg, "n": stats.get("n"),
@@ -191,7 +190,8 @@ def compute(args) -> dict:
     if args.n is not None and args.n < 2:
         raise ConfigError(f"--n must be at least 2 (got {args.n})")
     ext = _extractor(args) if set(kinds) != {"stats"} or args.save_stats else None
-    (sa, da), (sb, db) = stats_of(args.a, ext, args), stats_of(args.b, ext, args)
+    (sa, da), (sb, db) = (stats_of(arg, kind, ext, args)
+                          for arg, kind in zip((args.a, args.b), kinds))
     protocols = [d.get("protocol") or {} for d in (da, db)]
     protocol = ext.protocol if ext else (protocols[0] or protocols[1])
     for side, d, p in (("A", da, protocols[0]), ("B", db, protocols[1])):
